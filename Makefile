@@ -1,0 +1,33 @@
+# The README's two commands are `make run` and `make test`; both create .venv on first use
+# (idempotently: a stamp file records the install, redone when setup.cfg changes).
+PYTHON ?= python3
+VENV ?= .venv
+# torch goes in first and pinned: a range that a newer release satisfies pulls a multi-GB CUDA
+# build where no wheel is cached. On a GPU machine, set TORCH to the build you want.
+TORCH ?= torch==2.13.0
+ARGS ?=
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The main job on the built-in default: `make run ARGS="data=hh_rlhf data.path=..."` for others.
+run: setup
+	$(BIN)/rlhf $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

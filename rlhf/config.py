@@ -1,0 +1,284 @@
+"""Structured configs: the one place where every option is defined and documented.
+
+Hydra composes `conf/config.yaml` on top of `RLHFConfig` (registered as the schema
+`rlhf_schema`), so an unknown key or a value of the wrong type fails at composition with the
+full key named. `check()` adds the cross-field rules that a type cannot express. The YAML files
+under conf/ only hold choices that differ from the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+STAGES = ("prepare",)  # grows with each stage module; cli.py maps names to modules
+SPLITS = ("sft", "rm", "ppo", "eval")
+
+
+class ConfigError(ValueError):
+    """A config that composes but cannot run; the message names every field involved."""
+
+
+class DataFormat(enum.Enum):
+    """How the rows of a data source map onto records (see data/README.md for each format)."""
+
+    toy = "toy"  # the built-in generator; no file
+    demonstration = "demonstration"  # prompt, response -> Demonstration
+    messages = "messages"  # chat messages ending in an assistant turn -> Demonstration
+    pairwise = "pairwise"  # prompt, chosen, rejected (+ margin) -> Comparison with K=2
+    ranked = "ranked"  # prompt, responses ranked best-first (OASST-style) -> K-wise Comparison
+    hh_rlhf = "hh_rlhf"  # Anthropic HH-RLHF chosen/rejected transcripts -> Comparison
+    prompt = "prompt"  # prompt only -> Prompt (PPO / eval prompts)
+
+
+# What to do with a bad record. raise: stop at the first one with an error naming it;
+# skip: drop bad records, count them by reason and report the counts. (Built with the functional
+# API because OmegaConf matches enum *names* and `raise` is a Python keyword.)
+OnError = enum.Enum("OnError", {"raise": "raise", "skip": "skip"})
+
+
+@dataclass
+class FieldMap:
+    """Column names in the source rows (`data.fields.prompt=question` for a dataset that calls
+    its prompt column `question`). Dotted names reach into nested objects (`meta.question`)."""
+
+    prompt: str = "prompt"
+    response: str = "response"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    margin: str = "margin"  # optional column; absent or null means no margin
+    responses: str = "responses"  # ranked format: list of strings best-first, or of objects
+    response_text: str = "text"  # ranked format, object elements: the text key
+    response_rank: str = "rank"  # ranked format, object elements: rank key (0 = best; equal = tie)
+    messages: str = "messages"  # messages format
+
+
+@dataclass
+class SplitConfig:
+    """Fractions of prompts per split, assigned by a hash of the prompt (not its position), so a
+    prompt lands in the same split on every run, rank and machine."""
+
+    sft: float = 0.4
+    rm: float = 0.3
+    ppo: float = 0.2
+    eval: float = 0.1
+    salt: str = "rlhf-v1"  # changing it reshuffles every prompt; keep it fixed across stages
+    # Splits listed here get the same prompts (e.g. [sft, rm] trains SFT and RM on one set of
+    # prompts, as many public recipes do); their fractions must be equal. Empty: no prompt lands
+    # in two splits.
+    shared: List[str] = field(default_factory=list)
+
+
+@dataclass
+class ToyConfig:
+    """The built-in task (data/README.md): sort or reverse a short list of digits."""
+
+    seed: int = 0
+    num_prompts: int = 6000
+    tasks: List[str] = field(default_factory=lambda: ["sort", "reverse"])
+    min_items: int = 3
+    max_items: int = 6
+    flawed_fraction: float = 0.3  # share of demonstrations with one deliberate flaw
+    responses_per_comparison: int = 4  # K of each K-wise comparison
+    label_noise: float = 0.1  # chance that a comparison's ranking has one adjacent pair swapped
+
+
+@dataclass
+class DataConfig:
+    name: str = "toy"  # label used in manifests and per-source metrics
+    format: DataFormat = DataFormat.toy
+    # Where records come from: `path` (a local jsonl/json/parquet/csv file, .gz allowed, or a
+    # folder of such files) or `hub_id` (datasets.load_dataset). `path` wins when both are set
+    # so that a hub dataset config can be pointed at a local copy with data.path=...
+    path: Optional[str] = None
+    hub_id: Optional[str] = None
+    hub_name: Optional[str] = None  # the dataset's config name (load_dataset's `name`)
+    hub_data_dir: Optional[str] = None  # a folder inside the dataset repo (HH: harmless-base)
+    hub_split: str = "train"
+    hub_revision: Optional[str] = None
+    fields: FieldMap = field(default_factory=FieldMap)
+    on_error: OnError = OnError["raise"]
+    max_records: Optional[int] = None  # read at most this many rows (quick trials); null = all
+    # Comparisons also give their best (untied) response as a demonstration, so that preference
+    # data alone can feed SFT ("SFT on chosen"). Off for data that has its own demonstrations.
+    demonstrations_from_comparisons: bool = False
+    max_prompt_tokens: int = 256  # formatted prompt, chat template included
+    max_response_tokens: int = 128  # response tokens including the closing EOS
+    splits: SplitConfig = field(default_factory=SplitConfig)
+    toy: ToyConfig = field(default_factory=ToyConfig)
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the built-in Llama-style model, built from this config (no download)."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 2048  # rotary positions: no parameters, so generous is free
+    seed: int = 0  # initial weights
+
+
+@dataclass
+class ModelConfig:
+    # A hub id or local folder in Hugging Face format; null builds the tiny model.
+    name_or_path: Optional[str] = None
+    revision: Optional[str] = None
+    # Off by default: loading a model must not run code from its repository unless asked.
+    trust_remote_code: bool = False
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    # Jinja chat template that replaces the tokenizer's own; null keeps the tokenizer's, and a
+    # tokenizer without one uses the plain template of rlhf/data/formatting.py.
+    chat_template: Optional[str] = None
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class DeepSpeedConfig:
+    name: str = "none"
+    # The DeepSpeed JSON config as a mapping ("auto" where the HF integration fills a value).
+    config: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageConfig:
+    name: str = "prepare"  # which stage `rlhf` runs: one of STAGES
+
+
+@dataclass
+class PrepareConfig:
+    examples_per_split: int = 1  # formatted examples printed per split, to eyeball the template
+
+
+@dataclass
+class RLHFConfig:
+    run: str = "default"  # run name: outputs go to <runs_dir>/<run>/<stage>/
+    runs_dir: str = "runs"
+    seed: int = 0
+    stage: StageConfig = field(default_factory=StageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+
+    @property
+    def stage_dir(self) -> Path:
+        """runs/<run>/<stage>: the same on every rank, as it holds no timestamp."""
+        return Path(self.runs_dir) / self.run / self.stage.name
+
+
+def register_schemas() -> None:
+    ConfigStore.instance().store(name="rlhf_schema", node=RLHFConfig)
+
+
+def to_config(composed: DictConfig) -> RLHFConfig:
+    """The typed config. Hydra already rejects unknown keys and wrong types, except keys added
+    with `+key=value`, which pass into structured nodes silently; those are refused here."""
+    unknown = _unknown_keys(composed, RLHFConfig, "")
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}. Check the spelling; every "
+                          "field is defined and documented in rlhf/config.py")
+    return OmegaConf.to_object(composed)
+
+
+def _unknown_keys(node: DictConfig, schema: type, prefix: str) -> list[str]:
+    hints = typing.get_type_hints(schema)
+    found = []
+    for key in node.keys():
+        if key not in hints:
+            found.append(prefix + str(key))
+        elif dataclasses.is_dataclass(hints[key]):
+            found += _unknown_keys(node[key], hints[key], f"{prefix}{key}.")
+    return found
+
+
+def check(cfg: RLHFConfig) -> None:
+    """Cross-field rules; raises one ConfigError listing every problem found."""
+    problems: list[str] = []
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.run):
+        problems.append(f"run={cfg.run!r}: use letters, digits, '.', '_' or '-' (it names a folder)")
+    if cfg.stage.name not in STAGES:
+        problems.append(f"stage.name={cfg.stage.name!r}: choose one of {', '.join(STAGES)}")
+
+    d = cfg.data
+    fractions = {name: getattr(d.splits, name) for name in SPLITS}
+    for name, value in fractions.items():
+        if not 0.0 <= value <= 1.0:
+            problems.append(f"data.splits.{name}={value}: a fraction must lie in [0, 1]")
+    unknown_shared = [s for s in d.splits.shared if s not in SPLITS]
+    if unknown_shared:
+        problems.append(f"data.splits.shared={d.splits.shared}: unknown split(s) {unknown_shared}; "
+                        f"choose from {list(SPLITS)}")
+    elif len(d.splits.shared) == 1:
+        problems.append("data.splits.shared needs two or more splits to share (or none)")
+    elif len({fractions[s] for s in d.splits.shared}) > 1:
+        shown = ", ".join(f"data.splits.{s}={fractions[s]}" for s in d.splits.shared)
+        problems.append(f"data.splits.shared={d.splits.shared}: shared splits get the same prompts, "
+                        f"so their fractions must be equal ({shown})")
+    total = _bucket_total(fractions, [] if unknown_shared else d.splits.shared)
+    if total > 1.0 + 1e-9:
+        problems.append(f"data.splits: the fractions {fractions} use {total:.3f} of the prompts "
+                        f"(more than 1); lower some of data.splits.sft/rm/ppo/eval")
+    if total <= 0.0:
+        problems.append("data.splits: every fraction is 0, so no prompt would be used")
+
+    if d.format is DataFormat.toy:
+        if d.path or d.hub_id:
+            problems.append(f"data.format=toy generates its data; data.path={d.path!r} and "
+                            f"data.hub_id={d.hub_id!r} must be null (or pick another data.format)")
+        t = d.toy
+        if not 1 <= t.min_items <= t.max_items:
+            problems.append(f"data.toy.min_items={t.min_items} and data.toy.max_items={t.max_items}: "
+                            "need 1 <= min_items <= max_items")
+        if t.responses_per_comparison < 2:
+            problems.append(f"data.toy.responses_per_comparison={t.responses_per_comparison}: "
+                            "a comparison needs K >= 2")
+        for name in ("flawed_fraction", "label_noise"):
+            if not 0.0 <= getattr(t, name) <= 1.0:
+                problems.append(f"data.toy.{name}={getattr(t, name)}: must lie in [0, 1]")
+        from rlhf.data.toy import TASKS  # local import: config must not pull in the data layer
+
+        bad_tasks = [x for x in t.tasks if x not in TASKS]
+        if bad_tasks or not t.tasks:
+            problems.append(f"data.toy.tasks={t.tasks}: choose one or more of {sorted(TASKS)}")
+    elif not d.path and not d.hub_id:
+        problems.append(f"data.format={d.format.value} reads records: set data.path (a local file) "
+                        "or data.hub_id (a Hugging Face dataset)")
+    if d.max_records is not None and d.max_records < 1:
+        problems.append(f"data.max_records={d.max_records}: must be >= 1 (or null for all)")
+    for name in ("max_prompt_tokens", "max_response_tokens"):
+        if getattr(d, name) < 1:
+            problems.append(f"data.{name}={getattr(d, name)}: must be >= 1")
+
+    m = cfg.model
+    if m.dtype not in ("float32", "bfloat16", "float16"):
+        problems.append(f"model.dtype={m.dtype!r}: choose float32, bfloat16 or float16")
+    if m.name_or_path is None:
+        t = m.tiny
+        if t.hidden_size % t.num_attention_heads:
+            problems.append(f"model.tiny.hidden_size={t.hidden_size} must be divisible by "
+                            f"model.tiny.num_attention_heads={t.num_attention_heads}")
+        if d.max_prompt_tokens + d.max_response_tokens > t.max_position_embeddings:
+            problems.append(f"data.max_prompt_tokens + data.max_response_tokens = "
+                            f"{d.max_prompt_tokens + d.max_response_tokens} exceeds "
+                            f"model.tiny.max_position_embeddings={t.max_position_embeddings}")
+
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _bucket_total(fractions: dict[str, float], shared: list[str]) -> float:
+    """Share of the prompt space the splits use; shared splits use one bucket together."""
+    if len(shared) < 2:
+        return sum(fractions.values())
+    return sum(v for k, v in fractions.items() if k not in shared) + max(fractions[s] for s in shared)

@@ -1,0 +1,159 @@
+"""The three record kinds every stage consumes, and the checks that make a record valid.
+
+A prompt is either a string (one user turn) or a list of chat messages
+`{"role": "system"|"user"|"assistant", "content": str}` ending with a user turn.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterator, Union
+
+Message = dict  # {"role": ..., "content": ...}
+PromptLike = Union[str, tuple]  # str or a tuple of messages (tuples keep records hashable)
+
+ROLES = ("system", "user", "assistant")
+
+
+class DataError(ValueError):
+    """Bad data: names the source, the line or row, the field and what to do."""
+
+
+class RecordError(ValueError):
+    """One bad field of one record. The loader adds where the record came from."""
+
+    def __init__(self, field: str, reason: str, kind: str):
+        super().__init__(f"field {field!r}: {reason}")
+        self.field = field
+        self.reason = reason
+        self.kind = kind  # short, stable name of the failure class; skips are counted by it
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    prompt: PromptLike
+    response: str
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """K >= 2 responses to one prompt, best first. `ranks[i]` is response i's rank (0 = best);
+    equal ranks are ties, which yield no training pair. Pairwise data is the K = 2 case."""
+
+    prompt: PromptLike
+    responses: tuple[str, ...]
+    ranks: tuple[int, ...]
+    margin: float | None = None  # pairwise only: how much better the first response is
+    source: str = ""
+
+    @property
+    def k(self) -> int:
+        return len(self.responses)
+
+    def pairs(self) -> Iterator[tuple[int, int]]:
+        """(better, worse) index pairs: all C(K,2) pairs except ties."""
+        for i in range(self.k):
+            for j in range(i + 1, self.k):
+                if self.ranks[i] < self.ranks[j]:
+                    yield i, j
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt: PromptLike
+    source: str = ""
+
+
+Record = Union[Demonstration, Comparison, Prompt]
+
+
+def prompt_key(prompt: PromptLike) -> str:
+    """Canonical text of a prompt: what splits hash and what deduplication compares."""
+    if isinstance(prompt, str):
+        return prompt
+    return json.dumps([[m["role"], m["content"]] for m in prompt], ensure_ascii=False)
+
+
+def as_messages(prompt: PromptLike) -> list[Message]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [dict(m) for m in prompt]
+
+
+# ---- validation: each function returns the clean value or raises RecordError -----------------
+
+
+def check_prompt(value: object, field: str) -> PromptLike:
+    if isinstance(value, str):
+        if not value.strip():
+            raise RecordError(field, "empty prompt", "empty_prompt")
+        return value
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise RecordError(field, "empty list of messages", "empty_prompt")
+        messages = tuple(check_message(m, f"{field}[{i}]") for i, m in enumerate(value))
+        if messages[-1]["role"] != "user":
+            raise RecordError(field, f"the last message must be the user's turn to answer, "
+                              f"got role {messages[-1]['role']!r}", "bad_messages")
+        return messages
+    raise RecordError(field, f"expected a string or a list of chat messages, got "
+                      f"{type(value).__name__}", "wrong_type")
+
+
+def check_message(value: object, field: str) -> Message:
+    if not isinstance(value, dict):
+        raise RecordError(field, f"expected a message object, got {type(value).__name__}",
+                          "bad_messages")
+    role, content = value.get("role"), value.get("content")
+    if role not in ROLES:
+        raise RecordError(f"{field}.role", f"role must be one of {ROLES}, got {role!r}",
+                          "bad_messages")
+    if not isinstance(content, str):
+        raise RecordError(f"{field}.content", f"expected a string, got {type(content).__name__}",
+                          "wrong_type")
+    if not content.strip():
+        raise RecordError(f"{field}.content", "empty message", "empty_prompt")
+    # Only the two keys every chat template reads are kept (extra keys such as OASST's ids would
+    # otherwise change the split hash of an identical prompt).
+    return _FrozenMessage(role=role, content=content)
+
+
+class _FrozenMessage(dict):
+    """A message dict that can live in a frozen record: records are hashed and compared."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash((self["role"], self["content"]))
+
+
+def check_response(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise RecordError(field, f"expected a string, got {type(value).__name__}", "wrong_type")
+    if not value.strip():
+        raise RecordError(field, "empty response", "empty_response")
+    return value
+
+
+def make_comparison(prompt: PromptLike, responses: list[str], ranks: list[int],
+                    field: str, margin: object = None, source: str = "") -> Comparison:
+    """Builds a Comparison from responses sorted best-first, enforcing K >= 2 and uniqueness."""
+    if len(responses) < 2:
+        raise RecordError(field, f"a comparison needs K >= 2 responses, got {len(responses)}",
+                          "too_few_responses")
+    seen: dict[str, int] = {}
+    for i, text in enumerate(responses):
+        if text in seen:
+            if len(responses) == 2:
+                raise RecordError(field, "chosen equals rejected", "chosen_equals_rejected")
+            raise RecordError(field, f"responses {seen[text]} and {i} are identical",
+                              "duplicate_responses")
+        seen[text] = i
+    if margin is not None:
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+            raise RecordError("margin", f"expected a number, got {type(margin).__name__}",
+                              "wrong_type")
+        if len(responses) != 2:
+            raise RecordError("margin", "a margin applies to pairwise comparisons only", "bad_margin")
+        margin = float(margin)
+    return Comparison(prompt, tuple(responses), tuple(ranks), margin, source)

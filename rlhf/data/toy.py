@@ -1,0 +1,114 @@
+"""The built-in toy task: sort or reverse a short list of digits.
+
+    prompt   "sort: 3 1 4 1 5"       gold answer "1 1 3 4 5"
+    prompt   "reverse: 2 7 1"        gold answer "1 7 2"
+
+Chosen because a tiny model learns it on two CPU cores in minutes, yet it has every failure an
+RLHF user watches for, visible by eye in the samples: wrong items, items out of order, stopping
+early and rambling past the answer. The gold scorer reads only the prompt and the response text,
+so any stage (and any policy) can be scored. See data/README.md.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Callable, Iterator
+
+from rlhf.data.records import Comparison, Demonstration, PromptLike, Record
+
+DIGITS = "0123456789"
+TASKS: dict[str, Callable[[list[str]], list[str]]] = {
+    "sort": sorted,
+    "reverse": lambda items: items[::-1],
+}
+_PROMPT_RE = re.compile(r"^(?P<task>[a-z]+): (?P<items>\d( \d)*)$")
+FLAWS = ("swap", "drop_last", "extra_item", "wrong_item")
+
+
+def parse_prompt(prompt: PromptLike) -> tuple[str, list[str]]:
+    text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+    match = _PROMPT_RE.match(text.strip())
+    if not match or match["task"] not in TASKS:
+        raise ValueError(f"not a toy-task prompt: {text!r} (expected e.g. 'sort: 3 1 2')")
+    return match["task"], match["items"].split()
+
+
+def answer(prompt: PromptLike) -> str:
+    task, items = parse_prompt(prompt)
+    return " ".join(TASKS[task](items))
+
+
+def gold_score(prompt: PromptLike, response: str) -> float:
+    """Share of positions right, over the longer of answer and response: 1.0 only for the exact
+    answer; a missing or an extra item costs as much as a wrong one, so stopping on time counts."""
+    target = answer(prompt).split()
+    got = response.split()
+    right = sum(a == b for a, b in zip(target, got))
+    return right / max(len(target), len(got))
+
+
+def flaw(items: list[str], kind: str, rng: random.Random) -> list[str]:
+    """One deliberate mistake of a named kind."""
+    items = list(items)
+    if kind == "swap" and len(set(items)) > 1:
+        candidates = [i for i in range(len(items) - 1) if items[i] != items[i + 1]]
+        i = rng.choice(candidates)
+        items[i], items[i + 1] = items[i + 1], items[i]
+    elif kind == "drop_last" and len(items) > 1:
+        items.pop()
+    elif kind == "extra_item":
+        items.append(rng.choice(DIGITS))
+    else:  # wrong_item, and the fallback when another flaw cannot apply
+        i = rng.randrange(len(items))
+        items[i] = rng.choice([d for d in DIGITS if d != items[i]])
+    return items
+
+
+def generate(cfg) -> Iterator[Record]:
+    """Yields one Demonstration and one K-wise Comparison per distinct prompt, deterministically
+    for a given `cfg` (a ToyConfig). The splitter later sends each prompt to one split."""
+    space = len(cfg.tasks) * sum(10**n for n in range(cfg.min_items, cfg.max_items + 1))
+    if cfg.num_prompts > space:
+        raise ValueError(f"data.toy.num_prompts={cfg.num_prompts} exceeds the {space} distinct "
+                         "prompts these tasks and lengths allow; lower it or widen min/max_items")
+    rng = random.Random(cfg.seed)
+    seen: set[str] = set()
+    while len(seen) < cfg.num_prompts:
+        task = rng.choice(cfg.tasks)
+        items = [rng.choice(DIGITS) for _ in range(rng.randint(cfg.min_items, cfg.max_items))]
+        prompt = f"{task}: {' '.join(items)}"
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        target = TASKS[task](items)
+        shown = flaw(target, rng.choice(FLAWS), rng) if rng.random() < cfg.flawed_fraction else target
+        yield Demonstration(prompt, " ".join(shown), source="toy")
+        yield _comparison(prompt, target, cfg, rng)
+
+
+def _comparison(prompt: str, target: list[str], cfg, rng: random.Random) -> Comparison:
+    k = cfg.responses_per_comparison
+    # Half the comparisons include the exact answer; the rest rank flawed answers only, as
+    # human labellers mostly do.
+    texts = {" ".join(target)} if rng.random() < 0.5 else set()
+    attempts = 0
+    while len(texts) < k:
+        attempts += 1
+        items = target
+        for _ in range(rng.randint(1, 3)):
+            items = flaw(items, rng.choice(FLAWS), rng)
+        texts.add(" ".join(items))
+        if attempts > 1000:  # unreachable for 3+ digits; guards a degenerate config
+            raise ValueError(f"cannot make {k} distinct responses for {prompt!r}")
+    scored = sorted(((gold_score(prompt, t), t) for t in sorted(texts)), key=lambda x: -x[0])
+    responses = [t for _, t in scored]
+    distinct = sorted({s for s, _ in scored}, reverse=True)
+    ranks = [distinct.index(s) for s, _ in scored]  # equal gold scores are ties
+    if rng.random() < cfg.label_noise:
+        # A noisy labeller swaps one adjacent, non-tied pair; the ranks stay in stated order.
+        untied = [i for i in range(k - 1) if ranks[i] < ranks[i + 1]]
+        if untied:
+            i = rng.choice(untied)
+            responses[i], responses[i + 1] = responses[i + 1], responses[i]
+    return Comparison(prompt, tuple(responses), tuple(ranks), None, "toy")

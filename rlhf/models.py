@@ -1,0 +1,108 @@
+"""Tokenizers and models: the built-in tiny model, or any Hugging Face checkpoint.
+
+`model.name_or_path: null` builds the tiny Llama-style model from `model.tiny` and a tokenizer
+built deterministically in code (no file, no download). Otherwise the hub id or local folder is
+loaded with `from_pretrained`; `trust_remote_code` stays off unless the config turns it on.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
+
+from rlhf.config import ModelConfig
+
+PAD, EOS = "<|pad|>", "<|eos|>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+# Every turn opens with its role token; an assistant turn closes with EOS, so the EOS that ends a
+# response is also the end-of-turn marker the model learns to emit.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}" + EOS + "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+# Whole-word tokens for the toy task (data/README.md), so a sorted list of 6 digits is ~8 tokens.
+# Everything else falls back to bytes: any text can be encoded and decoded losslessly.
+TINY_WORDS = ("sort", "reverse", *(f" {d}" for d in "0123456789"))
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE whose merges spell out TINY_WORDS; the same ids on every machine."""
+    vocab = {tok: i for i, tok in enumerate((PAD, EOS, *ROLE_TOKENS))}
+    for c in sorted(pre_tokenizers.ByteLevel.alphabet()):  # one token per byte
+        vocab[c] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for word in TINY_WORDS:
+        chars = word.replace(" ", "\u0120")  # the byte-level stand-in for a space ("Ġ")
+        for end in range(2, len(chars) + 1):
+            left, right = chars[: end - 1], chars[end - 1]
+            if chars[:end] not in vocab:
+                merges.append((left, right))
+                vocab[chars[:end]] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens([PAD, EOS, *ROLE_TOKENS])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS,
+                                        additional_special_tokens=list(ROLE_TOKENS))
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    tokenizer.padding_side = "left"  # generation continues prompts; left padding keeps them flush
+    return tokenizer
+
+
+def load_tokenizer(cfg: ModelConfig):
+    if cfg.name_or_path is None:
+        tokenizer = build_tiny_tokenizer()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision,
+                                                  trust_remote_code=cfg.trust_remote_code)
+    if cfg.chat_template:
+        tokenizer.chat_template = cfg.chat_template
+    if tokenizer.eos_token is None:
+        raise ValueError(f"model.name_or_path={cfg.name_or_path!r}: the tokenizer has no EOS token, "
+                         "so responses could not end; use a tokenizer that defines eos_token")
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # PAD must differ from EOS: with PAD == EOS, masking padding also masks the EOS that ends
+        # each response, and the policy never learns to stop. The new row is resized in below.
+        tokenizer.add_special_tokens({"pad_token": PAD})
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_causal_lm(cfg: ModelConfig, tokenizer, path: str | None = None):
+    """The policy architecture: the tiny model (built fresh) or a pretrained checkpoint.
+    `path` overrides `cfg.name_or_path` (e.g. a stage's `final/` folder)."""
+    dtype = getattr(torch, cfg.dtype)
+    source = path or cfg.name_or_path
+    if source is None:
+        model = build_tiny_model(cfg, tokenizer).to(dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, revision=cfg.revision if path is None else None,
+                                                     trust_remote_code=cfg.trust_remote_code, dtype=dtype)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def build_tiny_model(cfg: ModelConfig, tokenizer):
+    t = cfg.tiny
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_hidden_layers,
+        num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_attention_heads,
+        max_position_embeddings=t.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+        torch.manual_seed(t.seed)
+        return AutoModelForCausalLM.from_config(config)

@@ -1,0 +1,94 @@
+"""Every file in conf/ composes and validates; bad configs fail naming the fields involved."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from conftest import ROOT
+from rlhf.config import ConfigError, RLHFConfig, check, register_schemas, to_config
+
+CONF = ROOT / "conf"
+# Options that need a value the file leaves for the user to give.
+NEEDS = {("data", "jsonl"): ["data.path=data/examples/pairwise.jsonl"]}
+
+register_schemas()
+
+
+def load(overrides: list[str]) -> RLHFConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = to_config(compose(config_name="config", overrides=overrides))
+    check(cfg)
+    return cfg
+
+
+OPTIONS = sorted((group.name, f.stem) for group in CONF.iterdir() if group.is_dir()
+                 for f in group.glob("*.yaml"))
+
+
+def test_every_group_has_options():
+    assert {g for g, _ in OPTIONS} >= {"stage", "model", "data", "deepspeed", "experiment"}
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_conf_file_composes_and_validates(group, option):
+    cfg = load([f"{group}={option}", *NEEDS.get((group, option), [])])
+    assert isinstance(cfg, RLHFConfig)
+    if group in ("stage", "deepspeed"):
+        assert getattr(cfg, group).name == option
+
+
+def test_default_config_is_the_toy_task_on_the_tiny_model():
+    cfg = load([])
+    assert (cfg.stage.name, cfg.model.name_or_path, cfg.data.format.value) == ("prepare", None, "toy")
+    assert cfg.stage_dir == Path("runs/default/prepare")
+    assert cfg.model.trust_remote_code is False
+
+
+@pytest.mark.parametrize("override,named", [
+    ("data.nope=1", "nope"),                      # unknown key
+    ("data.splits.sft=abc", "data.splits.sft"),   # wrong type
+    ("data.on_error=ignore", "on_error"),         # not one of the enum's values
+    ("data.format=xml", "format"),
+])
+def test_unknown_keys_and_wrong_types_fail_at_composition(override, named):
+    with pytest.raises(ConfigCompositionException) as err:
+        load([override])
+    assert named in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize("overrides,fields", [
+    (["data.splits.sft=0.9"], ["data.splits", "more than 1"]),
+    (["data.path=x.jsonl"], ["data.format=toy", "data.path"]),
+    (["data=hh_rlhf", "data.hub_id=null"], ["data.path", "data.hub_id"]),
+    (["data.splits.shared=[sft,rm]"], ["data.splits.sft=0.4", "data.splits.rm=0.3"]),
+    (["data.splits.shared=[sft,train]"], ["train"]),
+    (["model.tiny.hidden_size=130"], ["model.tiny.hidden_size", "model.tiny.num_attention_heads"]),
+    (["data.max_prompt_tokens=4000"], ["data.max_prompt_tokens", "model.tiny.max_position_embeddings"]),
+    (["run=a/b"], ["run="]),
+    (["stage.name=train"], ["stage.name", "prepare"]),
+    (["data.toy.min_items=5", "data.toy.max_items=3"], ["data.toy.min_items", "data.toy.max_items"]),
+])
+def test_inconsistent_fields_are_one_error_naming_them(overrides, fields):
+    with pytest.raises(ConfigError) as err:
+        load(overrides)
+    for f in fields:
+        assert f in str(err.value)
+
+
+def test_keys_added_with_plus_are_refused_too():
+    # Hydra lets `+key=value` into a structured node; a typo must not pass silently.
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\): model.flash, data.toy.colour"):
+        load(["+model.flash=true", "+data.toy.colour=red"])
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        load(["data.splits.sft=0.9", "model.tiny.hidden_size=130"])
+    assert str(err.value).count("\n  - ") == 2
+
+
+def test_experiment_overrides_stack_on_groups():
+    cfg = load(["experiment=toy_small"])
+    assert (cfg.run, cfg.data.toy.num_prompts) == ("toy_small", 1000)
