@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-STAGES = ("prepare",)  # grows with each stage module; cli.py maps names to modules
+STAGES = ("prepare", "sft", "rm")  # grows with each stage module; cli.py maps names to modules
 SPLITS = ("sft", "rm", "ppo", "eval")
 
 
@@ -79,11 +79,11 @@ class SplitConfig:
 
 @dataclass
 class ToyConfig:
-    """The built-in task (data/README.md): sort or reverse a short list of digits."""
+    """The built-in task (data/README.md): sort a short list of digits as instructed."""
 
     seed: int = 0
-    num_prompts: int = 6000
-    tasks: List[str] = field(default_factory=lambda: ["sort", "reverse"])
+    num_prompts: int = 12000
+    tasks: List[str] = field(default_factory=lambda: ["ascending", "descending"])  # or "reverse"
     min_items: int = 3
     max_items: int = 6
     flawed_fraction: float = 0.3  # share of demonstrations with one deliberate flaw
@@ -149,6 +149,59 @@ class DeepSpeedConfig:
     config: Dict[str, Any] = field(default_factory=dict)
 
 
+class LoggerBackend(enum.Enum):
+    tensorboard = "tensorboard"  # event files in runs/<run>/<stage>/logs (tensorboard --logdir runs)
+    wandb = "wandb"  # Weights & Biases (pip install wandb; WANDB_MODE=offline works without network)
+    none = "none"  # metrics only in the console, rlhf.log and manifest.json
+
+
+@dataclass
+class LoggerConfig:
+    backend: LoggerBackend = LoggerBackend.tensorboard
+    wandb_project: str = "rlhf"  # wandb only; the wandb run is named <run>/<stage>
+    every_steps: int = 10  # optimizer steps between logged training metrics
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by the trainer-based stages (SFT, RM)."""
+
+    # Start from this checkpoint (local folder or hub id); null = the stage's default (see stage).
+    init_from: Optional[str] = None
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 stops after this many optimizer steps, overriding epochs
+    per_device_batch_size: int = 32  # examples per device per micro-step (RM: comparisons)
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-5
+    lr_scheduler: str = "cosine"  # any transformers scheduler name (linear, constant, ...)
+    warmup: float = 0.05  # < 1: fraction of the steps; >= 1: a number of steps
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # global gradient clipping
+    dropout: float = 0.0  # every dropout probability the model config has (InstructGPT SFT: 0.2)
+    eval_every_steps: int = 100  # eval-split loss every N optimizer steps (0: only at the end)
+    save_every_steps: int = 500  # checkpoints in <stage>/checkpoints every N steps (0: none)
+    save_total_limit: int = 2  # keep only the newest N checkpoints
+
+
+@dataclass
+class SFTStageConfig(TrainConfig):
+    """Stage 1. init_from null = model.name_or_path (the tiny model: freshly built)."""
+
+    packing: bool = False  # concatenate examples into full sequences (trl's BFD packing)
+    # Toy task only: gold score of generations on this many eval prompts after training.
+    gold_eval_prompts: int = 256
+    max_new_tokens: int = 24  # generation length for the gold evaluation
+
+
+@dataclass
+class RMStageConfig(TrainConfig):
+    """Stage 2. init_from null = runs/<run>/sft/final."""
+
+    # After training, shift scores so the sft split's demonstrations score mean 0 (InstructGPT).
+    normalize: bool = True
+    normalize_max_demonstrations: int = 2048  # demonstrations scored to estimate mean and std
+
+
 @dataclass
 class StageConfig:
     name: str = "prepare"  # which stage `rlhf` runs: one of STAGES
@@ -168,12 +221,19 @@ class RLHFConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    rm: RMStageConfig = field(default_factory=RMStageConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.run
 
     @property
     def stage_dir(self) -> Path:
         """runs/<run>/<stage>: the same on every rank, as it holds no timestamp."""
-        return Path(self.runs_dir) / self.run / self.stage.name
+        return self.run_dir / self.stage.name
 
 
 def register_schemas() -> None:
@@ -272,6 +332,18 @@ def check(cfg: RLHFConfig) -> None:
             problems.append(f"data.max_prompt_tokens + data.max_response_tokens = "
                             f"{d.max_prompt_tokens + d.max_response_tokens} exceeds "
                             f"model.tiny.max_position_embeddings={t.max_position_embeddings}")
+
+    for name in ("sft", "rm"):
+        t = getattr(cfg, name)
+        for key in ("per_device_batch_size", "gradient_accumulation_steps"):
+            if getattr(t, key) < 1:
+                problems.append(f"{name}.{key}={getattr(t, key)}: must be >= 1")
+        if t.max_steps <= 0 and t.epochs <= 0:
+            problems.append(f"{name}.epochs={t.epochs} and {name}.max_steps={t.max_steps}: set one of them > 0")
+        if not 0.0 <= t.dropout < 1.0:
+            problems.append(f"{name}.dropout={t.dropout}: must lie in [0, 1)")
+        if t.learning_rate <= 0:
+            problems.append(f"{name}.learning_rate={t.learning_rate}: must be > 0")
 
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+)
 
 from rlhf.config import ModelConfig
 
@@ -24,7 +31,7 @@ TINY_CHAT_TEMPLATE = (
 )
 # Whole-word tokens for the toy task (data/README.md), so a sorted list of 6 digits is ~8 tokens.
 # Everything else falls back to bytes: any text can be encoded and decoded losslessly.
-TINY_WORDS = ("sort", "reverse", *(f" {d}" for d in "0123456789"))
+TINY_WORDS = ("sort", " ascending", " descending", "reverse", *(f" {d}" for d in "0123456789"))
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -70,25 +77,53 @@ def load_tokenizer(cfg: ModelConfig):
     return tokenizer
 
 
-def load_causal_lm(cfg: ModelConfig, tokenizer, path: str | None = None):
+def load_causal_lm(cfg: ModelConfig, tokenizer, path: str | None = None, dropout: float = 0.0):
     """The policy architecture: the tiny model (built fresh) or a pretrained checkpoint.
     `path` overrides `cfg.name_or_path` (e.g. a stage's `final/` folder)."""
-    dtype = getattr(torch, cfg.dtype)
     source = path or cfg.name_or_path
     if source is None:
-        model = build_tiny_model(cfg, tokenizer).to(dtype)
+        model = build_tiny_model(cfg, tokenizer, dropout).to(getattr(torch, cfg.dtype))
     else:
-        model = AutoModelForCausalLM.from_pretrained(source, revision=cfg.revision if path is None else None,
-                                                     trust_remote_code=cfg.trust_remote_code, dtype=dtype)
+        model = _from_pretrained(AutoModelForCausalLM, cfg, source, dropout, pinned=path is None)
+    return _fit_to_tokenizer(model, tokenizer)
+
+
+def load_reward_model(cfg: ModelConfig, tokenizer, path: str, dropout: float = 0.0):
+    """A sequence classifier with one output (the score, read at the last non-pad token).
+    From a causal LM checkpoint (e.g. runs/<run>/sft/final) the score head starts random."""
+    model = _from_pretrained(AutoModelForSequenceClassification, cfg, path, dropout,
+                             pinned=path == cfg.name_or_path, num_labels=1)
+    return _fit_to_tokenizer(model, tokenizer)
+
+
+def _from_pretrained(auto_class, cfg: ModelConfig, source: str, dropout: float, pinned: bool, **kw):
+    """`pinned`: the source is the configured hub model, so model.revision applies to it."""
+    revision = cfg.revision if pinned else None
+    config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=cfg.trust_remote_code, **kw)
+    set_dropout(config, dropout)
+    return auto_class.from_pretrained(source, config=config, revision=revision,
+                                      trust_remote_code=cfg.trust_remote_code, dtype=getattr(torch, cfg.dtype))
+
+
+def _fit_to_tokenizer(model, tokenizer):
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.resize_token_embeddings(len(tokenizer))  # load_tokenizer added a PAD token
+    model.config.pad_token_id = tokenizer.pad_token_id  # sequence classifiers find the last token by it
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
 
 
-def build_tiny_model(cfg: ModelConfig, tokenizer):
+def set_dropout(config, p: float) -> None:
+    """Sets every dropout probability a transformers config has (names differ by architecture:
+    attention_dropout, hidden_dropout_prob, resid_pdrop, ...)."""
+    for key, value in config.to_dict().items():
+        if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
+            setattr(config, key, p)
+
+
+def build_tiny_model(cfg: ModelConfig, tokenizer, dropout: float = 0.0):
     t = cfg.tiny
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -103,6 +138,7 @@ def build_tiny_model(cfg: ModelConfig, tokenizer):
         bos_token_id=None,
         tie_word_embeddings=True,
     )
+    set_dropout(config, dropout)
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
         torch.manual_seed(t.seed)
         return AutoModelForCausalLM.from_config(config)

@@ -9,7 +9,7 @@ from rlhf.config import DataConfig, ModelConfig, ToyConfig
 
 
 def test_chat_template_rendering_is_exact(tokenizer):
-    assert render_prompt(tokenizer, "sort: 3 1 2") == "<|user|>sort: 3 1 2<|assistant|>"
+    assert render_prompt(tokenizer, "sort ascending: 3 1 2") == "<|user|>sort ascending: 3 1 2<|assistant|>"
     assert render_response(tokenizer, "1 2 3") == "1 2 3<|eos|>"
     turns = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
              {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"})
@@ -44,8 +44,8 @@ def test_encode_is_lossless_and_every_response_ends_with_eos(tokenizer):
 
 
 def test_toy_words_are_single_tokens(tokenizer):
-    prompt_ids, response_ids = encode(tokenizer, "sort: 3 1 4 1 5", "1 1 3 4 5")
-    assert len(prompt_ids) == 9 and len(response_ids) == 6
+    prompt_ids, response_ids = encode(tokenizer, "sort ascending: 3 1 4 1 5", "1 1 3 4 5")
+    assert len(prompt_ids) == 10 and len(response_ids) == 6
 
 
 def test_same_prompt_renders_the_same_for_every_stage(tokenizer):

@@ -11,7 +11,7 @@ from rlhf.models import build_tiny_tokenizer, load_causal_lm, load_tokenizer
 def test_tiny_model_is_seeded_and_runs_a_left_padded_batch(tokenizer):
     a, b = load_causal_lm(ModelConfig(), tokenizer), load_causal_lm(ModelConfig(), tokenizer)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    batch = tokenizer.pad({"input_ids": encode_prompts(tokenizer, ["sort: 1 2", "reverse: 3 4 5 6"])},
+    batch = tokenizer.pad({"input_ids": encode_prompts(tokenizer, ["sort ascending: 1 2", "sort descending: 3 4 5 6"])},
                           return_tensors="pt")
     assert batch["input_ids"][0, 0] == tokenizer.pad_token_id  # left padding
     logits = a(**batch).logits
@@ -27,7 +27,7 @@ def test_a_saved_checkpoint_loads_by_path_with_the_same_logits(tmp_path, tokeniz
     cfg = ModelConfig(name_or_path=str(tmp_path))
     tok2 = load_tokenizer(cfg)
     again = load_causal_lm(cfg, tok2)
-    ids = torch.tensor(encode_prompts(tok2, ["sort: 3 1 2"]))
+    ids = torch.tensor(encode_prompts(tok2, ["sort ascending: 3 1 2"]))
     assert torch.equal(model(ids).logits, again(ids).logits)
 
 

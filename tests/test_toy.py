@@ -8,12 +8,14 @@ from rlhf.data.toy import answer, generate, gold_score
 
 
 @pytest.mark.parametrize("prompt,response,score", [
-    ("sort: 3 1 2", "1 2 3", 1.0),
-    ("sort: 3 1 2", "1 2", 2 / 3),          # stopped early
-    ("sort: 3 1 2", "1 2 3 3", 3 / 4),      # rambled past the answer
-    ("sort: 3 1 2", "2 1 3", 1 / 3),        # out of order
-    ("sort: 3 1 2", "", 0.0),
-    ("sort: 3 1 2", "one two three", 0.0),
+    ("sort ascending: 3 1 2", "1 2 3", 1.0),
+    ("sort ascending: 3 1 2", "1 2", 2 / 3),          # stopped early
+    ("sort ascending: 3 1 2", "1 2 3 3", 3 / 4),      # rambled past the answer
+    ("sort ascending: 3 1 2", "2 1 3", 1 / 3),        # out of order
+    ("sort ascending: 3 1 2", "3 2 1", 1 / 3),        # ignored the instruction
+    ("sort descending: 3 1 2", "3 2 1", 1.0),
+    ("sort ascending: 3 1 2", "", 0.0),
+    ("sort ascending: 3 1 2", "one two three", 0.0),
     ("reverse: 2 7 1", "1 7 2", 1.0),
     ("reverse: 2 7 1", "2 7 1", 1 / 3),
     ("reverse: 5 5 0 9", "  9 0 5 5 ", 1.0),  # whitespace does not matter
@@ -23,8 +25,10 @@ def test_gold_score_hand_computed(prompt, response, score):
 
 
 def test_gold_score_reads_chat_prompts_and_rejects_foreign_ones():
-    assert gold_score(({"role": "user", "content": "sort: 2 1"},), "1 2") == 1.0
-    assert answer("sort: 9 0 5") == "0 5 9"
+    assert gold_score(({"role": "user", "content": "sort ascending: 2 1"},), "1 2") == 1.0
+    assert answer("sort descending: 9 0 5") == "9 5 0"
+    with pytest.raises(ValueError, match="not a toy-task prompt"):
+        answer("sort sideways: 1 2")
     with pytest.raises(ValueError, match="not a toy-task prompt"):
         gold_score("What is the capital of France?", "Paris")
 
@@ -62,4 +66,4 @@ def test_comparisons_are_k_wise_ranked_by_gold_with_label_noise():
 
 def test_too_many_prompts_for_the_space_is_a_clear_error():
     with pytest.raises(ValueError, match="data.toy.num_prompts=500 exceeds the 220 distinct"):
-        list(generate(ToyConfig(num_prompts=500, min_items=1, max_items=2, tasks=["sort", "reverse"])))
+        list(generate(ToyConfig(num_prompts=500, min_items=1, max_items=2, tasks=["ascending", "reverse"])))

@@ -1,11 +1,13 @@
-"""The built-in toy task: sort or reverse a short list of digits.
+"""The built-in toy task: sort a short list of digits, ascending or descending as instructed.
 
-    prompt   "sort: 3 1 4 1 5"       gold answer "1 1 3 4 5"
-    prompt   "reverse: 2 7 1"        gold answer "1 7 2"
+    prompt   "sort ascending: 3 1 4 1 5"     gold answer "1 1 3 4 5"
+    prompt   "sort descending: 2 7 1"        gold answer "7 2 1"
 
-Chosen because a tiny model learns it on two CPU cores in minutes, yet it has every failure an
-RLHF user watches for, visible by eye in the samples: wrong items, items out of order, stopping
-early and rambling past the answer. The gold scorer reads only the prompt and the response text,
+Chosen because a tiny model learns it on two CPU cores in minutes, yet it has the failures an
+RLHF user watches for, visible by eye in the samples: ignoring the instruction, items out of
+order, stopping early and rambling past the answer. Each flaw is also visible locally, which
+is what lets a tiny reward model learn to judge answers (a wrong digit in a reversed list, say,
+is not: that task is available as "reverse" but not in the default mix). The gold scorer reads only the prompt and the response text,
 so any stage (and any policy) can be scored. See data/README.md.
 """
 
@@ -18,25 +20,33 @@ from typing import Callable, Iterator
 from rlhf.data.records import Comparison, Demonstration, PromptLike, Record
 
 DIGITS = "0123456789"
-TASKS: dict[str, Callable[[list[str]], list[str]]] = {
-    "sort": sorted,
-    "reverse": lambda items: items[::-1],
+# task name -> (instruction as the prompt shows it, the answer for a list of digits)
+TASKS: dict[str, tuple[str, Callable[[list[str]], list[str]]]] = {
+    "ascending": ("sort ascending", sorted),
+    "descending": ("sort descending", lambda items: sorted(items, reverse=True)),
+    # Harder for a small reward model: a wrong item is not visible locally, so it is not in
+    # the default mix (data.toy.tasks).
+    "reverse": ("reverse", lambda items: items[::-1]),
 }
-_PROMPT_RE = re.compile(r"^(?P<task>[a-z]+): (?P<items>\d( \d)*)$")
-FLAWS = ("swap", "drop_last", "extra_item", "wrong_item")
+_PROMPT_RE = re.compile(r"^(?P<instruction>[a-z ]+): (?P<items>\d(?: \d)*)$")
+_BY_INSTRUCTION = {instruction: answer for instruction, answer in TASKS.values()}
+# Each flaw is a failure a reader spots at a glance: two neighbours out of order, stopping one
+# item early, or not stopping (one item too many).
+FLAWS = ("swap", "drop_last", "extra_item")
 
 
 def parse_prompt(prompt: PromptLike) -> tuple[str, list[str]]:
-    text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
-    match = _PROMPT_RE.match(text.strip())
-    if not match or match["task"] not in TASKS:
-        raise ValueError(f"not a toy-task prompt: {text!r} (expected e.g. 'sort: 3 1 2')")
-    return match["task"], match["items"].split()
+    """(instruction, items) of a toy prompt such as 'sort ascending: 3 1 2'."""
+    text = (prompt if isinstance(prompt, str) else prompt[-1]["content"]).strip()
+    match = _PROMPT_RE.match(text)
+    if not match or match["instruction"] not in _BY_INSTRUCTION:
+        raise ValueError(f"not a toy-task prompt: {text!r} (expected e.g. 'sort ascending: 3 1 2')")
+    return match["instruction"], match["items"].split()
 
 
 def answer(prompt: PromptLike) -> str:
-    task, items = parse_prompt(prompt)
-    return " ".join(TASKS[task](items))
+    instruction, items = parse_prompt(prompt)
+    return " ".join(_BY_INSTRUCTION[instruction](items))
 
 
 def gold_score(prompt: PromptLike, response: str) -> float:
@@ -52,16 +62,12 @@ def flaw(items: list[str], kind: str, rng: random.Random) -> list[str]:
     """One deliberate mistake of a named kind."""
     items = list(items)
     if kind == "swap" and len(set(items)) > 1:
-        candidates = [i for i in range(len(items) - 1) if items[i] != items[i + 1]]
-        i = rng.choice(candidates)
+        i = rng.choice([i for i in range(len(items) - 1) if items[i] != items[i + 1]])
         items[i], items[i + 1] = items[i + 1], items[i]
     elif kind == "drop_last" and len(items) > 1:
         items.pop()
-    elif kind == "extra_item":
+    else:  # extra_item, and the fallback when another flaw cannot apply
         items.append(rng.choice(DIGITS))
-    else:  # wrong_item, and the fallback when another flaw cannot apply
-        i = rng.randrange(len(items))
-        items[i] = rng.choice([d for d in DIGITS if d != items[i]])
     return items
 
 
@@ -75,13 +81,12 @@ def generate(cfg) -> Iterator[Record]:
     rng = random.Random(cfg.seed)
     seen: set[str] = set()
     while len(seen) < cfg.num_prompts:
-        task = rng.choice(cfg.tasks)
         items = [rng.choice(DIGITS) for _ in range(rng.randint(cfg.min_items, cfg.max_items))]
-        prompt = f"{task}: {' '.join(items)}"
+        prompt = f"{TASKS[rng.choice(cfg.tasks)][0]}: {' '.join(items)}"
         if prompt in seen:
             continue
         seen.add(prompt)
-        target = TASKS[task](items)
+        target = answer(prompt).split()
         shown = flaw(target, rng.choice(FLAWS), rng) if rng.random() < cfg.flawed_fraction else target
         yield Demonstration(prompt, " ".join(shown), source="toy")
         yield _comparison(prompt, target, cfg, rng)

@@ -1,0 +1,207 @@
+"""Stage 2, `rlhf stage=rm`: a reward model on K-wise comparisons, trained as InstructGPT does.
+
+All C(K,2) pairs of one prompt's K ranked responses form one batch element: each response is
+scored once, and the loss is -1/C(K,2) * sum log sigmoid(r_better - r_worse) over that prompt's
+pairs (ties give no pair), then averaged over prompts. Pairwise data is K = 2 on the same path.
+
+trl's RewardTrainer brings the model set-up, metrics and logging; it knows only chosen/rejected
+pairs, so the K-wise collator and loss below replace its pair ones. After training, a bias is
+chosen so that the `sft` split's demonstrations score mean 0; it is saved with the model
+(config.json, key `rlhf_reward_normalization`) with the raw mean and std, and
+`rlhf.generation.score` applies it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from trl import RewardConfig, RewardTrainer
+
+from rlhf.artifacts import StageRun
+from rlhf.config import ConfigError, RLHFConfig
+from rlhf.data import Comparison, encode_prompts, encode_responses, load_data
+from rlhf.generation import REWARD_NORM_KEY, score
+from rlhf.models import load_reward_model, load_tokenizer
+from rlhf.prepare import data_inputs
+from rlhf.tracking import Tracker, TrackerCallback
+from rlhf.training import save_final, trainer_args
+
+log = logging.getLogger(__name__)
+
+
+def kwise_loss(scores: torch.Tensor, better: torch.Tensor, worse: torch.Tensor, group: torch.Tensor,
+               margin: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Mean over groups (prompts) of the mean over the group's pairs of
+    -log sigmoid(score[better] - score[worse] - margin). Indices point into `scores`."""
+    per_pair = -F.logsigmoid(scores[better] - scores[worse] - margin)
+    total = torch.zeros(num_groups, dtype=per_pair.dtype, device=per_pair.device).index_add(0, group, per_pair)
+    count = torch.zeros_like(total).index_add(0, group, torch.ones_like(per_pair))
+    return (total / count.clamp(min=1))[count > 0].mean()
+
+
+def comparison_dataset(tokenizer, comparisons: list[Comparison]) -> Dataset:
+    """One row per comparison: its K token sequences (prompt + response) and its pairs."""
+    prompts = encode_prompts(tokenizer, [c.prompt for c in comparisons])
+    responses = encode_responses(tokenizer, [r for c in comparisons for r in c.responses])
+    rows = {"input_ids": [], "pairs": [], "margin": []}
+    start = 0
+    for c, prompt_ids in zip(comparisons, prompts):
+        rows["input_ids"].append([prompt_ids + r for r in responses[start:start + c.k]])
+        rows["pairs"].append([list(p) for p in c.pairs()])
+        rows["margin"].append(c.margin or 0.0)
+        start += c.k
+    return Dataset.from_dict(rows)
+
+
+class KWiseCollator:
+    """Flattens a batch of comparisons into one padded batch of responses (each once) plus the
+    index tensors of their pairs."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        sequences, better, worse, group, margin = [], [], [], [], []
+        for g, ex in enumerate(examples):
+            offset = len(sequences)
+            sequences.extend(ex["input_ids"])
+            for i, j in ex["pairs"]:
+                better.append(offset + i)
+                worse.append(offset + j)
+                group.append(g)
+                margin.append(ex["margin"])
+        width = max(map(len, sequences))
+        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, seq in enumerate(sequences):  # right padding: positions start at 0 as in scoring
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            attention_mask[row, : len(seq)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "better": torch.tensor(better), "worse": torch.tensor(worse), "group": torch.tensor(group),
+                "margin": torch.tensor(margin, dtype=torch.float), "num_groups": torch.tensor(len(examples))}
+
+
+class KWiseRewardTrainer(RewardTrainer):
+    def _prepare_dataset(self, dataset, *args, **kwargs):
+        return dataset  # tokenized by the data layer already
+
+    def _set_signature_columns_if_needed(self):
+        self._signature_columns = ["input_ids", "pairs", "margin"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        scores = outputs.logits[:, 0]
+        better, worse = inputs["better"], inputs["worse"]
+        loss = kwise_loss(scores, better, worse, inputs["group"], inputs["margin"], int(inputs["num_groups"]))
+        with torch.no_grad():
+            diff = scores[better] - scores[worse]
+            self._metrics[mode]["accuracy"].append(((diff > 0).float() + 0.5 * (diff == 0).float()).mean().item())
+            self._metrics[mode]["margin"].append(diff.mean().item())
+            self._metrics[mode]["mean_reward"].append(scores.mean().item())
+        return (loss, outputs) if return_outputs else loss
+
+
+def run(cfg: RLHFConfig, run: StageRun) -> None:
+    r = cfg.rm
+    init_from = r.init_from or str(cfg.run_dir / "sft" / "final")
+    if r.init_from is None and not Path(init_from).exists():
+        raise ConfigError(f"rm.init_from is null, so the reward model starts from {init_from}, which does "
+                          f"not exist: run `rlhf stage=sft run={cfg.run}` first, or set rm.init_from=<folder or hub id>")
+    tokenizer = load_tokenizer(cfg.model)
+    bundle = load_data(cfg.data, tokenizer)
+    train = [c for c in bundle.require("rm", "comparisons") if any(True for _ in c.pairs())]
+    evals = [c for c in bundle.require("eval", "comparisons") if any(True for _ in c.pairs())]
+    run.manifest["inputs"] = {**data_inputs(cfg), "init_from": init_from}
+    run.manifest["data"] = bundle.summary()
+    run.manifest["data"]["rm_comparisons_all_tied"] = len(bundle.splits["rm"].comparisons) - len(train)
+
+    torch.manual_seed(cfg.seed)  # the new score head's initial weights
+    model = load_reward_model(cfg.model, tokenizer, init_from, dropout=r.dropout)
+    tracker = Tracker(cfg.logger, cfg.stage_dir, "rm")
+    args = trainer_args(RewardConfig, r, cfg, disable_dropout=False, prediction_loss_only=True,
+                        remove_unused_columns=False, max_length=None)
+    trainer = KWiseRewardTrainer(model=model, args=args, processing_class=tokenizer,
+                                 data_collator=KWiseCollator(tokenizer.pad_token_id),
+                                 train_dataset=comparison_dataset(tokenizer, train),
+                                 eval_dataset=comparison_dataset(tokenizer, evals),
+                                 callbacks=[TrackerCallback(tracker)])
+    log.info("RM on %d comparisons (%d pairs), %d eval comparisons", len(train),
+             sum(len(list(c.pairs())) for c in train), len(evals))
+    trainer.train()
+    model = trainer.model
+
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    run.metrics.update({"train_loss_first": losses[0] if losses else None,
+                        "train_loss_last": losses[-1] if losses else None, "steps": trainer.state.global_step})
+    if r.normalize:
+        demos = bundle.require("sft", "demonstrations")[: r.normalize_max_demonstrations]
+        run.metrics.update(normalize(model, tokenizer, demos))
+        held_out = bundle.splits["eval"].demonstrations
+        if held_out:
+            run.metrics["eval_demonstration_score_mean"] = score(
+                model, tokenizer, [d.prompt for d in held_out], [d.response for d in held_out]).mean().item()
+    eval_metrics, histograms = evaluate(model, tokenizer, evals, bundle.gold_scorer)
+    run.metrics.update(eval_metrics)
+    tracker.log({f"final/{k}": v for k, v in run.metrics.items() if isinstance(v, (int, float))},
+                trainer.state.global_step)
+    tracker.histograms({f"eval/{k}": v for k, v in histograms.items()}, trainer.state.global_step)
+    tracker.close()
+    save_final(model, tokenizer, cfg.stage_dir / "final")
+    log.info("RM done: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in run.metrics.items()})
+    log.info("final model: %s", cfg.stage_dir / "final")
+
+
+def normalize(model, tokenizer, demos) -> dict[str, float]:
+    """Stores the bias that makes `demos` score mean 0 (InstructGPT) with the raw mean and std."""
+    if hasattr(model.config, REWARD_NORM_KEY):  # a re-run: measure raw scores afresh
+        delattr(model.config, REWARD_NORM_KEY)
+    raw = score(model, tokenizer, [d.prompt for d in demos], [d.response for d in demos], normalized=False)
+    mean, std = raw.mean().item(), raw.std().item()
+    setattr(model.config, REWARD_NORM_KEY, {"bias": -mean, "raw_mean": mean, "raw_std": std,
+                                            "demonstrations": len(demos)})
+    normalized = score(model, tokenizer, [d.prompt for d in demos], [d.response for d in demos])
+    return {"raw_demonstration_mean": mean, "raw_demonstration_std": std,
+            "demonstration_score_mean": normalized.mean().item()}
+
+
+def evaluate(model, tokenizer, comparisons: list[Comparison], gold_scorer=None):
+    """Pairwise accuracy (overall, by K, by source; score ties count half), scores of best vs
+    worst responses, and with a gold scorer the accuracy against its noise-free order."""
+    flat_prompts = [c.prompt for c in comparisons for _ in c.responses]
+    flat_responses = [t for c in comparisons for t in c.responses]
+    scores = score(model, tokenizer, flat_prompts, flat_responses).tolist()
+    right: dict[str, list[float]] = defaultdict(list)
+    best, worst = [], []
+    start = 0
+    for c in comparisons:
+        s = scores[start:start + c.k]
+        start += c.k
+        for i, j in c.pairs():
+            hit = 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
+            for key in ("all", f"k{c.k}", f"source_{c.source or 'unknown'}"):
+                right[key].append(hit)
+        best.append(s[0])
+        worst.append(s[-1])
+        if gold_scorer is not None:
+            gold = [gold_scorer(c.prompt, t) for t in c.responses]
+            for i in range(c.k):
+                for j in range(c.k):
+                    if gold[i] > gold[j]:
+                        right["gold"].append(1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0)
+    all_pairs = right.pop("all")
+    metrics = {"eval_accuracy": float(np.mean(all_pairs)), "eval_pairs": len(all_pairs)}
+    if "gold" in right:
+        gold_hits = right.pop("gold")
+        metrics.update({"gold_accuracy": float(np.mean(gold_hits)), "gold_pairs": len(gold_hits)})
+    metrics.update({f"eval_accuracy_{k}": float(np.mean(v)) for k, v in sorted(right.items())})
+    for name, values in (("best", best), ("worst", worst)):
+        metrics[f"eval_score_{name}_mean"] = float(np.mean(values))
+        metrics[f"eval_score_{name}_std"] = float(np.std(values))
+    return metrics, {"score_best": np.array(best), "score_worst": np.array(worst)}

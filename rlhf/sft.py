@@ -1,0 +1,71 @@
+"""Stage 1, `rlhf stage=sft`: supervised fine-tuning on the `sft` split's demonstrations.
+
+trl's SFTTrainer does the training. We hand it examples already tokenized by the data layer
+(prompt ids + response ids, with a completion mask), so the loss covers the response tokens
+and their closing EOS only, and the token sequence is exactly the one PPO will sample.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+
+from rlhf.artifacts import StageRun
+from rlhf.config import RLHFConfig
+from rlhf.data import Demonstration, encode_prompts, encode_responses, load_data
+from rlhf.generation import gold_evaluation
+from rlhf.models import load_causal_lm, load_tokenizer
+from rlhf.prepare import data_inputs
+from rlhf.tracking import Tracker, TrackerCallback
+from rlhf.training import save_final, trainer_args
+
+log = logging.getLogger(__name__)
+
+
+def sft_dataset(tokenizer, demos: list[Demonstration]) -> Dataset:
+    prompts = encode_prompts(tokenizer, [d.prompt for d in demos])
+    responses = encode_responses(tokenizer, [d.response for d in demos])
+    return Dataset.from_dict({
+        "input_ids": [p + r for p, r in zip(prompts, responses)],
+        "completion_mask": [[0] * len(p) + [1] * len(r) for p, r in zip(prompts, responses)],
+    })
+
+
+def run(cfg: RLHFConfig, run: StageRun) -> None:
+    s = cfg.sft
+    tokenizer = load_tokenizer(cfg.model)
+    bundle = load_data(cfg.data, tokenizer)
+    train_demos = bundle.require("sft", "demonstrations")
+    eval_demos = bundle.require("eval", "demonstrations")
+    run.manifest["inputs"] = {**data_inputs(cfg), "init_from": s.init_from or cfg.model.name_or_path or "tiny (fresh)"}
+    run.manifest["data"] = bundle.summary()
+
+    model = load_causal_lm(cfg.model, tokenizer, path=s.init_from, dropout=s.dropout)
+    tracker = Tracker(cfg.logger, cfg.stage_dir, "sft")
+    args = trainer_args(SFTConfig, s, cfg, completion_only_loss=True, packing=s.packing,
+                        max_length=cfg.data.max_prompt_tokens + cfg.data.max_response_tokens if s.packing else None,
+                        dataset_num_proc=None)
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                         train_dataset=sft_dataset(tokenizer, train_demos),
+                         eval_dataset=sft_dataset(tokenizer, eval_demos),
+                         callbacks=[TrackerCallback(tracker)])
+    log.info("SFT on %d demonstrations (%d eval), %d parameters", len(train_demos), len(eval_demos),
+             sum(p.numel() for p in model.parameters()))
+    trainer.train()
+
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    run.metrics.update({"train_loss_first": losses[0] if losses else None,
+                        "train_loss_last": losses[-1] if losses else None,
+                        "steps": trainer.state.global_step,
+                        "eval_loss": trainer.evaluate()["eval_loss"]})
+    if bundle.gold_scorer is not None and s.gold_eval_prompts > 0:
+        prompts = [p.prompt for p in bundle.splits["eval"].prompts[: s.gold_eval_prompts]]
+        run.metrics.update(gold_evaluation(trainer.model, tokenizer, prompts, bundle.gold_scorer,
+                                           max_new_tokens=s.max_new_tokens, seed=cfg.seed))
+    tracker.log({f"final/{k}": v for k, v in run.metrics.items() if v is not None}, trainer.state.global_step)
+    tracker.close()
+    save_final(trainer.model, tokenizer, cfg.stage_dir / "final")
+    log.info("SFT done: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in run.metrics.items()})
+    log.info("final model: %s", cfg.stage_dir / "final")

@@ -1,0 +1,58 @@
+"""What the Trainer-based stages (SFT, RM) share: their TrainingArguments and final save."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from rlhf.artifacts import is_main_process
+from rlhf.config import RLHFConfig, TrainConfig
+
+
+def trainer_args(args_class, t: TrainConfig, cfg: RLHFConfig, **extra):
+    """trl's SFTConfig / RewardConfig from our TrainConfig (built here, not registered as a
+    schema: trl's configs hold hundreds of fields and change between releases)."""
+    eval_steps = t.eval_every_steps or None
+    return args_class(
+        output_dir=str(cfg.stage_dir / "checkpoints"),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps" if t.save_every_steps else "no",
+        save_steps=t.save_every_steps or 500,
+        save_total_limit=t.save_total_limit,
+        logging_steps=cfg.logger.every_steps,
+        report_to="none",  # rlhf.tracking writes the metrics, under the stage's prefix
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=cfg.model.dtype == "bfloat16",
+        fp16=cfg.model.dtype == "float16",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        **extra,
+    )
+
+
+def save_final(model, tokenizer, path: Path) -> None:
+    """Hugging Face format (safetensors) into <path>.tmp, then renamed: a `final/` folder that
+    exists is complete. Only the main process writes."""
+    if not is_main_process():
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
