@@ -50,3 +50,15 @@ def test_a_tokenizer_without_eos_is_refused(tmp_path):
     tok.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="no EOS token"):
         load_tokenizer(ModelConfig(name_or_path=str(tmp_path)))
+
+
+def test_dropout_is_set_in_every_dropout_field(tokenizer):
+    assert load_causal_lm(ModelConfig(), tokenizer).config.attention_dropout == 0.0
+    model = load_causal_lm(ModelConfig(), tokenizer, dropout=0.2)
+    assert model.config.attention_dropout == 0.2
+    from transformers import GPT2Config
+    from rlhf.models import set_dropout
+
+    gpt2 = GPT2Config()
+    set_dropout(gpt2, 0.2)
+    assert (gpt2.resid_pdrop, gpt2.embd_pdrop, gpt2.attn_pdrop, gpt2.summary_first_dropout) == (0.2,) * 4
