@@ -10,9 +10,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from rlhf.artifacts import StageRun, sha256_of
+from rlhf.artifacts import StageRun
 from rlhf.config import RLHFConfig
-from rlhf.data import DataBundle, load_data, render_prompt, render_response
+from rlhf.data import DataBundle, describe_source, load_data, render_prompt, render_response
 from rlhf.models import load_tokenizer
 
 
@@ -20,7 +20,7 @@ def run(cfg: RLHFConfig, run: StageRun) -> DataBundle:
     tokenizer = load_tokenizer(cfg.model)
     bundle = load_data(cfg.data, tokenizer)
     summary = bundle.summary()
-    run.manifest["inputs"] = data_inputs(cfg)
+    run.manifest["inputs"] = {"data": describe_source(cfg.data)}
     run.manifest["data"] = summary
     run.metrics.update({"records": bundle.records_kept, "skipped": bundle.skips.total,
                         **{f"{name}_prompts": len(s.prompts) for name, s in bundle.splits.items()}})
@@ -30,24 +30,15 @@ def run(cfg: RLHFConfig, run: StageRun) -> DataBundle:
         console.print(skips_table(summary))
     for name, split in bundle.splits.items():
         for record in (split.demonstrations or split.comparisons or split.prompts)[: cfg.prepare.examples_per_split]:
-            response = getattr(record, "response", None) or (getattr(record, "responses", None) or [""])[0]
-            text = render_prompt(tokenizer, record.prompt) + (render_response(tokenizer, response) if response else "")
-            console.print(f"[bold]{name}[/bold] example:", repr(text), highlight=False)
+            console.print(f"[bold]{name}[/bold] example:", repr(example_text(tokenizer, record)), highlight=False)
     console.print(f"manifest: {run.dir / 'manifest.json'}")
     return bundle
 
 
-def data_inputs(cfg: RLHFConfig) -> dict:
-    """What the data came from, with a content hash where it is a local file."""
-    d = cfg.data
-    if d.path:
-        from pathlib import Path
-
-        return {"data": {"path": d.path, "sha256": sha256_of(Path(d.path)), "format": d.format.value}}
-    if d.hub_id:
-        return {"data": {"hub_id": d.hub_id, "name": d.hub_name, "data_dir": d.hub_data_dir,
-                         "split": d.hub_split, "revision": d.hub_revision, "format": d.format.value}}
-    return {"data": {"generator": "toy", "format": "toy"}}
+def example_text(tokenizer, record) -> str:
+    """The exact text a stage trains on: the prompt, and the (best) response if there is one."""
+    responses = [record.response] if hasattr(record, "response") else list(getattr(record, "responses", ()))
+    return render_prompt(tokenizer, record.prompt) + (render_response(tokenizer, responses[0]) if responses else "")
 
 
 def summary_table(summary: dict) -> Table:

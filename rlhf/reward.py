@@ -25,12 +25,11 @@ from trl import RewardConfig, RewardTrainer
 
 from rlhf.artifacts import StageRun
 from rlhf.config import ConfigError, RLHFConfig
-from rlhf.data import Comparison, encode_prompts, encode_responses, load_data
+from rlhf.data import Comparison, describe_source, encode_prompts, encode_responses, load_data
 from rlhf.generation import REWARD_NORM_KEY, score
 from rlhf.models import load_reward_model, load_tokenizer
-from rlhf.prepare import data_inputs
 from rlhf.tracking import Tracker, TrackerCallback
-from rlhf.training import save_final, trainer_args
+from rlhf.training import loss_summary, save_final, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +117,7 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
     bundle = load_data(cfg.data, tokenizer)
     train = [c for c in bundle.require("rm", "comparisons") if any(True for _ in c.pairs())]
     evals = [c for c in bundle.require("eval", "comparisons") if any(True for _ in c.pairs())]
-    run.manifest["inputs"] = {**data_inputs(cfg), "init_from": init_from}
+    run.manifest["inputs"] = {"data": describe_source(cfg.data), "init_from": init_from}
     run.manifest["data"] = bundle.summary()
     run.manifest["data"]["rm_comparisons_all_tied"] = len(bundle.splits["rm"].comparisons) - len(train)
 
@@ -137,9 +136,7 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
     trainer.train()
     model = trainer.model
 
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    run.metrics.update({"train_loss_first": losses[0] if losses else None,
-                        "train_loss_last": losses[-1] if losses else None, "steps": trainer.state.global_step})
+    run.metrics.update(loss_summary(trainer))
     if r.normalize:
         demos = bundle.require("sft", "demonstrations")[: r.normalize_max_demonstrations]
         run.metrics.update(normalize(model, tokenizer, demos))

@@ -14,12 +14,11 @@ from trl import SFTConfig, SFTTrainer
 
 from rlhf.artifacts import StageRun
 from rlhf.config import RLHFConfig
-from rlhf.data import Demonstration, encode_prompts, encode_responses, load_data
+from rlhf.data import Demonstration, describe_source, encode_prompts, encode_responses, load_data
 from rlhf.generation import gold_evaluation
 from rlhf.models import load_causal_lm, load_tokenizer
-from rlhf.prepare import data_inputs
 from rlhf.tracking import Tracker, TrackerCallback
-from rlhf.training import save_final, trainer_args
+from rlhf.training import loss_summary, save_final, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,8 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
     bundle = load_data(cfg.data, tokenizer)
     train_demos = bundle.require("sft", "demonstrations")
     eval_demos = bundle.require("eval", "demonstrations")
-    run.manifest["inputs"] = {**data_inputs(cfg), "init_from": s.init_from or cfg.model.name_or_path or "tiny (fresh)"}
+    init_from = s.init_from or cfg.model.name_or_path or "tiny model, built fresh"
+    run.manifest["inputs"] = {"data": describe_source(cfg.data), "init_from": init_from}
     run.manifest["data"] = bundle.summary()
 
     model = load_causal_lm(cfg.model, tokenizer, path=s.init_from, dropout=s.dropout)
@@ -55,11 +55,7 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
              sum(p.numel() for p in model.parameters()))
     trainer.train()
 
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    run.metrics.update({"train_loss_first": losses[0] if losses else None,
-                        "train_loss_last": losses[-1] if losses else None,
-                        "steps": trainer.state.global_step,
-                        "eval_loss": trainer.evaluate()["eval_loss"]})
+    run.metrics.update({**loss_summary(trainer), "eval_loss": trainer.evaluate()["eval_loss"]})
     if bundle.gold_scorer is not None and s.gold_eval_prompts > 0:
         prompts = [p.prompt for p in bundle.splits["eval"].prompts[: s.gold_eval_prompts]]
         run.metrics.update(gold_evaluation(trainer.model, tokenizer, prompts, bundle.gold_scorer,

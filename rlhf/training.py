@@ -56,3 +56,10 @@ def save_final(model, tokenizer, path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
+
+
+def loss_summary(trainer) -> dict:
+    """First and last logged training loss and the step count: the "did it learn" figures."""
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"train_loss_first": losses[0] if losses else None,
+            "train_loss_last": losses[-1] if losses else None, "steps": trainer.state.global_step}

@@ -6,6 +6,7 @@ import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -87,6 +88,18 @@ class DataBundle:
                               "response_tokens": percentiles(s.response_tokens)}
                        for name, s in self.splits.items()},
         }
+
+
+def describe_source(cfg: DataConfig) -> dict:
+    """What the records came from, for manifests: a content hash where it is a local file."""
+    if cfg.path:
+        from rlhf.artifacts import sha256_of
+
+        return {"path": cfg.path, "sha256": sha256_of(Path(cfg.path)), "format": cfg.format.value}
+    if cfg.hub_id:
+        return {"hub_id": cfg.hub_id, "name": cfg.hub_name, "data_dir": cfg.hub_data_dir,
+                "split": cfg.hub_split, "revision": cfg.hub_revision, "format": cfg.format.value}
+    return {"generator": "toy", "format": "toy", "seed": cfg.toy.seed, "num_prompts": cfg.toy.num_prompts}
 
 
 def percentiles(values: list[int]) -> dict[str, int]:
