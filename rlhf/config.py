@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-STAGES = ("prepare", "sft", "rm")  # grows with each stage module; cli.py maps names to modules
+STAGES = ("prepare", "sft", "rm", "ppo")  # grows with each stage module; cli.py maps names to modules
 SPLITS = ("sft", "rm", "ppo", "eval")
 
 
@@ -190,7 +190,7 @@ class SFTStageConfig(TrainConfig):
     packing: bool = False  # concatenate examples into full sequences (trl's BFD packing)
     # Toy task only: gold score of generations on this many eval prompts after training.
     gold_eval_prompts: int = 256
-    max_new_tokens: int = 24  # generation length for the gold evaluation
+    max_new_tokens: Optional[int] = None  # gold evaluation's generation length; null = data.max_response_tokens
 
 
 @dataclass
@@ -200,6 +200,49 @@ class RMStageConfig(TrainConfig):
     # After training, shift scores so the sft split's demonstrations score mean 0 (InstructGPT).
     normalize: bool = True
     normalize_max_demonstrations: int = 2048  # demonstrations scored to estimate mean and std
+
+
+@dataclass
+class PPOStageConfig:
+    """Stage 3 (rlhf/ppo/). Names follow InstructGPT and Huang et al. 2024."""
+
+    policy_from: Optional[str] = None  # null = runs/<run>/sft/final; also the frozen reference
+    reward_from: Optional[str] = None  # null = runs/<run>/rm/final (with its normalisation)
+    value_from: Optional[str] = None  # null = reward_from: the critic starts as the reward model
+    updates: int = 100  # rollout-then-optimise rounds
+    rollout_batch_size: int = 64  # prompts sampled per update (one response each)
+    mini_batch_size: int = 32  # episodes per optimizer step; must divide rollout_batch_size
+    ppo_epochs: int = 4  # passes over each rollout batch
+    learning_rate: float = 1e-5  # policy
+    value_learning_rate: Optional[float] = None  # null = learning_rate
+    max_grad_norm: float = 1.0  # global clipping, policy and value each
+    # sampling (top_k 0, top_p 1: the policy's own distribution, as PPO's math assumes)
+    temperature: float = 1.0
+    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
+    no_eos_score: float = -5.0  # RM score given to a response that never emitted EOS (normalised units)
+    # reward = RM score on the last token - beta * KL per token
+    kl_estimator: str = "k1"  # k1 | k3
+    beta: float = 0.02  # InstructGPT's KL coefficient
+    kl_target: Optional[float] = None  # set (e.g. 6.0 nats) for Ziegler's adaptive beta
+    kl_horizon: int = 10000
+    whiten_rewards: bool = False  # normalise the per-token rewards of each batch (mean kept)
+    score_clip: Optional[float] = None  # clip RM scores to +-this before use
+    # advantages and losses
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip: float = 0.2  # policy ratio clip
+    value_clip: float = 0.2
+    vf_coef: float = 0.1
+    entropy_coef: float = 0.0
+    critic_warmup_updates: int = 0  # train only the value model for the first N updates
+    # PPO-ptx: + ptx_coef x LM loss on the sft split's demonstrations (InstructGPT: 27.8); 0 = off
+    ptx_coef: float = 0.0
+    ptx_batch_size: int = 16
+    ema_decay: Optional[float] = None  # e.g. 0.992 (InstructGPT): save an EMA of the policy weights
+    # evaluation and checkpoints
+    eval_every_updates: int = 10  # gold score / RM score on eval prompts (0: start and end only)
+    eval_prompts: int = 256
+    save_every_updates: int = 50  # resumable checkpoint in <stage>/checkpoints (0: only at the end)
 
 
 @dataclass
@@ -225,6 +268,7 @@ class RLHFConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     rm: RMStageConfig = field(default_factory=RMStageConfig)
+    ppo: PPOStageConfig = field(default_factory=PPOStageConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -344,6 +388,20 @@ def check(cfg: RLHFConfig) -> None:
             problems.append(f"{name}.dropout={t.dropout}: must lie in [0, 1)")
         if t.learning_rate <= 0:
             problems.append(f"{name}.learning_rate={t.learning_rate}: must be > 0")
+
+    p = cfg.ppo
+    if p.mini_batch_size < 1 or p.rollout_batch_size % p.mini_batch_size:
+        problems.append(f"ppo.rollout_batch_size={p.rollout_batch_size} must be divisible by "
+                        f"ppo.mini_batch_size={p.mini_batch_size}")
+    if p.kl_estimator not in ("k1", "k3"):
+        problems.append(f"ppo.kl_estimator={p.kl_estimator!r}: choose k1 or k3")
+    if p.ema_decay is not None and not 0.0 < p.ema_decay < 1.0:
+        problems.append(f"ppo.ema_decay={p.ema_decay}: must lie in (0, 1), or null for no EMA")
+    if p.temperature <= 0:
+        problems.append(f"ppo.temperature={p.temperature}: must be > 0")
+    if p.max_new_tokens is not None and p.max_new_tokens > cfg.data.max_response_tokens:
+        problems.append(f"ppo.max_new_tokens={p.max_new_tokens} exceeds data.max_response_tokens="
+                        f"{cfg.data.max_response_tokens}, the longest response the SFT and RM saw")
 
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

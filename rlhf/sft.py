@@ -59,7 +59,7 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
     if bundle.gold_scorer is not None and s.gold_eval_prompts > 0:
         prompts = [p.prompt for p in bundle.splits["eval"].prompts[: s.gold_eval_prompts]]
         run.metrics.update(gold_evaluation(trainer.model, tokenizer, prompts, bundle.gold_scorer,
-                                           max_new_tokens=s.max_new_tokens, seed=cfg.seed))
+                                           max_new_tokens=s.max_new_tokens or cfg.data.max_response_tokens, seed=cfg.seed))
     tracker.log({f"final/{k}": v for k, v in run.metrics.items() if v is not None}, trainer.state.global_step)
     tracker.close()
     save_final(trainer.model, tokenizer, cfg.stage_dir / "final")

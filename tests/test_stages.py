@@ -28,7 +28,12 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     rlhf(root, "stage=sft", "sft.epochs=6", "sft.gold_eval_prompts=64", "sft.save_every_steps=50")
     rlhf(root, "stage=rm", "rm.epochs=2", "rm.eval_every_steps=20")
+    rlhf(root, "stage=ppo", *PPO, "ppo.updates=6")
     return root / "runs" / "small"
+
+
+PPO = ["ppo.rollout_batch_size=32", "ppo.mini_batch_size=16", "ppo.ppo_epochs=2", "ppo.eval_prompts=32",
+       "ppo.eval_every_updates=3", "ppo.save_every_updates=3", "ppo.learning_rate=1e-4"]
 
 
 def manifest(runs, stage):
@@ -106,3 +111,33 @@ def test_rm_without_sft_says_what_to_run(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "rlhf stage=sft run=nothing" in out.stdout + out.stderr
+
+
+def test_ppo_runs_logs_its_metrics_and_saves_a_loadable_policy(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import AutoModelForCausalLM
+
+    m = manifest(runs, "ppo")
+    assert m["status"] == "completed" and m["metrics"]["updates"] == 6
+    for key in ("start_gold_sampled_mean", "final_gold_sampled_mean", "final_eos_sampled_rate"):
+        assert 0.0 <= m["metrics"][key] <= 1.0
+    events = EventAccumulator(str(runs / "ppo" / "logs"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for name in ("score", "score_raw", "kl", "beta", "non_score_reward", "entropy", "response_length", "eos_rate",
+                 "policy_clipfrac", "value_clipfrac", "approx_kl", "value_loss", "explained_variance", "gold_score"):
+        assert f"ppo/{name}" in tags, name
+    assert "ppo/eval/gold_sampled_mean" in tags
+    # the critic learns: its loss falls from the first update (it starts as the reward model)
+    value_loss = [x.value for x in events.Scalars("ppo/value_loss")]
+    assert value_loss[-1] < value_loss[0]
+    policy = AutoModelForCausalLM.from_pretrained(runs / "ppo" / "final")
+    assert policy.config.vocab_size == build_tiny_tokenizer().__len__()
+
+
+def test_ppo_resumes_from_its_latest_checkpoint(runs):
+    assert sorted(p.name for p in (runs / "ppo" / "checkpoints").iterdir()) == ["update_3", "update_6"]
+    out = rlhf(runs.parent.parent, "stage=ppo", *PPO, "ppo.updates=8")
+    assert "resumed from" in out.stdout + out.stderr and "update_6" in out.stdout + out.stderr
+    m = manifest(runs, "ppo")
+    assert m["metrics"]["updates"] == 8 and "start_gold_sampled_mean" not in m["metrics"]

@@ -1,0 +1,295 @@
+"""Stage 3, `rlhf stage=ppo`: PPO against the reward model, InstructGPT's objective.
+
+    for each update:
+        rollout   sample one response per prompt from the policy (temperature T, top_k 0,
+                  top_p 1), cut after the first EOS; one forward each of policy, reference,
+                  value and reward model over the whole batch
+        rewards   -beta * KL per token, + the normalised RM score on the last token (a fixed
+                  `no_eos_score` for responses that never ended)
+        advantages GAE (gamma, lambda), whitened over the batch; returns = advantages + values
+        optimise  ppo_epochs x minibatches of clipped surrogate + vf_coef x clipped value loss
+                  (+ ptx_coef x LM loss on demonstrations: PPO-ptx)
+
+trl 1.16 has no PPO trainer (removed in 1.13), so this one is ours. The four roles live in
+`Roles`, the one seam a sharded (DeepSpeed) variant replaces; everything else is plain torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhf.artifacts import StageRun, is_main_process
+from rlhf.config import ConfigError, RLHFConfig
+from rlhf.data import describe_source, encode_prompts, encode_responses, load_data
+from rlhf.generation import gold_evaluation, reward_bias
+from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
+from rlhf.ppo import losses as L
+from rlhf.ppo.checkpoint import load_latest, save_checkpoint
+from rlhf.tracking import Tracker
+from rlhf.training import save_final
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Roles:
+    """Policy and value are trained; reference and reward are frozen (eval mode, no grads)."""
+
+    policy: torch.nn.Module
+    ref: torch.nn.Module
+    reward: torch.nn.Module
+    value: torch.nn.Module
+
+
+@dataclass
+class Rollout:
+    sequences: torch.Tensor  # [B, P + R] left-padded prompt, then the response, then padding
+    attention_mask: torch.Tensor  # [B, P + R]
+    mask: torch.Tensor  # [B, R] 1 on response tokens up to and including the first EOS
+    logprobs: torch.Tensor  # [B, R] under the policy that sampled them (logits / T)
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor  # [B] normalised RM score (or no_eos_score)
+    raw_scores: torch.Tensor  # [B] RM score before normalisation and the no-EOS rule
+    ended: torch.Tensor  # [B] bool: the response emitted EOS
+    entropy: torch.Tensor  # [B, R]
+    prompts: list  # the records' prompts, for the gold scorer
+    texts: list[str]  # decoded responses
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token, as generation used them:
+    left padding must not shift a rotary model's positions."""
+    return (attention_mask.cumsum(1) - 1).clamp(min=0)
+
+
+def response_logprobs(model, sequences, attention_mask, prompt_len: int, temperature: float,
+                      with_entropy: bool = False):
+    """Log-probabilities of the response tokens under `model` at `temperature`, from one forward
+    pass over the response positions' logits only (no full-sequence log-softmax kept)."""
+    logits = model(input_ids=sequences, attention_mask=attention_mask,
+                   position_ids=positions(attention_mask)).logits[:, prompt_len - 1:-1].float() / temperature
+    targets = sequences[:, prompt_len:]
+    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+    return (logprobs, L.entropy_from_logits(logits)) if with_entropy else (logprobs, None)
+
+
+def token_values(value_model, sequences, attention_mask, prompt_len: int) -> torch.Tensor:
+    """The critic's value before each response token: the score head on every position's
+    hidden state (a sequence classifier reads only the last one)."""
+    backbone = getattr(value_model, value_model.base_model_prefix)
+    hidden = backbone(input_ids=sequences, attention_mask=attention_mask,
+                      position_ids=positions(attention_mask)).last_hidden_state
+    return value_model.score(hidden[:, prompt_len - 1:-1]).squeeze(-1).float()
+
+
+def eos_mask(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, ended): mask is 1 up to and including the first EOS (all ones if none)."""
+    is_eos = responses == eos_id
+    ended = is_eos.any(1)
+    first = torch.where(ended, is_eos.float().argmax(1), torch.full_like(ended, responses.shape[1], dtype=torch.long))
+    idx = torch.arange(responses.shape[1], device=responses.device)
+    return (idx[None, :] <= first[:, None]).long(), ended
+
+
+@torch.no_grad()
+def rollout(roles: Roles, tokenizer, prompts: list, p, max_new_tokens: int) -> Rollout:
+    roles.policy.eval()
+    batch = tokenizer.pad({"input_ids": encode_prompts(tokenizer, prompts)}, padding_side="left", return_tensors="pt")
+    prompt_len = batch["input_ids"].shape[1]
+    out = roles.policy.generate(**batch, max_new_tokens=max_new_tokens, do_sample=True, temperature=p.temperature,
+                                top_k=0, top_p=1.0, eos_token_id=tokenizer.eos_token_id,
+                                pad_token_id=tokenizer.pad_token_id)
+    responses = out[:, prompt_len:]
+    mask, ended = eos_mask(responses, tokenizer.eos_token_id)
+    responses = torch.where(mask.bool(), responses, tokenizer.pad_token_id)  # tokens after EOS -> PAD
+    sequences = torch.cat([batch["input_ids"], responses], 1)
+    attention_mask = torch.cat([batch["attention_mask"], mask], 1)
+
+    logprobs, entropy = response_logprobs(roles.policy, sequences, attention_mask, prompt_len, p.temperature, True)
+    ref_logprobs, _ = response_logprobs(roles.ref, sequences, attention_mask, prompt_len, p.temperature)
+    values = token_values(roles.value, sequences, attention_mask, prompt_len)
+    # The RM reads the last non-pad token: the EOS of an ended response.
+    raw = roles.reward(input_ids=sequences, attention_mask=attention_mask,
+                       position_ids=positions(attention_mask)).logits[:, 0].float()
+    scores = raw + reward_bias(roles.reward)
+    if p.score_clip is not None:
+        scores = scores.clamp(-p.score_clip, p.score_clip)
+    scores = torch.where(ended, scores, torch.full_like(scores, p.no_eos_score))
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    roles.policy.train()
+    return Rollout(sequences, attention_mask, mask.float(), logprobs, ref_logprobs, values * mask, scores, raw,
+                   ended, entropy, prompts, texts)
+
+
+def run(cfg: RLHFConfig, run: StageRun) -> None:
+    p = cfg.ppo
+    policy_from = p.policy_from or str(cfg.run_dir / "sft" / "final")
+    reward_from = p.reward_from or str(cfg.run_dir / "rm" / "final")
+    value_from = p.value_from or reward_from
+    for name, path, stage in (("policy_from", policy_from, "sft"), ("reward_from", reward_from, "rm")):
+        if getattr(p, name) is None and not Path(path).exists():
+            raise ConfigError(f"ppo.{name} is null, so PPO reads {path}, which does not exist: run "
+                              f"`rlhf stage={stage} run={cfg.run}` first, or set ppo.{name}=<folder or hub id>")
+    max_new_tokens = p.max_new_tokens or cfg.data.max_response_tokens
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    tokenizer = load_tokenizer(cfg.model)
+    bundle = load_data(cfg.data, tokenizer)
+    train_prompts = [x.prompt for x in bundle.require("ppo", "prompts")]
+    eval_prompts = [x.prompt for x in bundle.require("eval", "prompts")][: p.eval_prompts]
+    demos = bundle.require("sft", "demonstrations") if p.ptx_coef > 0 else []
+    run.manifest["inputs"] = {"data": describe_source(cfg.data), "policy_from": policy_from,
+                              "reward_from": reward_from, "value_from": value_from}
+    run.manifest["data"] = bundle.summary()
+
+    # Dropout off in all four roles: it would make the sampling policy and the one being
+    # optimised differ, and the PPO ratio would no longer start at 1.
+    roles = Roles(policy=load_causal_lm(cfg.model, tokenizer, policy_from),
+                  ref=load_causal_lm(cfg.model, tokenizer, policy_from).eval().requires_grad_(False),
+                  reward=load_reward_model(cfg.model, tokenizer, reward_from).eval().requires_grad_(False),
+                  value=load_reward_model(cfg.model, tokenizer, value_from))
+    policy_opt = torch.optim.AdamW(roles.policy.parameters(), lr=p.learning_rate, eps=1e-5, weight_decay=0.0)
+    value_opt = torch.optim.AdamW(roles.value.parameters(), lr=p.value_learning_rate or p.learning_rate, eps=1e-5,
+                                  weight_decay=0.0)
+    kl_ctl = L.KLController(p.beta, p.kl_target, p.kl_horizon)
+    ema = {k: v.detach().clone() for k, v in roles.policy.state_dict().items()} if p.ema_decay else None
+    order = list(range(len(train_prompts)))
+    state = {"update": 0, "position": 0, "epoch_seed": cfg.seed}
+    resumed = load_latest(cfg.stage_dir / "checkpoints", roles, policy_opt, value_opt, kl_ctl, state)
+    if resumed:
+        log.info("resumed from %s at update %d", resumed, state["update"])
+    tracker = Tracker(cfg.logger, cfg.stage_dir, "ppo")
+
+    def evaluate(step: int) -> dict:
+        if bundle.gold_scorer is None:
+            return {}
+        metrics = gold_evaluation(roles.policy, tokenizer, eval_prompts, bundle.gold_scorer,
+                                  max_new_tokens=max_new_tokens, seed=cfg.seed)
+        tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
+        return metrics
+
+    if state["update"] == 0:
+        run.metrics.update({f"start_{k}": v for k, v in evaluate(0).items()})
+    from tqdm.auto import tqdm
+
+    progress = tqdm(range(state["update"], p.updates), desc="ppo", disable=not is_main_process(),
+                    initial=state["update"], total=p.updates)
+    for update in progress:
+        # the next rollout_batch_size prompts of a reshuffled pass over the ppo split
+        prompts = []
+        while len(prompts) < p.rollout_batch_size:
+            if state["position"] == 0:
+                random.Random(state["epoch_seed"]).shuffle(order)
+            prompts.append(train_prompts[order[state["position"]]])
+            state["position"] = (state["position"] + 1) % len(order)
+            if state["position"] == 0:
+                state["epoch_seed"] += 1
+        r = rollout(roles, tokenizer, prompts, p, max_new_tokens)
+        stats = optimise(roles, r, p, kl_ctl.beta, policy_opt, value_opt, tokenizer, demos,
+                         train_policy=update >= p.critic_warmup_updates)
+        kl_ctl.update(stats["kl"], p.rollout_batch_size)
+        if ema is not None:
+            with torch.no_grad():
+                for k, v in roles.policy.state_dict().items():
+                    ema[k].mul_(p.ema_decay).add_(v.detach(), alpha=1 - p.ema_decay)
+        if bundle.gold_scorer is not None:
+            stats["gold_score"] = sum(bundle.gold_scorer(q, t) for q, t in zip(r.prompts, r.texts)) / len(r.texts)
+        stats["beta"] = kl_ctl.beta
+        tracker.log(stats, update + 1)
+        progress.set_postfix(score=f"{stats['score']:.2f}", kl=f"{stats['kl']:.2f}",
+                             gold=f"{stats.get('gold_score', float('nan')):.3f}")
+        state["update"] = update + 1
+        if p.eval_every_updates and state["update"] % p.eval_every_updates == 0 and state["update"] < p.updates:
+            evaluate(state["update"])
+        if p.save_every_updates and state["update"] % p.save_every_updates == 0:
+            save_checkpoint(cfg.stage_dir / "checkpoints", roles, policy_opt, value_opt, kl_ctl, state)
+        run.metrics["last_update"] = stats
+
+    if ema is not None:
+        roles.policy.load_state_dict(ema)
+    run.metrics.update({f"final_{k}": v for k, v in evaluate(p.updates).items()})
+    run.metrics["updates"] = state["update"]
+    tracker.close()
+    save_checkpoint(cfg.stage_dir / "checkpoints", roles, policy_opt, value_opt, kl_ctl, state)
+    save_final(roles.policy, tokenizer, cfg.stage_dir / "final")
+    log.info("PPO done: %s", {k: v for k, v in run.metrics.items() if k != "last_update"})
+    log.info("final policy: %s", cfg.stage_dir / "final")
+
+
+def optimise(roles: Roles, r: Rollout, p, beta: float, policy_opt, value_opt, tokenizer, demos,
+             train_policy: bool) -> dict[str, float]:
+    prompt_len = r.sequences.shape[1] - r.mask.shape[1]
+    kl = L.kl_per_token(r.logprobs, r.ref_logprobs, p.kl_estimator) * r.mask
+    rewards = L.token_rewards(kl, r.scores, r.mask, beta)
+    if p.whiten_rewards:
+        rewards = L.masked_whiten(rewards, r.mask, shift_mean=False)
+    advantages, returns = L.gae(rewards, r.values, r.mask, p.gamma, p.lam)
+    advantages = L.masked_whiten(advantages, r.mask)
+
+    sums: dict[str, float] = {}
+    steps = 0
+    for _ in range(p.ppo_epochs):
+        for idx in torch.randperm(len(r.scores)).split(p.mini_batch_size):
+            seq, att, m = r.sequences[idx], r.attention_mask[idx], r.mask[idx]
+            values = token_values(roles.value, seq, att, prompt_len)
+            v_loss, v_clip = L.value_loss(values, r.values[idx], returns[idx], m, p.value_clip)
+            value_opt.zero_grad()
+            (p.vf_coef * v_loss).backward()
+            torch.nn.utils.clip_grad_norm_(roles.value.parameters(), p.max_grad_norm)
+            value_opt.step()
+            step = {"value_loss": v_loss.item(), "value_clipfrac": v_clip.item()}
+            if train_policy:
+                logprobs, entropy = response_logprobs(roles.policy, seq, att, prompt_len, p.temperature,
+                                                      with_entropy=p.entropy_coef > 0)
+                pg_loss, pg_clip, approx_kl = L.policy_loss(logprobs, r.logprobs[idx], advantages[idx], m, p.clip)
+                loss = pg_loss
+                if entropy is not None:
+                    loss = loss - p.entropy_coef * L.masked_mean(entropy, m)
+                if demos:
+                    ptx = ptx_loss(roles.policy, tokenizer, random.sample(demos, min(p.ptx_batch_size, len(demos))))
+                    loss = loss + p.ptx_coef * ptx
+                    step["ptx_loss"] = ptx.item()
+                policy_opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(roles.policy.parameters(), p.max_grad_norm)
+                policy_opt.step()
+                step.update(policy_loss=pg_loss.item(), policy_clipfrac=pg_clip.item(), approx_kl=approx_kl.item())
+            for k, v in step.items():
+                sums[k] = sums.get(k, 0.0) + v
+            steps += 1
+    stats = {k: v / steps for k, v in sums.items()}
+    lengths = r.mask.sum(1)
+    stats.update({
+        "score": r.scores.mean().item(),
+        "score_raw": r.raw_scores.mean().item(),
+        "kl": (kl.sum(1)).mean().item(),  # per sequence, nats
+        "non_score_reward": (-beta * kl).sum(1).mean().item(),
+        "entropy": L.masked_mean(r.entropy, r.mask).item(),
+        "response_length": lengths.mean().item(),
+        "eos_rate": r.ended.float().mean().item(),
+        "explained_variance": L.explained_variance(r.values, returns, r.mask).item(),
+    })
+    return stats
+
+
+def ptx_loss(policy, tokenizer, demos) -> torch.Tensor:
+    """Mean LM loss on demonstrations' response tokens, formatted as SFT saw them."""
+    prompts = encode_prompts(tokenizer, [d.prompt for d in demos])
+    responses = encode_responses(tokenizer, [d.response for d in demos])
+    rows = [p + r for p, r in zip(prompts, responses)]
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        input_ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        labels[i, len(p): len(p) + len(r)] = torch.tensor(r)
+        attention_mask[i, : len(p) + len(r)] = 1
+    return policy(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss

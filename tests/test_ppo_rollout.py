@@ -1,0 +1,100 @@
+"""EOS handling in PPO's rollout: the score is read at the EOS, a response without EOS gets the
+fixed penalty, and tokens after the EOS take part in no loss."""
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from rlhf.config import ModelConfig, PPOStageConfig
+from rlhf.data import encode_prompts
+from rlhf.generation import REWARD_NORM_KEY
+from rlhf.models import build_tiny_model
+from rlhf.ppo import losses as L
+from rlhf.ppo.trainer import Roles, eos_mask, optimise, rollout
+
+PROMPTS = ["sort ascending: 3 1 2", "sort descending: 5 9 1 0", "sort ascending: 7 7"]
+
+
+def test_eos_mask_keeps_tokens_up_to_the_first_eos():
+    eos = 1
+    responses = torch.tensor([[5, 6, 1, 7, 1], [5, 5, 5, 5, 5], [1, 8, 8, 8, 8]])
+    mask, ended = eos_mask(responses, eos)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert ended.tolist() == [True, False, True]
+
+
+@pytest.fixture
+def roles(tokenizer):
+    torch.manual_seed(0)
+    policy = build_tiny_model(ModelConfig(), tokenizer)
+    policy.config.num_labels = 1
+    reward = AutoModelForSequenceClassification.from_config(policy.config)
+    reward.config.pad_token_id = tokenizer.pad_token_id
+    setattr(reward.config, REWARD_NORM_KEY, {"bias": 0.5})
+    value = AutoModelForSequenceClassification.from_config(policy.config)
+    value.config.pad_token_id = tokenizer.pad_token_id
+    return Roles(policy=policy, ref=build_tiny_model(ModelConfig(), tokenizer), reward=reward, value=value)
+
+
+def fixed_generation(tokenizer, responses):
+    """Replaces sampling by given responses (tokens after EOS are junk, as a batch's are)."""
+    def generate(input_ids, attention_mask, **kw):
+        return torch.cat([input_ids, torch.tensor(responses)], 1)
+    return generate
+
+
+def test_score_at_eos_penalty_without_eos_and_nothing_after_eos(roles, tokenizer, monkeypatch):
+    eos, junk = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("Ġ9")
+    digit = tokenizer.convert_tokens_to_ids("Ġ1")
+    responses = [[digit, eos, junk, junk, junk],     # ends early: junk after EOS
+                 [digit, digit, digit, digit, digit],  # never ends: penalty
+                 [digit, digit, digit, eos, junk]]
+    monkeypatch.setattr(roles.policy, "generate", fixed_generation(tokenizer, responses))
+    p = PPOStageConfig(no_eos_score=-7.0)
+    r = rollout(roles, tokenizer, PROMPTS, p, max_new_tokens=5)
+
+    assert r.ended.tolist() == [True, False, True]
+    assert r.mask.tolist() == [[1, 1, 0, 0, 0], [1] * 5, [1, 1, 1, 1, 0]]
+    assert (r.sequences[:, -5:][r.mask == 0] == tokenizer.pad_token_id).all()  # junk replaced by PAD
+    assert r.scores[1].item() == -7.0
+    # the score of an ended response is the RM on exactly prompt + response up to its EOS, plus the bias
+    for i in (0, 2):
+        ids = encode_prompts(tokenizer, [PROMPTS[i]])[0] + responses[i][: int(r.mask[i].sum())]
+        with torch.no_grad():
+            alone = roles.reward(torch.tensor([ids])).logits[0, 0].item()
+        assert r.raw_scores[i].item() == pytest.approx(alone, abs=1e-4)
+        assert r.scores[i].item() == pytest.approx(alone + 0.5, abs=1e-4)
+    # log-probs match a forward pass on the unpadded sequence
+    ids = encode_prompts(tokenizer, [PROMPTS[2]])[0] + responses[2][:4]
+    with torch.no_grad():
+        logits = roles.policy(torch.tensor([ids])).logits[0, -5:-1].log_softmax(-1)
+    expected = logits.gather(-1, torch.tensor(responses[2][:4])[:, None])[:, 0]
+    assert torch.allclose(r.logprobs[2, :4], expected, atol=1e-4)
+
+    # tokens after EOS carry no reward, advantage, or loss
+    kl = L.kl_per_token(r.logprobs, r.ref_logprobs) * r.mask
+    rewards = L.token_rewards(kl, r.scores, r.mask, beta=0.1)
+    advantages, returns = L.gae(rewards, r.values, r.mask, 1.0, 0.95)
+    for t in (rewards, advantages, returns, r.values):
+        assert (t[r.mask == 0] == 0).all()
+    assert rewards[0, 1].item() == pytest.approx(-0.1 * kl[0, 1].item() + r.scores[0].item())
+    garbled = r.logprobs.clone()
+    garbled[r.mask == 0] = 123.0
+    a = L.policy_loss(r.logprobs, r.logprobs.detach(), advantages, r.mask, 0.2)[0]
+    b = L.policy_loss(garbled, r.logprobs.detach() * r.mask + garbled * (1 - r.mask), advantages, r.mask, 0.2)[0]
+    assert a.item() == pytest.approx(b.item())
+
+
+def test_an_update_changes_policy_and_value(roles, tokenizer):
+    p = PPOStageConfig(rollout_batch_size=3, mini_batch_size=3, ppo_epochs=1, learning_rate=1e-3, max_new_tokens=4)
+    before = {k: v.clone() for k, v in roles.policy.state_dict().items()}
+    value_before = roles.value.score.weight.clone()
+    r = rollout(roles, tokenizer, PROMPTS, p, max_new_tokens=4)
+    opt_p = torch.optim.AdamW(roles.policy.parameters(), lr=1e-3)
+    opt_v = torch.optim.AdamW(roles.value.parameters(), lr=1e-3)
+    stats = optimise(roles, r, p, 0.05, opt_p, opt_v, tokenizer, [], train_policy=True)
+    assert {"policy_loss", "value_loss", "kl", "score", "eos_rate", "entropy", "policy_clipfrac"} <= set(stats)
+    changed = [k for k, v in roles.policy.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and not torch.equal(roles.value.score.weight, value_before)
+    # the frozen reference is untouched
+    assert all(not p.requires_grad or p.grad is None for p in roles.ref.parameters())
