@@ -27,6 +27,7 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 run: setup
 	$(BIN)/rlhf stage=sft $(ARGS)
 	$(BIN)/rlhf stage=rm $(ARGS)
+	$(BIN)/rlhf stage=ppo $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
