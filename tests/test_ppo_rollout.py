@@ -10,7 +10,8 @@ from rlhf.data import encode_prompts
 from rlhf.generation import REWARD_NORM_KEY
 from rlhf.models import build_tiny_model
 from rlhf.ppo import losses as L
-from rlhf.ppo.trainer import Roles, eos_mask, optimise, rollout
+import rlhf.ppo.trainer as trainer
+from rlhf.ppo.trainer import Roles, eos_mask, optimise, response_logprobs, rollout, sample
 
 PROMPTS = ["sort ascending: 3 1 2", "sort descending: 5 9 1 0", "sort ascending: 7 7"]
 
@@ -36,11 +37,32 @@ def roles(tokenizer):
     return Roles(policy=policy, ref=build_tiny_model(ModelConfig(), tokenizer), reward=reward, value=value)
 
 
-def fixed_generation(tokenizer, responses):
+def fixed_sample(responses):
     """Replaces sampling by given responses (tokens after EOS are junk, as a batch's are)."""
-    def generate(input_ids, attention_mask, **kw):
-        return torch.cat([input_ids, torch.tensor(responses)], 1)
-    return generate
+    def fake(model, input_ids, attention_mask, **kw):
+        tokens = torch.tensor(responses)
+        return tokens, torch.randn(tokens.shape), torch.rand(tokens.shape)
+    return fake
+
+
+def test_sampling_keeps_the_logprobs_a_full_forward_gives(roles, tokenizer):
+    torch.manual_seed(1)
+    batch = tokenizer.pad({"input_ids": encode_prompts(tokenizer, PROMPTS)}, padding_side="left", return_tensors="pt")
+    tokens, logprobs, entropy = sample(roles.policy, batch["input_ids"], batch["attention_mask"], max_new_tokens=6,
+                                       temperature=0.7, eos_id=tokenizer.eos_token_id,
+                                       pad_id=tokenizer.pad_token_id)
+    mask, _ = eos_mask(tokens, tokenizer.eos_token_id)
+    sequences = torch.cat([batch["input_ids"], torch.where(mask.bool(), tokens, tokenizer.pad_token_id)], 1)
+    attention = torch.cat([batch["attention_mask"], mask], 1)
+    with torch.no_grad():
+        again, entropy_again = response_logprobs(roles.policy, sequences, attention, batch["input_ids"].shape[1],
+                                                 0.7, with_entropy=True)
+    m = mask.bool()
+    assert torch.allclose(logprobs[m], again[m], atol=1e-4) and torch.allclose(entropy[m], entropy_again[m], atol=1e-4)
+    held_back, _, _ = sample(roles.policy, batch["input_ids"], batch["attention_mask"], max_new_tokens=6,
+                             temperature=0.7, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                             min_new_tokens=6)
+    assert held_back.shape == (3, 6) and (held_back != tokenizer.eos_token_id).all()
 
 
 def test_score_at_eos_penalty_without_eos_and_nothing_after_eos(roles, tokenizer, monkeypatch):
@@ -49,9 +71,9 @@ def test_score_at_eos_penalty_without_eos_and_nothing_after_eos(roles, tokenizer
     responses = [[digit, eos, junk, junk, junk],     # ends early: junk after EOS
                  [digit, digit, digit, digit, digit],  # never ends: penalty
                  [digit, digit, digit, eos, junk]]
-    monkeypatch.setattr(roles.policy, "generate", fixed_generation(tokenizer, responses))
+    monkeypatch.setattr(trainer, "sample", fixed_sample(responses))
     p = PPOStageConfig(no_eos_score=-7.0)
-    r = rollout(roles, tokenizer, PROMPTS, p, max_new_tokens=5)
+    r = rollout(roles, tokenizer, encode_prompts(tokenizer, PROMPTS), p, max_new_tokens=5)
 
     assert r.ended.tolist() == [True, False, True]
     assert r.mask.tolist() == [[1, 1, 0, 0, 0], [1] * 5, [1, 1, 1, 1, 0]]
@@ -64,12 +86,13 @@ def test_score_at_eos_penalty_without_eos_and_nothing_after_eos(roles, tokenizer
             alone = roles.reward(torch.tensor([ids])).logits[0, 0].item()
         assert r.raw_scores[i].item() == pytest.approx(alone, abs=1e-4)
         assert r.scores[i].item() == pytest.approx(alone + 0.5, abs=1e-4)
-    # log-probs match a forward pass on the unpadded sequence
+    # the reference's log-probs match a forward pass on the unpadded sequence
     ids = encode_prompts(tokenizer, [PROMPTS[2]])[0] + responses[2][:4]
     with torch.no_grad():
-        logits = roles.policy(torch.tensor([ids])).logits[0, -5:-1].log_softmax(-1)
+        logits = roles.ref(torch.tensor([ids])).logits[0, -5:-1].log_softmax(-1)
     expected = logits.gather(-1, torch.tensor(responses[2][:4])[:, None])[:, 0]
-    assert torch.allclose(r.logprobs[2, :4], expected, atol=1e-4)
+    assert torch.allclose(r.ref_logprobs[2, :4], expected, atol=1e-4)
+    assert (r.logprobs[r.mask == 0] == 0).all() and (r.entropy[r.mask == 0] == 0).all()
 
     # tokens after EOS carry no reward, advantage, or loss
     kl = L.kl_per_token(r.logprobs, r.ref_logprobs) * r.mask
@@ -89,7 +112,7 @@ def test_an_update_changes_policy_and_value(roles, tokenizer):
     p = PPOStageConfig(rollout_batch_size=3, mini_batch_size=3, ppo_epochs=1, learning_rate=1e-3, max_new_tokens=4)
     before = {k: v.clone() for k, v in roles.policy.state_dict().items()}
     value_before = roles.value.score.weight.clone()
-    r = rollout(roles, tokenizer, PROMPTS, p, max_new_tokens=4)
+    r = rollout(roles, tokenizer, encode_prompts(tokenizer, PROMPTS), p, max_new_tokens=4)
     opt_p = torch.optim.AdamW(roles.policy.parameters(), lr=1e-3)
     opt_v = torch.optim.AdamW(roles.value.parameters(), lr=1e-3)
     stats = optimise(roles, r, p, 0.05, opt_p, opt_v, tokenizer, [], train_policy=True)

@@ -16,12 +16,14 @@ trl 1.16 has no PPO trainer (removed in 1.13), so this one is ours. The four rol
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import DynamicCache
 
 from rlhf.artifacts import StageRun, is_main_process
 from rlhf.config import ConfigError, RLHFConfig
@@ -58,7 +60,6 @@ class Rollout:
     raw_scores: torch.Tensor  # [B] RM score before normalisation and the no-EOS rule
     ended: torch.Tensor  # [B] bool: the response emitted EOS
     entropy: torch.Tensor  # [B, R]
-    prompts: list  # the records' prompts, for the gold scorer
     texts: list[str]  # decoded responses
 
 
@@ -98,20 +99,60 @@ def eos_mask(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.
 
 
 @torch.no_grad()
-def rollout(roles: Roles, tokenizer, prompts: list, p, max_new_tokens: int) -> Rollout:
+def sample(model, input_ids, attention_mask, *, max_new_tokens: int, temperature: float, eos_id: int,
+           pad_id: int, min_new_tokens: int = 0):
+    """Pure sampling (top_k 0, top_p 1) with a KV cache, keeping each sampled token's log-prob
+    and the step's entropy as it goes: the policy's rollout forward pass is the sampling itself,
+    not a second pass over the finished sequences. Only one position's logits exist at a time.
+    Returns (responses, logprobs, entropy), each [B, <= max_new_tokens]; PAD after a row's EOS."""
+    # transformers renamed past_key_values to cache (5.x); accept either
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = DynamicCache(config=model.config)
+    attention_mask = attention_mask.clone()
+    position = positions(attention_mask)[:, -1:]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
+                   use_cache=True, logits_to_keep=1, **{cache_arg: cache}).logits[:, -1]
+    finished = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+    tokens, logprobs, entropies = [], [], []
+    for step in range(max_new_tokens):
+        scaled = logits.float() / temperature
+        if step < min_new_tokens:
+            scaled[:, eos_id] = float("-inf")
+        logp = torch.log_softmax(scaled, -1)
+        token = torch.multinomial(logp.exp(), 1).squeeze(1)
+        token = torch.where(finished, pad_id, token)
+        tokens.append(token)
+        logprobs.append(logp.gather(1, token[:, None]).squeeze(1))
+        entropies.append(-(logp.exp() * logp).nan_to_num().sum(-1))
+        finished |= token == eos_id
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        # a finished row goes on reading PAD; what it computes there is masked out later
+        attention_mask = torch.cat([attention_mask, torch.ones_like(token)[:, None]], 1)
+        position = position + 1
+        logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position,
+                       use_cache=True, **{cache_arg: cache}).logits[:, -1]
+    return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(entropies, 1)
+
+
+@torch.no_grad()
+def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tokens: int,
+            min_new_tokens: int = 0) -> Rollout:
+    """`prompt_ids` are formatted prompts (rlhf.data.encode_prompts). min_new_tokens > 0 holds
+    EOS back until then (the throughput benchmark samples fixed-length responses)."""
     roles.policy.eval()
-    batch = tokenizer.pad({"input_ids": encode_prompts(tokenizer, prompts)}, padding_side="left", return_tensors="pt")
+    batch = tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt")
     prompt_len = batch["input_ids"].shape[1]
-    out = roles.policy.generate(**batch, max_new_tokens=max_new_tokens, do_sample=True, temperature=p.temperature,
-                                top_k=0, top_p=1.0, eos_token_id=tokenizer.eos_token_id,
-                                pad_token_id=tokenizer.pad_token_id)
-    responses = out[:, prompt_len:]
+    responses, logprobs, entropy = sample(roles.policy, batch["input_ids"], batch["attention_mask"],
+                                          max_new_tokens=max_new_tokens, temperature=p.temperature,
+                                          eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                                          min_new_tokens=min_new_tokens)
     mask, ended = eos_mask(responses, tokenizer.eos_token_id)
     responses = torch.where(mask.bool(), responses, tokenizer.pad_token_id)  # tokens after EOS -> PAD
+    logprobs, entropy = logprobs * mask, entropy * mask
     sequences = torch.cat([batch["input_ids"], responses], 1)
     attention_mask = torch.cat([batch["attention_mask"], mask], 1)
 
-    logprobs, entropy = response_logprobs(roles.policy, sequences, attention_mask, prompt_len, p.temperature, True)
     ref_logprobs, _ = response_logprobs(roles.ref, sequences, attention_mask, prompt_len, p.temperature)
     values = token_values(roles.value, sequences, attention_mask, prompt_len)
     # The RM reads the last non-pad token: the EOS of an ended response.
@@ -124,7 +165,7 @@ def rollout(roles: Roles, tokenizer, prompts: list, p, max_new_tokens: int) -> R
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     roles.policy.train()
     return Rollout(sequences, attention_mask, mask.float(), logprobs, ref_logprobs, values * mask, scores, raw,
-                   ended, entropy, prompts, texts)
+                   ended, entropy, texts)
 
 
 def run(cfg: RLHFConfig, run: StageRun) -> None:
@@ -191,7 +232,7 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
             state["position"] = (state["position"] + 1) % len(order)
             if state["position"] == 0:
                 state["epoch_seed"] += 1
-        r = rollout(roles, tokenizer, prompts, p, max_new_tokens)
+        r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens)
         stats = optimise(roles, r, p, kl_ctl.beta, policy_opt, value_opt, tokenizer, demos,
                          train_policy=update >= p.critic_warmup_updates)
         kl_ctl.update(stats["kl"], p.rollout_batch_size)
@@ -200,7 +241,7 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
                 for k, v in roles.policy.state_dict().items():
                     ema[k].mul_(p.ema_decay).add_(v.detach(), alpha=1 - p.ema_decay)
         if bundle.gold_scorer is not None:
-            stats["gold_score"] = sum(bundle.gold_scorer(q, t) for q, t in zip(r.prompts, r.texts)) / len(r.texts)
+            stats["gold_score"] = sum(bundle.gold_scorer(q, t) for q, t in zip(prompts, r.texts)) / len(r.texts)
         stats["beta"] = kl_ctl.beta
         tracker.log(stats, update + 1)
         progress.set_postfix(score=f"{stats['score']:.2f}", kl=f"{stats['kl']:.2f}",

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""PPO throughput of rlhf's trainer on the peer benchmark's workload; prints one JSON line.
+
+Same flags and meaning as trl 1.12's peer script (a copy lives outside this repository): tiny
+Llama policy, reference, reward and value built from LlamaConfig(vocab, hidden, intermediate,
+layers, heads) with random weights from --seed; `batch` random prompts of `prompt-len` tokens per
+update; exactly `response-len` sampled tokens per episode (EOS held back), temperature 1, top_k 0,
+top_p 1; `ppo-epochs` epochs over `mini-batches` minibatches per update; `updates` updates.
+
+    .venv/bin/python benchmarks/ppo_throughput.py --batch 32 --response-len 32 --updates 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+from tokenizers import Tokenizer, models
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+from rlhf.config import PPOStageConfig
+from rlhf.ppo.trainer import Roles, optimise, rollout
+
+p = argparse.ArgumentParser()
+p.add_argument("--vocab", type=int, default=512)
+p.add_argument("--hidden", type=int, default=128)
+p.add_argument("--intermediate", type=int, default=256)
+p.add_argument("--layers", type=int, default=2)
+p.add_argument("--heads", type=int, default=4)
+p.add_argument("--batch", type=int, default=32)
+p.add_argument("--prompt-len", type=int, default=24)
+p.add_argument("--response-len", type=int, default=32)
+p.add_argument("--updates", type=int, default=4)
+p.add_argument("--ppo-epochs", type=int, default=1)
+p.add_argument("--mini-batches", type=int, default=2)
+p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
+p.add_argument("--seed", type=int, default=0)
+a = p.parse_args()
+if a.threads:
+    torch.set_num_threads(a.threads)
+
+vocab = {"<pad>": 0, "<eos>": 1, **{f"t{i}": i for i in range(2, a.vocab)}}
+tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t2")),
+                              pad_token="<pad>", eos_token="<eos>")
+
+
+def config(**kw):
+    return LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
+                       num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.heads,
+                       max_position_embeddings=a.prompt_len + a.response_len + 8,
+                       pad_token_id=0, eos_token_id=1, tie_word_embeddings=False, **kw)
+
+
+torch.manual_seed(a.seed)
+policy = LlamaForCausalLM(config())
+ref = LlamaForCausalLM(config())
+ref.load_state_dict(policy.state_dict())
+reward = LlamaForSequenceClassification(config(num_labels=1))
+value = LlamaForSequenceClassification(config(num_labels=1))
+value.load_state_dict(reward.state_dict())
+roles = Roles(policy=policy, ref=ref.eval().requires_grad_(False), reward=reward.eval().requires_grad_(False),
+              value=value)
+cfg = PPOStageConfig(rollout_batch_size=a.batch, mini_batch_size=a.batch // a.mini_batches, ppo_epochs=a.ppo_epochs,
+                     learning_rate=1e-5, temperature=1.0)
+policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+value_opt = torch.optim.AdamW(value.parameters(), lr=cfg.learning_rate, eps=1e-5)
+
+g = torch.Generator().manual_seed(a.seed)
+prompts = torch.randint(2, a.vocab, (a.batch * a.updates, a.prompt_len), generator=g).tolist()
+phases = {"rollout_s": 0.0, "optimise_s": 0.0}
+t0 = time.perf_counter()
+for update in range(a.updates):
+    t = time.perf_counter()
+    r = rollout(roles, tok, prompts[update * a.batch:(update + 1) * a.batch], cfg,
+                max_new_tokens=a.response_len, min_new_tokens=a.response_len)
+    phases["rollout_s"] += time.perf_counter() - t
+    t = time.perf_counter()
+    optimise(roles, r, cfg, cfg.beta, policy_opt, value_opt, tok, [], train_policy=True)
+    phases["optimise_s"] += time.perf_counter() - t
+wall = time.perf_counter() - t0
+n = a.batch * a.updates
+print(json.dumps({"impl": "rlhf-ppo", "episodes": n, "updates": a.updates, "wall_s": round(wall, 3),
+                  "episodes_per_s": round(n / wall, 3),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  "gen_tokens_per_s": round(n * a.response_len / phases["rollout_s"], 1),
+                  **{k: round(v, 3) for k, v in phases.items()},
+                  "torch_threads": torch.get_num_threads(), "settings": vars(a)}))
