@@ -163,9 +163,8 @@ def normalize(model, tokenizer, demos) -> dict[str, float]:
     mean, std = raw.mean().item(), raw.std().item()
     setattr(model.config, REWARD_NORM_KEY, {"bias": -mean, "raw_mean": mean, "raw_std": std,
                                             "demonstrations": len(demos)})
-    normalized = score(model, tokenizer, [d.prompt for d in demos], [d.response for d in demos])
     return {"raw_demonstration_mean": mean, "raw_demonstration_std": std,
-            "demonstration_score_mean": normalized.mean().item()}
+            "demonstration_score_mean": (raw - mean).mean().item()}
 
 
 def evaluate(model, tokenizer, comparisons: list[Comparison], gold_scorer=None):
