@@ -73,8 +73,10 @@ def response_logprobs(model, sequences, attention_mask, prompt_len: int, tempera
                       with_entropy: bool = False):
     """Log-probabilities of the response tokens under `model` at `temperature`, from one forward
     pass over the response positions' logits only (no full-sequence log-softmax kept)."""
-    logits = model(input_ids=sequences, attention_mask=attention_mask,
-                   position_ids=positions(attention_mask)).logits[:, prompt_len - 1:-1].float() / temperature
+    # logits_to_keep: the LM head runs on the response positions only, not on the prompt's
+    response_len = sequences.shape[1] - prompt_len
+    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=positions(attention_mask),
+                   logits_to_keep=response_len + 1).logits[:, :-1].float() / temperature
     targets = sequences[:, prompt_len:]
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
     return (logprobs, L.entropy_from_logits(logits)) if with_entropy else (logprobs, None)
