@@ -8,10 +8,12 @@ what a batch generates after that is padding and is cut off here.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from transformers import DynamicCache
 
 from rlhf.data import encode_prompts, encode_responses
 from rlhf.data.records import PromptLike
@@ -25,6 +27,49 @@ class Sample:
     text: str  # decoded response, special tokens removed
     token_ids: tuple[int, ...]  # response tokens, up to and including the first EOS
     ended: bool  # an EOS closed it within max_new_tokens
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token, as generation used them:
+    left padding must not shift a rotary model's positions."""
+    return (attention_mask.cumsum(1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def sample(model, input_ids, attention_mask, *, max_new_tokens: int, temperature: float, eos_id: int,
+           pad_id: int, min_new_tokens: int = 0, greedy: bool = False):
+    """Pure sampling (top_k 0, top_p 1) with a KV cache, or greedy decoding, keeping each token's
+    log-prob and the step's entropy as it goes: PPO's rollout forward pass is the sampling itself,
+    not a second pass over the finished sequences. Only one position's logits exist at a time.
+    Returns (responses, logprobs, entropy), each [B, <= max_new_tokens]; PAD after a row's EOS."""
+    # transformers renamed past_key_values to cache (5.x); accept either
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = DynamicCache(config=model.config)
+    attention_mask = attention_mask.clone()
+    position = positions(attention_mask)[:, -1:]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
+                   use_cache=True, logits_to_keep=1, **{cache_arg: cache}).logits[:, -1]
+    finished = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+    tokens, logprobs, entropies = [], [], []
+    for step in range(max_new_tokens):
+        scaled = logits.float() / temperature
+        if step < min_new_tokens:
+            scaled[:, eos_id] = float("-inf")
+        logp = torch.log_softmax(scaled, -1)
+        token = logp.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1).squeeze(1)
+        token = torch.where(finished, pad_id, token)
+        tokens.append(token)
+        logprobs.append(logp.gather(1, token[:, None]).squeeze(1))
+        entropies.append(-(logp.exp() * logp).nan_to_num().sum(-1))
+        finished |= token == eos_id
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        # a finished row goes on reading PAD; what it computes there is masked out later
+        attention_mask = torch.cat([attention_mask, torch.ones_like(token)[:, None]], 1)
+        position = position + 1
+        logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position,
+                       use_cache=True, **{cache_arg: cache}).logits[:, -1]
+    return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(entropies, 1)
 
 
 @torch.no_grad()
@@ -45,11 +90,10 @@ def generate(model, tokenizer, prompts: Sequence[PromptLike], *, max_new_tokens:
             chunk = list(prompts[start:start + batch_size])
             batch = tokenizer.pad({"input_ids": encode_prompts(tokenizer, chunk)}, padding_side="left",
                                   return_tensors="pt").to(device)
-            sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=not greedy,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                 **sampling)
-            for prompt, row in zip(chunk, out[:, batch["input_ids"].shape[1]:].tolist()):
+            responses, _, _ = sample(model, batch["input_ids"], batch["attention_mask"],
+                                     max_new_tokens=max_new_tokens, temperature=temperature,
+                                     eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, greedy=greedy)
+            for prompt, row in zip(chunk, responses.tolist()):
                 ended = tokenizer.eos_token_id in row
                 ids = row[: row.index(tokenizer.eos_token_id) + 1] if ended else row
                 samples.append(Sample(prompt, tokenizer.decode(ids, skip_special_tokens=True), tuple(ids), ended))

@@ -16,19 +16,18 @@ trl 1.16 has no PPO trainer (removed in 1.13), so this one is ours. The four rol
 
 from __future__ import annotations
 
-import inspect
+import copy
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
 from rlhf.artifacts import StageRun, is_main_process
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.data import describe_source, encode_prompts, encode_responses, load_data
-from rlhf.generation import gold_evaluation, reward_bias
+from rlhf.generation import gold_evaluation, positions, reward_bias, sample
 from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
 from rlhf.ppo import losses as L
 from rlhf.ppo.checkpoint import load_latest, save_checkpoint
@@ -63,12 +62,6 @@ class Rollout:
     texts: list[str]  # decoded responses
 
 
-def positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that start at 0 on each row's first real token, as generation used them:
-    left padding must not shift a rotary model's positions."""
-    return (attention_mask.cumsum(1) - 1).clamp(min=0)
-
-
 def response_logprobs(model, sequences, attention_mask, prompt_len: int, temperature: float,
                       with_entropy: bool = False):
     """Log-probabilities of the response tokens under `model` at `temperature`, from one forward
@@ -98,43 +91,6 @@ def eos_mask(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.
     first = torch.where(ended, is_eos.float().argmax(1), torch.full_like(ended, responses.shape[1], dtype=torch.long))
     idx = torch.arange(responses.shape[1], device=responses.device)
     return (idx[None, :] <= first[:, None]).long(), ended
-
-
-@torch.no_grad()
-def sample(model, input_ids, attention_mask, *, max_new_tokens: int, temperature: float, eos_id: int,
-           pad_id: int, min_new_tokens: int = 0):
-    """Pure sampling (top_k 0, top_p 1) with a KV cache, keeping each sampled token's log-prob
-    and the step's entropy as it goes: the policy's rollout forward pass is the sampling itself,
-    not a second pass over the finished sequences. Only one position's logits exist at a time.
-    Returns (responses, logprobs, entropy), each [B, <= max_new_tokens]; PAD after a row's EOS."""
-    # transformers renamed past_key_values to cache (5.x); accept either
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    cache = DynamicCache(config=model.config)
-    attention_mask = attention_mask.clone()
-    position = positions(attention_mask)[:, -1:]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
-                   use_cache=True, logits_to_keep=1, **{cache_arg: cache}).logits[:, -1]
-    finished = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
-    tokens, logprobs, entropies = [], [], []
-    for step in range(max_new_tokens):
-        scaled = logits.float() / temperature
-        if step < min_new_tokens:
-            scaled[:, eos_id] = float("-inf")
-        logp = torch.log_softmax(scaled, -1)
-        token = torch.multinomial(logp.exp(), 1).squeeze(1)
-        token = torch.where(finished, pad_id, token)
-        tokens.append(token)
-        logprobs.append(logp.gather(1, token[:, None]).squeeze(1))
-        entropies.append(-(logp.exp() * logp).nan_to_num().sum(-1))
-        finished |= token == eos_id
-        if finished.all() or step == max_new_tokens - 1:
-            break
-        # a finished row goes on reading PAD; what it computes there is masked out later
-        attention_mask = torch.cat([attention_mask, torch.ones_like(token)[:, None]], 1)
-        position = position + 1
-        logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position,
-                       use_cache=True, **{cache_arg: cache}).logits[:, -1]
-    return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(entropies, 1)
 
 
 @torch.no_grad()
@@ -194,8 +150,8 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
 
     # Dropout off in all four roles: it would make the sampling policy and the one being
     # optimised differ, and the PPO ratio would no longer start at 1.
-    roles = Roles(policy=load_causal_lm(cfg.model, tokenizer, policy_from),
-                  ref=load_causal_lm(cfg.model, tokenizer, policy_from).eval().requires_grad_(False),
+    policy = load_causal_lm(cfg.model, tokenizer, policy_from)
+    roles = Roles(policy=policy, ref=copy.deepcopy(policy).eval().requires_grad_(False),
                   reward=load_reward_model(cfg.model, tokenizer, reward_from).eval().requires_grad_(False),
                   value=load_reward_model(cfg.model, tokenizer, value_from))
     policy_opt = torch.optim.AdamW(roles.policy.parameters(), lr=p.learning_rate, eps=1e-5, weight_decay=0.0)
