@@ -36,6 +36,8 @@ p.add_argument("--response-len", type=int, default=32)
 p.add_argument("--updates", type=int, default=4)
 p.add_argument("--ppo-epochs", type=int, default=1)
 p.add_argument("--mini-batches", type=int, default=2)
+p.add_argument("--micro-batch-size", type=int, default=0,
+               help="ours only (not in the peer script): episodes per forward/backward; 0 = the minibatch")
 p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
 p.add_argument("--seed", type=int, default=0)
 a = p.parse_args()
@@ -64,27 +66,27 @@ value.load_state_dict(reward.state_dict())
 roles = Roles(policy=policy, ref=ref.eval().requires_grad_(False), reward=reward.eval().requires_grad_(False),
               value=value)
 cfg = PPOStageConfig(rollout_batch_size=a.batch, mini_batch_size=a.batch // a.mini_batches, ppo_epochs=a.ppo_epochs,
-                     learning_rate=1e-5, temperature=1.0)
+                     micro_batch_size=a.micro_batch_size or None, learning_rate=1e-5, temperature=1.0)
 policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
 value_opt = torch.optim.AdamW(value.parameters(), lr=cfg.learning_rate, eps=1e-5)
 
 g = torch.Generator().manual_seed(a.seed)
 prompts = torch.randint(2, a.vocab, (a.batch * a.updates, a.prompt_len), generator=g).tolist()
-phases = {"rollout_s": 0.0, "optimise_s": 0.0}
+phases = {"generate_s": 0.0, "score_s": 0.0, "train_s": 0.0}
 t0 = time.perf_counter()
 for update in range(a.updates):
-    t = time.perf_counter()
     r = rollout(roles, tok, prompts[update * a.batch:(update + 1) * a.batch], cfg,
                 max_new_tokens=a.response_len, min_new_tokens=a.response_len)
-    phases["rollout_s"] += time.perf_counter() - t
+    phases["generate_s"] += r.seconds["generate"]
+    phases["score_s"] += r.seconds["score"]
     t = time.perf_counter()
     optimise(roles, r, cfg, cfg.beta, policy_opt, value_opt, tok, [], train_policy=True)
-    phases["optimise_s"] += time.perf_counter() - t
+    phases["train_s"] += time.perf_counter() - t
 wall = time.perf_counter() - t0
 n = a.batch * a.updates
 print(json.dumps({"impl": "rlhf-ppo", "episodes": n, "updates": a.updates, "wall_s": round(wall, 3),
                   "episodes_per_s": round(n / wall, 3),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                  "gen_tokens_per_s": round(n * a.response_len / phases["rollout_s"], 1),
+                  "gen_tokens_per_s": round(n * a.response_len / phases["generate_s"], 1),
                   **{k: round(v, 3) for k, v in phases.items()},
                   "torch_threads": torch.get_num_threads(), "settings": vars(a)}))

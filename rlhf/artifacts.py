@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,3 +132,17 @@ class StageRun:
     def save(self) -> None:
         if is_main_process():
             write_json(self.dir / "manifest.json", self.manifest)
+
+
+def save_final(model, tokenizer, path: Path) -> None:
+    """Hugging Face format (safetensors) into <path>.tmp, then renamed: a `final/` folder that
+    exists is complete. Only the main process writes."""
+    if not is_main_process():
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)

@@ -212,6 +212,10 @@ class PPOStageConfig:
     updates: int = 100  # rollout-then-optimise rounds
     rollout_batch_size: int = 64  # prompts sampled per update (one response each)
     mini_batch_size: int = 32  # episodes per optimizer step; must divide rollout_batch_size
+    # episodes per forward (rollout scoring) and forward/backward pass (training); null =
+    # mini_batch_size. Lower it to save activation memory: gradients accumulate, so the optimizer
+    # step is the same. Must divide mini_batch_size.
+    micro_batch_size: Optional[int] = None
     ppo_epochs: int = 4  # passes over each rollout batch
     learning_rate: float = 1e-5  # policy
     value_learning_rate: Optional[float] = None  # null = learning_rate
@@ -393,6 +397,9 @@ def check(cfg: RLHFConfig) -> None:
     if p.mini_batch_size < 1 or p.rollout_batch_size % p.mini_batch_size:
         problems.append(f"ppo.rollout_batch_size={p.rollout_batch_size} must be divisible by "
                         f"ppo.mini_batch_size={p.mini_batch_size}")
+    if p.micro_batch_size is not None and (p.micro_batch_size < 1 or p.mini_batch_size % p.micro_batch_size):
+        problems.append(f"ppo.mini_batch_size={p.mini_batch_size} must be divisible by "
+                        f"ppo.micro_batch_size={p.micro_batch_size} (or set it to null)")
     if p.kl_estimator not in ("k1", "k3"):
         problems.append(f"ppo.kl_estimator={p.kl_estimator!r}: choose k1 or k3")
     if p.ema_decay is not None and not 0.0 < p.ema_decay < 1.0:

@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from datasets import Dataset
 from trl import RewardConfig, RewardTrainer
 
-from rlhf.artifacts import StageRun
+from rlhf.artifacts import StageRun, save_final
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.data import Comparison, describe_source, encode_prompts, encode_responses, load_data
 from rlhf.generation import REWARD_NORM_KEY, score
 from rlhf.models import load_reward_model, load_tokenizer
-from rlhf.tracking import Tracker, TrackerCallback
-from rlhf.training import loss_summary, save_final, trainer_args
+from rlhf.tracking import Tracker
+from rlhf.training import TrackerCallback, loss_summary, trainer_args
 
 log = logging.getLogger(__name__)
 

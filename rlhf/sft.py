@@ -12,13 +12,13 @@ import logging
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from rlhf.artifacts import StageRun
+from rlhf.artifacts import StageRun, save_final
 from rlhf.config import RLHFConfig
 from rlhf.data import Demonstration, describe_source, encode_prompts, encode_responses, load_data
 from rlhf.generation import gold_evaluation
 from rlhf.models import load_causal_lm, load_tokenizer
-from rlhf.tracking import Tracker, TrackerCallback
-from rlhf.training import loss_summary, save_final, trainer_args
+from rlhf.tracking import Tracker
+from rlhf.training import TrackerCallback, loss_summary, trainer_args
 
 log = logging.getLogger(__name__)
 

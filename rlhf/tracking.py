@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from rlhf.artifacts import is_main_process
 from rlhf.config import LoggerConfig
 
@@ -55,15 +53,3 @@ class Tracker:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
-
-
-class TrackerCallback(TrainerCallback):
-    """Forwards the Trainer's logs: `loss` -> <prefix>/train/loss, `eval_loss` -> <prefix>/eval/loss."""
-
-    def __init__(self, tracker: Tracker):
-        self.tracker = tracker
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        renamed = {(f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v for k, v in logs.items()}
-        self.tracker.log(renamed, state.global_step)

@@ -1,14 +1,12 @@
-"""What the Trainer-based stages (SFT, RM) share: their TrainingArguments and final save."""
+"""What the Trainer-based stages (SFT, RM) share: their TrainingArguments, loss summary and log forwarding."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import torch
+from transformers import TrainerCallback
 
-from rlhf.artifacts import is_main_process
 from rlhf.config import RLHFConfig, TrainConfig
+from rlhf.tracking import Tracker
 
 
 def trainer_args(args_class, t: TrainConfig, cfg: RLHFConfig, **extra):
@@ -44,22 +42,20 @@ def trainer_args(args_class, t: TrainConfig, cfg: RLHFConfig, **extra):
     )
 
 
-def save_final(model, tokenizer, path: Path) -> None:
-    """Hugging Face format (safetensors) into <path>.tmp, then renamed: a `final/` folder that
-    exists is complete. Only the main process writes."""
-    if not is_main_process():
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-
-
 def loss_summary(trainer) -> dict:
     """First and last logged training loss and the step count: the "did it learn" figures."""
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"train_loss_first": losses[0] if losses else None,
             "train_loss_last": losses[-1] if losses else None, "steps": trainer.state.global_step}
+
+
+class TrackerCallback(TrainerCallback):
+    """Forwards the Trainer's logs: `loss` -> <prefix>/train/loss, `eval_loss` -> <prefix>/eval/loss."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        renamed = {(f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v for k, v in logs.items()}
+        self.tracker.log(renamed, state.global_step)

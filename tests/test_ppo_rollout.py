@@ -122,3 +122,41 @@ def test_an_update_changes_policy_and_value(roles, tokenizer):
     assert changed and not torch.equal(roles.value.score.weight, value_before)
     # the frozen reference is untouched
     assert all(not p.requires_grad or p.grad is None for p in roles.ref.parameters())
+
+
+def test_micro_batches_give_the_same_update_as_one_pass(roles, tokenizer, monkeypatch):
+    """Gradient accumulation over micro-batches weighted by response tokens = one minibatch pass."""
+    import copy
+
+    prompts = PROMPTS + ["sort descending: 1 2", "sort ascending: 9 8 7 6"] * 2 + ["sort ascending: 0 4 2"]
+    eos, digit = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("Ġ1")
+    # unequal response lengths, so that weighting micro-batches by tokens matters
+    monkeypatch.setattr(trainer, "sample", fixed_sample([[digit] * n + [eos] * (5 - n) for n in (0, 1, 4, 2, 5, 3, 1, 4)]))
+    p = PPOStageConfig(rollout_batch_size=8, mini_batch_size=8, ppo_epochs=1, learning_rate=1e-3, max_new_tokens=5)
+    r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens=5)
+    assert len(set(r.mask.sum(1).tolist())) > 1
+    after = []
+    for micro in (None, 2):
+        twin = Roles(**{k: copy.deepcopy(getattr(roles, k)) for k in ("policy", "ref", "reward", "value")})
+        opt_p = torch.optim.SGD(twin.policy.parameters(), lr=1.0)
+        opt_v = torch.optim.SGD(twin.value.parameters(), lr=1.0)
+        p.micro_batch_size = micro
+        torch.manual_seed(3)
+        optimise(twin, r, p, 0.05, opt_p, opt_v, tokenizer, [], train_policy=True)
+        after.append((twin.policy.state_dict(), twin.value.state_dict()))
+    for whole, split in zip(after[0], after[1]):
+        for k in whole:
+            assert torch.allclose(whole[k], split[k], atol=1e-5), k
+    assert not torch.equal(after[0][0]["lm_head.weight"], roles.policy.state_dict()["lm_head.weight"])
+
+
+def test_draw_samples_each_token_at_its_probability_and_never_a_masked_one():
+    from rlhf.generation import _draw
+
+    torch.manual_seed(0)
+    logits = torch.tensor([[0.0, 1.0, float("-inf"), 2.0, -1.0]]).expand(40000, 5)
+    drawn = _draw(torch.log_softmax(logits, -1))
+    freq = torch.bincount(drawn, minlength=5).float() / len(drawn)
+    expected = torch.softmax(logits[0], -1)
+    assert freq[2] == 0
+    assert torch.allclose(freq, expected, atol=0.01), (freq, expected)

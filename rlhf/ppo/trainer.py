@@ -2,13 +2,15 @@
 
     for each update:
         rollout   sample one response per prompt from the policy (temperature T, top_k 0,
-                  top_p 1), cut after the first EOS; one forward each of policy, reference,
-                  value and reward model over the whole batch
+                  top_p 1), cut after the first EOS, keeping each token's log-prob as it is
+                  sampled; one forward each of reference, value and reward model (in chunks of
+                  micro_batch_size rows, to bound the memory of the reference's logits)
         rewards   -beta * KL per token, + the normalised RM score on the last token (a fixed
                   `no_eos_score` for responses that never ended)
         advantages GAE (gamma, lambda), whitened over the batch; returns = advantages + values
         optimise  ppo_epochs x minibatches of clipped surrogate + vf_coef x clipped value loss
-                  (+ ptx_coef x LM loss on demonstrations: PPO-ptx)
+                  (+ ptx_coef x LM loss on demonstrations: PPO-ptx), each minibatch's gradients
+                  accumulated over micro-batches into one optimizer step
 
 trl 1.16 has no PPO trainer (removed in 1.13), so this one is ours. The four roles live in
 `Roles`, the one seam a sharded (DeepSpeed) variant replaces; everything else is plain torch.
@@ -19,12 +21,13 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from rlhf.artifacts import StageRun, is_main_process
+from rlhf.artifacts import StageRun, is_main_process, save_final
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.data import describe_source, encode_prompts, encode_responses, load_data
 from rlhf.generation import gold_evaluation, positions, reward_bias, sample
@@ -32,7 +35,6 @@ from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
 from rlhf.ppo import losses as L
 from rlhf.ppo.checkpoint import load_latest, save_checkpoint
 from rlhf.tracking import Tracker
-from rlhf.training import save_final
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class Rollout:
     ended: torch.Tensor  # [B] bool: the response emitted EOS
     entropy: torch.Tensor  # [B, R]
     texts: list[str]  # decoded responses
+    seconds: dict[str, float]  # wall time of this rollout's phases: generate, score
 
 
 def response_logprobs(model, sequences, attention_mask, prompt_len: int, temperature: float,
@@ -69,7 +72,9 @@ def response_logprobs(model, sequences, attention_mask, prompt_len: int, tempera
     # logits_to_keep: the LM head runs on the response positions only, not on the prompt's
     response_len = sequences.shape[1] - prompt_len
     logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=positions(attention_mask),
-                   logits_to_keep=response_len + 1).logits[:, :-1].float() / temperature
+                   logits_to_keep=response_len + 1).logits[:, :-1].float()
+    if temperature != 1.0:  # skip a full copy of the logits when there is nothing to divide
+        logits = logits / temperature
     targets = sequences[:, prompt_len:]
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
     return (logprobs, L.entropy_from_logits(logits)) if with_entropy else (logprobs, None)
@@ -99,6 +104,7 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
     """`prompt_ids` are formatted prompts (rlhf.data.encode_prompts). min_new_tokens > 0 holds
     EOS back until then (the throughput benchmark samples fixed-length responses)."""
     roles.policy.eval()
+    start = time.perf_counter()
     batch = tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt")
     prompt_len = batch["input_ids"].shape[1]
     responses, logprobs, entropy = sample(roles.policy, batch["input_ids"], batch["attention_mask"],
@@ -111,19 +117,25 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
     sequences = torch.cat([batch["input_ids"], responses], 1)
     attention_mask = torch.cat([batch["attention_mask"], mask], 1)
 
-    ref_logprobs, _ = response_logprobs(roles.ref, sequences, attention_mask, prompt_len, p.temperature)
-    values = token_values(roles.value, sequences, attention_mask, prompt_len)
-    # The RM reads the last non-pad token: the EOS of an ended response.
-    raw = roles.reward(input_ids=sequences, attention_mask=attention_mask,
-                       position_ids=positions(attention_mask)).logits[:, 0].float()
+    generated = time.perf_counter()
+
+    parts: dict[str, list[torch.Tensor]] = {"ref": [], "values": [], "raw": []}
+    for rows in torch.arange(len(sequences)).split(p.micro_batch_size or p.mini_batch_size):
+        seq, att = sequences[rows], attention_mask[rows]
+        parts["ref"].append(response_logprobs(roles.ref, seq, att, prompt_len, p.temperature)[0])
+        parts["values"].append(token_values(roles.value, seq, att, prompt_len))
+        # The RM reads the last non-pad token: the EOS of an ended response.
+        parts["raw"].append(roles.reward(input_ids=seq, attention_mask=att, position_ids=positions(att)).logits[:, 0])
+    ref_logprobs, values, raw = (torch.cat(parts[k]).float() for k in ("ref", "values", "raw"))
     scores = raw + reward_bias(roles.reward)
     if p.score_clip is not None:
         scores = scores.clamp(-p.score_clip, p.score_clip)
     scores = torch.where(ended, scores, torch.full_like(scores, p.no_eos_score))
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     roles.policy.train()
+    seconds = {"generate": generated - start, "score": time.perf_counter() - generated}
     return Rollout(sequences, attention_mask, mask.float(), logprobs, ref_logprobs, values * mask, scores, raw,
-                   ended, entropy, texts)
+                   ended, entropy, texts, seconds)
 
 
 def run(cfg: RLHFConfig, run: StageRun) -> None:
@@ -191,8 +203,10 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
             if state["position"] == 0:
                 state["epoch_seed"] += 1
         r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens)
+        started = time.perf_counter()
         stats = optimise(roles, r, p, kl_ctl.beta, policy_opt, value_opt, tokenizer, demos,
                          train_policy=update >= p.critic_warmup_updates)
+        stats.update({f"time_{k}_s": v for k, v in r.seconds.items()}, time_train_s=time.perf_counter() - started)
         kl_ctl.update(stats["kl"], p.rollout_batch_size)
         if ema is not None:
             with torch.no_grad():
@@ -234,32 +248,44 @@ def optimise(roles: Roles, r: Rollout, p, beta: float, policy_opt, value_opt, to
 
     sums: dict[str, float] = {}
     steps = 0
+    micro_batch_size = p.micro_batch_size or p.mini_batch_size
     for _ in range(p.ppo_epochs):
         for idx in torch.randperm(len(r.scores)).split(p.mini_batch_size):
-            seq, att, m = r.sequences[idx], r.attention_mask[idx], r.mask[idx]
-            values = token_values(roles.value, seq, att, prompt_len)
-            v_loss, v_clip = L.value_loss(values, r.values[idx], returns[idx], m, p.value_clip)
             value_opt.zero_grad()
-            (p.vf_coef * v_loss).backward()
+            policy_opt.zero_grad()
+            step: dict[str, float] = {}
+            tokens = r.mask[idx].sum().clamp(min=1)
+            # Micro-batches accumulate gradients into one optimizer step: the same update as one
+            # pass over the minibatch (each loss weighted by its share of the minibatch's
+            # response tokens, so token means stay exact), with a fraction of the activations.
+            for micro in idx.split(micro_batch_size):
+                seq, att, m = r.sequences[micro], r.attention_mask[micro], r.mask[micro]
+                weight = m.sum() / tokens
+                values = token_values(roles.value, seq, att, prompt_len)
+                v_loss, v_clip = L.value_loss(values, r.values[micro], returns[micro], m, p.value_clip)
+                (weight * p.vf_coef * v_loss).backward()
+                parts = {"value_loss": v_loss, "value_clipfrac": v_clip}
+                if train_policy:
+                    logprobs, entropy = response_logprobs(roles.policy, seq, att, prompt_len, p.temperature,
+                                                          with_entropy=p.entropy_coef > 0)
+                    pg_loss, pg_clip, approx_kl = L.policy_loss(logprobs, r.logprobs[micro], advantages[micro], m,
+                                                                p.clip)
+                    loss = pg_loss
+                    if entropy is not None:
+                        loss = loss - p.entropy_coef * L.masked_mean(entropy, m)
+                    (weight * loss).backward()
+                    parts.update(policy_loss=pg_loss, policy_clipfrac=pg_clip, approx_kl=approx_kl)
+                for k, v in parts.items():
+                    step[k] = step.get(k, 0.0) + (weight * v).item()
+            if train_policy and demos:
+                ptx = ptx_loss(roles.policy, tokenizer, random.sample(demos, min(p.ptx_batch_size, len(demos))))
+                (p.ptx_coef * ptx).backward()
+                step["ptx_loss"] = ptx.item()
             torch.nn.utils.clip_grad_norm_(roles.value.parameters(), p.max_grad_norm)
             value_opt.step()
-            step = {"value_loss": v_loss.item(), "value_clipfrac": v_clip.item()}
             if train_policy:
-                logprobs, entropy = response_logprobs(roles.policy, seq, att, prompt_len, p.temperature,
-                                                      with_entropy=p.entropy_coef > 0)
-                pg_loss, pg_clip, approx_kl = L.policy_loss(logprobs, r.logprobs[idx], advantages[idx], m, p.clip)
-                loss = pg_loss
-                if entropy is not None:
-                    loss = loss - p.entropy_coef * L.masked_mean(entropy, m)
-                if demos:
-                    ptx = ptx_loss(roles.policy, tokenizer, random.sample(demos, min(p.ptx_batch_size, len(demos))))
-                    loss = loss + p.ptx_coef * ptx
-                    step["ptx_loss"] = ptx.item()
-                policy_opt.zero_grad()
-                loss.backward()
                 torch.nn.utils.clip_grad_norm_(roles.policy.parameters(), p.max_grad_norm)
                 policy_opt.step()
-                step.update(policy_loss=pg_loss.item(), policy_clipfrac=pg_clip.item(), approx_kl=approx_kl.item())
             for k, v in step.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
