@@ -17,7 +17,8 @@ log = logging.getLogger("rlhf")
 
 # stage name -> module with `run(cfg: RLHFConfig, run: StageRun)`; imported on demand so that
 # `rlhf stage=prepare` does not pay for importing trainers it does not use.
-STAGE_MODULES = {"prepare": "rlhf.prepare", "sft": "rlhf.sft", "rm": "rlhf.reward", "ppo": "rlhf.ppo.trainer"}
+STAGE_MODULES = {"prepare": "rlhf.prepare", "sft": "rlhf.sft", "rm": "rlhf.reward", "ppo": "rlhf.ppo.trainer",
+                 "compare": "rlhf.compare", "generate": "rlhf.generate"}
 
 # conf/ sits beside the package in the checkout (the layout is fixed); an absolute path, because
 # Hydra would read a relative one as a Python package next to rlhf.cli.

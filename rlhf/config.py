@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-STAGES = ("prepare", "sft", "rm", "ppo")  # grows with each stage module; cli.py maps names to modules
+STAGES = ("prepare", "sft", "rm", "ppo", "compare", "generate")  # cli.py maps names to modules
 SPLITS = ("sft", "rm", "ppo", "eval")
 
 
@@ -250,6 +250,45 @@ class PPOStageConfig:
 
 
 @dataclass
+class CompareConfig:
+    """`rlhf stage=compare`: policies side by side on held-out prompts (rlhf/compare.py)."""
+
+    # name -> checkpoint folder, hub id, or "bon:<n>": the best of n samples of `bon_from`, picked
+    # by the reward model. null = this run's sft and ppo policies (those that exist), bon:4, and
+    # the base model when model.name_or_path names one. On the command line:
+    # compare.policies='{sft: runs/a/sft/final, ppo_b: runs/b/ppo/final, bon8: "bon:8"}'
+    policies: Any = None  # a dict, or null (typed Any: Hydra cannot merge a new dict into a typed one)
+    baseline: str = "sft"  # win rates are each policy's against this one
+    reward_from: Optional[str] = None  # the judging RM; null = runs/<run>/rm/final
+    reference_from: Optional[str] = None  # KL is measured to this policy; null = runs/<run>/sft/final
+    bon_from: Optional[str] = None  # the policy bon:<n> samples from; null = reference_from
+    prompts: int = 256  # held-out prompts, the first of the eval split
+    samples_per_prompt: int = 4  # sampled answers per prompt and policy (seeds seed, seed+1, ...)
+    modes: List[str] = field(default_factory=lambda: ["sampled", "greedy"])
+    temperature: float = 1.0  # of the sampled mode
+    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
+    batch_size: int = 64  # prompts per generation batch
+    bootstrap_resamples: int = 1000  # confidence intervals: resampling prompts with replacement
+    confidence: float = 0.95
+    examples: int = 3  # prompts shown side by side in report.md
+    ppo_logs: Optional[str] = None  # TensorBoard logs for training curves; null = runs/<run>/ppo/logs
+    from_results: Optional[str] = None  # a results.json: rebuild report.md and plots, no sampling
+
+
+@dataclass
+class GenerateConfig:
+    """`rlhf stage=generate`: print a policy's answers (rlhf/generate.py)."""
+
+    policy: Optional[str] = None  # folder or hub id; null = runs/<run>/ppo/final, else sft/final
+    prompt: Optional[str] = None  # one prompt; with neither this nor prompts_file, read prompts from stdin
+    prompts_file: Optional[str] = None  # a text file, one prompt per line
+    num_samples: int = 1  # answers per prompt
+    greedy: bool = False
+    temperature: float = 1.0
+    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
+
+
+@dataclass
 class StageConfig:
     name: str = "prepare"  # which stage `rlhf` runs: one of STAGES
 
@@ -273,6 +312,8 @@ class RLHFConfig:
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     rm: RMStageConfig = field(default_factory=RMStageConfig)
     ppo: PPOStageConfig = field(default_factory=PPOStageConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -400,6 +441,21 @@ def check(cfg: RLHFConfig) -> None:
     if p.micro_batch_size is not None and (p.micro_batch_size < 1 or p.mini_batch_size % p.micro_batch_size):
         problems.append(f"ppo.mini_batch_size={p.mini_batch_size} must be divisible by "
                         f"ppo.micro_batch_size={p.micro_batch_size} (or set it to null)")
+    c = cfg.compare
+    bad_modes = [m for m in c.modes if m not in ("sampled", "greedy")]
+    if bad_modes or not c.modes:
+        problems.append(f"compare.modes={list(c.modes)}: choose from sampled, greedy")
+    if not 0.0 < c.confidence < 1.0:
+        problems.append(f"compare.confidence={c.confidence}: must lie in (0, 1)")
+    if c.policies is not None and not (isinstance(c.policies, dict) and all(
+            isinstance(v, str) for v in c.policies.values())):
+        problems.append(f"compare.policies={c.policies!r}: give a dict of name -> folder, hub id or bon:<n>, e.g. "
+                        "compare.policies='{sft: runs/a/sft/final, bon4: \"bon:4\"}'")
+    for name, spec in (c.policies if isinstance(c.policies, dict) else {}).items():
+        if spec.startswith("bon:") and not (spec[4:].isdigit() and int(spec[4:]) >= 1):
+            problems.append(f"compare.policies.{name}={spec!r}: write bon:<n> with n >= 1, e.g. bon:4")
+    if isinstance(c.policies, dict) and c.policies and c.baseline not in c.policies:
+        problems.append(f"compare.baseline={c.baseline!r} is not one of compare.policies ({', '.join(c.policies)})")
     if p.kl_estimator not in ("k1", "k3"):
         problems.append(f"ppo.kl_estimator={p.kl_estimator!r}: choose k1 or k3")
     if p.ema_decay is not None and not 0.0 < p.ema_decay < 1.0:

@@ -17,6 +17,7 @@ from transformers import DynamicCache
 
 from rlhf.data import encode_prompts, encode_responses
 from rlhf.data.records import PromptLike
+from rlhf.ppo.losses import entropy_from_logits
 
 REWARD_NORM_KEY = "rlhf_reward_normalization"  # in the RM's config.json: bias, raw_mean, raw_std
 
@@ -70,6 +71,50 @@ def sample(model, input_ids, attention_mask, *, max_new_tokens: int, temperature
         logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position,
                        use_cache=True, **{cache_arg: cache}).logits[:, -1]
     return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(entropies, 1)
+
+
+def response_logprobs(model, sequences, attention_mask, prompt_len: int, temperature: float,
+                      with_entropy: bool = False):
+    """Log-probabilities of the response tokens under `model` at `temperature`, from one forward
+    pass over the response positions' logits only (no full-sequence log-softmax kept)."""
+    # logits_to_keep: the LM head runs on the response positions only, not on the prompt's
+    response_len = sequences.shape[1] - prompt_len
+    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=positions(attention_mask),
+                   logits_to_keep=response_len + 1).logits[:, :-1].float()
+    if temperature != 1.0:  # skip a full copy of the logits when there is nothing to divide
+        logits = logits / temperature
+    targets = sequences[:, prompt_len:]
+    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+    return (logprobs, entropy_from_logits(logits)) if with_entropy else (logprobs, None)
+
+
+@torch.no_grad()
+def response_logprob_sums(model, tokenizer, samples: Sequence[Sample], temperature: float,
+                          batch_size: int = 64) -> torch.Tensor:
+    """[len(samples)] sum of log pi(token) over each sample's response tokens (to and including
+    its EOS) at `temperature`: one term of a sampled KL estimate between two policies."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums = []
+    try:
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start:start + batch_size]
+            prompts = tokenizer.pad({"input_ids": encode_prompts(tokenizer, [s.prompt for s in chunk])},
+                                    padding_side="left", return_tensors="pt")
+            width = max(len(s.token_ids) for s in chunk)
+            responses = torch.full((len(chunk), width), tokenizer.pad_token_id)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, s in enumerate(chunk):
+                responses[i, : len(s.token_ids)] = torch.tensor(s.token_ids)
+                mask[i, : len(s.token_ids)] = 1
+            sequences = torch.cat([prompts["input_ids"], responses], 1).to(device)
+            attention = torch.cat([prompts["attention_mask"], mask], 1).to(device)
+            logprobs, _ = response_logprobs(model, sequences, attention, prompts["input_ids"].shape[1], temperature)
+            sums.append((logprobs * mask.to(device)).sum(1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(sums) if sums else torch.zeros(0)
 
 
 def _draw(logp: torch.Tensor) -> torch.Tensor:

@@ -92,3 +92,13 @@ def test_all_problems_are_reported_at_once():
 def test_experiment_overrides_stack_on_groups():
     cfg = load(["experiment=toy_small"])
     assert (cfg.run, cfg.data.toy.num_prompts) == ("toy_small", 1000)
+
+
+def test_compare_policies_take_a_dict_from_the_command_line_and_bad_entries_are_named():
+    cfg = load(["stage=compare", 'compare.policies={sft: runs/a/sft/final, ppo_b: runs/b/ppo/final, bon8: "bon:8"}'])
+    assert cfg.compare.policies == {"sft": "runs/a/sft/final", "ppo_b": "runs/b/ppo/final", "bon8": "bon:8"}
+    with pytest.raises(ConfigError) as e:
+        load(["stage=compare", 'compare.policies={ppo: runs/b/ppo/final, best: "bon:x"}', "compare.modes=[sampled,beam]"])
+    message = str(e.value)
+    for field in ("compare.policies.best='bon:x'", "compare.baseline='sft'", "compare.modes"):
+        assert field in message

@@ -11,8 +11,8 @@ from rlhf.generation import REWARD_NORM_KEY
 from rlhf.models import build_tiny_model
 from rlhf.ppo import losses as L
 import rlhf.ppo.trainer as trainer
-from rlhf.generation import sample
-from rlhf.ppo.trainer import Roles, eos_mask, optimise, response_logprobs, rollout
+from rlhf.generation import response_logprobs, sample
+from rlhf.ppo.trainer import Roles, eos_mask, optimise, rollout
 
 PROMPTS = ["sort ascending: 3 1 2", "sort descending: 5 9 1 0", "sort ascending: 7 7"]
 

@@ -29,11 +29,12 @@ def runs(tmp_path_factory):
     rlhf(root, "stage=sft", "sft.epochs=6", "sft.gold_eval_prompts=64", "sft.save_every_steps=50")
     rlhf(root, "stage=rm", "rm.epochs=2", "rm.eval_every_steps=20")
     rlhf(root, "stage=ppo", *PPO, "ppo.updates=6")
+    rlhf(root, "stage=compare", "compare.prompts=24", "compare.samples_per_prompt=2", "compare.bootstrap_resamples=200")
     return root / "runs" / "small"
 
 
 PPO = ["ppo.rollout_batch_size=32", "ppo.mini_batch_size=16", "ppo.ppo_epochs=2", "ppo.eval_prompts=32",
-       "ppo.eval_every_updates=3", "ppo.save_every_updates=3", "ppo.learning_rate=1e-4"]
+       "ppo.eval_every_updates=3", "ppo.save_every_updates=3", "ppo.learning_rate=1e-4", "ppo.critic_warmup_updates=2"]
 
 
 def manifest(runs, stage):
@@ -141,3 +142,80 @@ def test_ppo_resumes_from_its_latest_checkpoint(runs):
     assert "resumed from" in out.stdout + out.stderr and "update_6" in out.stdout + out.stderr
     m = manifest(runs, "ppo")
     assert m["metrics"]["updates"] == 8 and "start_gold_sampled_mean" not in m["metrics"]
+
+
+def test_compare_report_agrees_with_its_samples_and_redraws_from_results(runs, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from rlhf.compare import per_prompt_wins
+
+    out = runs / "compare"
+    results = json.loads((out / "results.json").read_text())
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert list(results["policies"]) == ["sft", "ppo", "bon:4"]
+    sampled = results["modes"]["sampled"]
+    assert len([s for s in samples if s["policy"] == "bon:4"]) == 24 * 2
+    assert not any(s["mode"] == "greedy" and s["policy"] == "bon:4" for s in samples)
+
+    def matrix(policy, metric):
+        rows = [s for s in samples if s["policy"] == policy and s["mode"] == "sampled"]
+        m = np.zeros((24, 2))
+        for r in rows:
+            m[r["prompt_index"], r["sample"]] = r[metric]
+        return m
+
+    for policy in ("ppo", "bon:4"):
+        for metric, key in (("rm_score", "win_rate_rm"), ("gold_score", "win_rate_gold")):
+            expected = per_prompt_wins(matrix(policy, metric), matrix("sft", metric)).mean()
+            entry = sampled[policy][key]
+            assert entry["value"] == pytest.approx(expected)
+            assert entry["low"] <= entry["value"] <= entry["high"]
+        assert sampled[policy]["rm_score"]["mean"] == pytest.approx(matrix(policy, "rm_score").mean())
+    assert sampled["sft"]["kl"]["mean"] == pytest.approx(0.0, abs=1e-4)  # the reference itself
+    assert sampled["bon:4"]["kl_method"] == "analytic"
+    report = (out / "report.md").read_text()
+    assert "| ppo |" in report and "| bon:4 |" in report and "win rate by gold" in report
+    for png in ("scores.png", "rm_vs_kl.png", "training.png"):
+        with Image.open(out / png) as image:
+            image.load()  # decodes every pixel
+            assert image.format == "PNG" and min(image.size) > 100
+
+    # redraw from results.json alone, in another run: no samples, same report text
+    copy = tmp_path / "results.json"
+    copy.write_text((out / "results.json").read_text())
+    rlhf(runs.parent.parent, "run=redraw", "stage=compare", f"compare.from_results={copy}")
+    redrawn = runs.parent / "redraw" / "compare"
+    assert (redrawn / "report.md").read_text() == report
+    assert not (redrawn / "samples.jsonl").exists()
+
+
+def test_generate_prints_answers_from_argument_file_and_stdin(runs, tmp_path):
+    out = rlhf(runs.parent.parent, "stage=generate", "generate.prompt=sort ascending: 3 1 2", "generate.greedy=true")
+    assert "> sort ascending: 3 1 2\n" in out.stdout
+    answer = out.stdout.split("> sort ascending: 3 1 2\n")[1].splitlines()[0]
+    assert answer.strip() and "policy: " in out.stdout + out.stderr and "ppo/final" in out.stdout + out.stderr
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("sort descending: 1 2\n\nsort ascending: 9 8 7\n")
+    out = rlhf(runs.parent.parent, "stage=generate", f"generate.prompts_file={prompts}", "generate.num_samples=2")
+    assert out.stdout.count("> sort descending: 1 2") == 2 and out.stdout.count("> sort ascending: 9 8 7") == 2
+    piped = subprocess.run([sys.executable, "-m", "rlhf.cli", *SMALL, "stage=generate"], cwd=runs.parent.parent,
+                           input="sort ascending: 5 4\n", capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0 and "> sort ascending: 5 4" in piped.stdout
+    missing = subprocess.run([sys.executable, "-m", "rlhf.cli", *SMALL, "stage=generate",
+                              f"generate.prompts_file={tmp_path / 'nope.txt'}"], cwd=runs.parent.parent,
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "nope.txt: no such file" in missing.stdout + missing.stderr
+
+
+@pytest.mark.distributed
+def test_compare_shares_prompts_across_two_ranks_and_gathers_every_answer(runs):
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "rlhf.cli",
+                          *SMALL, "run=small", "stage=compare", "compare.prompts=10", "compare.samples_per_prompt=2",
+                          "compare.modes=[sampled]", "compare.bootstrap_resamples=50"],
+                         cwd=runs.parent.parent, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    samples = [json.loads(line) for line in (runs / "compare" / "samples.jsonl").read_text().splitlines()]
+    for policy in ("sft", "ppo", "bon:4"):
+        got = sorted((s["prompt_index"], s["sample"]) for s in samples if s["policy"] == policy)
+        assert got == [(i, j) for i in range(10) for j in range(2)], policy

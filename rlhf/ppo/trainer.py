@@ -30,7 +30,7 @@ import torch
 from rlhf.artifacts import StageRun, is_main_process, save_final
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.data import describe_source, encode_prompts, encode_responses, load_data
-from rlhf.generation import gold_evaluation, positions, reward_bias, sample
+from rlhf.generation import gold_evaluation, positions, response_logprobs, reward_bias, sample
 from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
 from rlhf.ppo import losses as L
 from rlhf.ppo.checkpoint import load_latest, save_checkpoint
@@ -63,21 +63,6 @@ class Rollout:
     entropy: torch.Tensor  # [B, R]
     texts: list[str]  # decoded responses
     seconds: dict[str, float]  # wall time of this rollout's phases: generate, score
-
-
-def response_logprobs(model, sequences, attention_mask, prompt_len: int, temperature: float,
-                      with_entropy: bool = False):
-    """Log-probabilities of the response tokens under `model` at `temperature`, from one forward
-    pass over the response positions' logits only (no full-sequence log-softmax kept)."""
-    # logits_to_keep: the LM head runs on the response positions only, not on the prompt's
-    response_len = sequences.shape[1] - prompt_len
-    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=positions(attention_mask),
-                   logits_to_keep=response_len + 1).logits[:, :-1].float()
-    if temperature != 1.0:  # skip a full copy of the logits when there is nothing to divide
-        logits = logits / temperature
-    targets = sequences[:, prompt_len:]
-    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
-    return (logprobs, L.entropy_from_logits(logits)) if with_entropy else (logprobs, None)
 
 
 def token_values(value_model, sequences, attention_mask, prompt_len: int) -> torch.Tensor:
