@@ -204,7 +204,11 @@ def _best_of_n(name, n, base, base_is_reference, rm, tokenizer, gold_scorer, pro
                               for cand in candidates])  # [n, prompts]
         best = [candidates[k][i] for i, k in enumerate(scores.argmax(0).tolist())]
         kl = torch.full((len(best),), bon_kl(n)) if base_is_reference else None
-        rows += _records(name, "sampled", j, mine, best, rm, tokenizer, gold_scorer, kl, "analytic")
+        chosen = _records(name, "sampled", j, mine, best, rm, tokenizer, gold_scorer, kl, "analytic")
+        for i, row in enumerate(chosen):  # the n candidates stay in samples.jsonl, beside the pick
+            row["candidates"] = [{"response": cand[i].text, "rm_score": float(scores[k, i])}
+                                 for k, cand in enumerate(candidates)]
+        rows += chosen
     return rows
 
 

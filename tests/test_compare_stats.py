@@ -71,3 +71,17 @@ def test_summary_report_and_plots_from_records(tmp_path):
         image = matplotlib.image.imread(tmp_path / name)  # decodes the PNG
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
         assert f"({name})" in report
+
+
+def test_without_a_gold_scorer_the_gold_columns_are_empty_not_zero(tmp_path):
+    cfg = RLHFConfig()
+    cfg.compare.modes = ["sampled"]
+    cfg.compare.bootstrap_resamples = 50
+    rows = records("sft", "sampled", [[0, 0], [1, 1]], [[None, None], [None, None]]) + records(
+        "ppo", "sampled", [[1, 1], [0, 2]], [[None, None], [None, None]])
+    results = summarise(rows, cfg, {"sft": "a", "ppo": "b"}, ["p0", "p1"])
+    ppo = results["modes"]["sampled"]["ppo"]
+    assert ppo["gold_score"] is None and ppo["win_rate_gold"] is None
+    assert ppo["win_rate_rm"]["value"] == pytest.approx((1.0 + 0.5) / 2)
+    write_report(results, tmp_path)
+    assert "| ppo | 1.000 [" in (tmp_path / "report.md").read_text()

@@ -155,7 +155,12 @@ def test_compare_report_agrees_with_its_samples_and_redraws_from_results(runs, t
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert list(results["policies"]) == ["sft", "ppo", "bon:4"]
     sampled = results["modes"]["sampled"]
-    assert len([s for s in samples if s["policy"] == "bon:4"]) == 24 * 2
+    bon = [s for s in samples if s["policy"] == "bon:4"]
+    assert len(bon) == 24 * 2
+    for s in bon:  # the pick is the candidate the RM scored highest
+        assert len(s["candidates"]) == 4
+        best = max(s["candidates"], key=lambda c: c["rm_score"])
+        assert s["rm_score"] == pytest.approx(best["rm_score"], abs=1e-4) and s["response"] == best["response"]
     assert not any(s["mode"] == "greedy" and s["policy"] == "bon:4" for s in samples)
 
     def matrix(policy, metric):
