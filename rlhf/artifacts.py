@@ -136,13 +136,24 @@ class StageRun:
 
 def save_final(model, tokenizer, path: Path) -> None:
     """Hugging Face format (safetensors) into <path>.tmp, then renamed: a `final/` folder that
-    exists is complete. Only the main process writes."""
+    exists is complete. Only the main process writes. A LoRA (peft) model goes twice: its adapter
+    to <path>_adapter/, then merged into its base as a plain checkpoint in <path>/, which every
+    later stage and plain `from_pretrained` load. (Merging changes the model in place: call this
+    last.)"""
     if not is_main_process():
         return
+    if hasattr(model, "merge_and_unload"):
+        _save_folder(lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)),
+                     path.with_name(path.name + "_adapter"))
+        model = model.merge_and_unload()
+    _save_folder(lambda tmp: (model.save_pretrained(tmp, safe_serialization=True), tokenizer.save_pretrained(tmp)),
+                 path)
+
+
+def _save_folder(write, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    write(tmp)
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)

@@ -34,6 +34,10 @@ def _main(composed: DictConfig) -> None:
     try:
         cfg: RLHFConfig = to_config(composed)
         check(cfg)
+        if cfg.model.gguf_package and not cfg.model.name_or_path:
+            from rlhf.offline import converted
+
+            cfg.model.name_or_path = str(converted(cfg.model))
         stage = importlib.import_module(STAGE_MODULES[cfg.stage.name])
         log.info("stage %s -> %s", cfg.stage.name, cfg.stage_dir)
         with StageRun(cfg.stage_dir, composed) as run:

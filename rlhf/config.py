@@ -36,6 +36,7 @@ class DataFormat(enum.Enum):
     pairwise = "pairwise"  # prompt, chosen, rejected (+ margin) -> Comparison with K=2
     ranked = "ranked"  # prompt, responses ranked best-first (OASST-style) -> K-wise Comparison
     hh_rlhf = "hh_rlhf"  # Anthropic HH-RLHF chosen/rejected transcripts -> Comparison
+    oasst = "oasst"  # OpenAssistant message trees (one message a row) -> K-wise Comparisons of ranked replies
     prompt = "prompt"  # prompt only -> Prompt (PPO / eval prompts)
 
 
@@ -59,6 +60,9 @@ class FieldMap:
     response_text: str = "text"  # ranked format, object elements: the text key
     response_rank: str = "rank"  # ranked format, object elements: rank key (0 = best; equal = tie)
     messages: str = "messages"  # messages format
+    message_id: str = "message_id"  # oasst format: the message's id, its parent's, and its author
+    parent_id: str = "parent_id"
+    role: str = "role"  # "prompter" or "assistant"
 
 
 @dataclass
@@ -129,6 +133,20 @@ class TinyModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (peft) instead of full fine-tuning, in every training stage. The RM's and the
+    critic's score head trains in full; PPO's reference is the policy with its adapter switched
+    off (no second copy). A stage's `final/` is the merged plain checkpoint the next stage
+    loads; the adapter alone goes to `final_adapter/`."""
+
+    enabled: bool = False
+    r: int = 16  # adapter rank
+    alpha: int = 32  # scaling numerator: updates are scaled by alpha / r
+    dropout: float = 0.0
+    target_modules: Any = "all-linear"  # peft's name, or a list of module names such as [q_proj, v_proj]
+
+
+@dataclass
 class ModelConfig:
     # A hub id or local folder in Hugging Face format; null builds the tiny model.
     name_or_path: Optional[str] = None
@@ -139,7 +157,12 @@ class ModelConfig:
     # Jinja chat template that replaces the tokenizer's own; null keeps the tokenizer's, and a
     # tokenizer without one uses the plain template of rlhf/data/formatting.py.
     chat_template: Optional[str] = None
+    # A GGUF file shipped inside a pip package (model=smollm2_135m_offline): converted once into
+    # a Hugging Face folder in ~/.cache/rlhf/models ($RLHF_CACHE), which becomes name_or_path.
+    gguf_package: Optional[str] = None
+    gguf_file: Optional[str] = None
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -441,6 +464,11 @@ def check(cfg: RLHFConfig) -> None:
     if p.micro_batch_size is not None and (p.micro_batch_size < 1 or p.mini_batch_size % p.micro_batch_size):
         problems.append(f"ppo.mini_batch_size={p.mini_batch_size} must be divisible by "
                         f"ppo.micro_batch_size={p.micro_batch_size} (or set it to null)")
+    if (cfg.model.gguf_package is None) != (cfg.model.gguf_file is None):
+        problems.append("model.gguf_package and model.gguf_file go together: set both, or neither")
+    lora = cfg.model.lora
+    if lora.enabled and (lora.r < 1 or lora.alpha <= 0):
+        problems.append(f"model.lora.r={lora.r}, model.lora.alpha={lora.alpha}: both must be positive")
     c = cfg.compare
     bad_modes = [m for m in c.modes if m not in ("sampled", "greedy")]
     if bad_modes or not c.modes:

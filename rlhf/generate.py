@@ -5,7 +5,7 @@
     rlhf stage=generate                     # interactive: one prompt per line, Ctrl-D ends
 
 The quickest way to look at what a stage produced. The policy defaults to this run's PPO
-policy, else its SFT policy.
+policy, else its SFT policy, else the configured base model.
 """
 
 from __future__ import annotations
@@ -63,5 +63,7 @@ def _latest_policy(cfg: RLHFConfig) -> str:
     for stage in ("ppo", "sft"):
         if (cfg.run_dir / stage / "final").exists():
             return str(cfg.run_dir / stage / "final")
+    if cfg.model.name_or_path:
+        return cfg.model.name_or_path  # the base model, before any stage ran
     raise ConfigError(f"generate.policy is null and run {cfg.run!r} has no ppo/final or sft/final in {cfg.run_dir}: "
                       f"set generate.policy=<folder or hub id>, or train with `rlhf stage=sft run={cfg.run}`")

@@ -44,7 +44,9 @@ def sample(model, input_ids, attention_mask, *, max_new_tokens: int, temperature
     not a second pass over the finished sequences. Only one position's logits exist at a time.
     Returns (responses, logprobs, entropy), each [B, <= max_new_tokens]; PAD after a row's EOS."""
     # transformers renamed past_key_values to cache (5.x); accept either
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    # (read from the transformers model inside a peft wrapper, whose forward takes **kwargs)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache_arg = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
     cache = DynamicCache(config=model.config)
     attention_mask = attention_mask.clone()
     position = positions(attention_mask)[:, -1:]

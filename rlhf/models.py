@@ -142,3 +142,45 @@ def build_tiny_model(cfg: ModelConfig, tokenizer, dropout: float = 0.0):
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
         torch.manual_seed(t.seed)
         return AutoModelForCausalLM.from_config(config)
+
+
+# ---- LoRA (peft) ----
+
+def peft_lora_config(lora, task: str):
+    """peft's LoraConfig from ours; `task` "causal" (policy) or "score" (RM, critic: the score
+    head is listed in modules_to_save, so it trains in full beside the adapters)."""
+    from peft import LoraConfig, TaskType
+
+    target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
+                      task_type=TaskType.CAUSAL_LM if task == "causal" else TaskType.SEQ_CLS,
+                      modules_to_save=None if task == "causal" else ["score"])
+
+
+def apply_lora(model, lora, task: str):
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_lora_config(lora, task))
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def unwrap(model):
+    """The transformers model inside a peft wrapper (adapters still active), or the model itself."""
+    return model.get_base_model() if is_peft(model) else model
+
+
+class AdapterDisabled(torch.nn.Module):
+    """PPO's frozen reference as the LoRA policy with its adapter switched off: the SFT weights
+    the adapter sits on, without a second copy of the model."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self._policy = [policy]  # a list, so that the policy's parameters are not registered twice
+
+    def forward(self, **kwargs):
+        policy = self._policy[0]
+        with policy.disable_adapter():
+            return policy(**kwargs)

@@ -27,7 +27,7 @@ from rlhf.artifacts import StageRun, save_final
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.data import Comparison, describe_source, encode_prompts, encode_responses, load_data
 from rlhf.generation import REWARD_NORM_KEY, score
-from rlhf.models import load_reward_model, load_tokenizer
+from rlhf.models import load_reward_model, load_tokenizer, peft_lora_config
 from rlhf.tracking import Tracker
 from rlhf.training import TrackerCallback, loss_summary, trainer_args
 
@@ -126,7 +126,8 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
     tracker = Tracker(cfg.logger, cfg.stage_dir, "rm")
     args = trainer_args(RewardConfig, r, cfg, disable_dropout=False, prediction_loss_only=True,
                         remove_unused_columns=False, max_length=None)
-    trainer = KWiseRewardTrainer(model=model, args=args, processing_class=tokenizer,
+    lora = peft_lora_config(cfg.model.lora, "score") if cfg.model.lora.enabled else None
+    trainer = KWiseRewardTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora,
                                  data_collator=KWiseCollator(tokenizer.pad_token_id),
                                  train_dataset=comparison_dataset(tokenizer, train),
                                  eval_dataset=comparison_dataset(tokenizer, evals),

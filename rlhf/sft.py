@@ -16,7 +16,7 @@ from rlhf.artifacts import StageRun, save_final
 from rlhf.config import RLHFConfig
 from rlhf.data import Demonstration, describe_source, encode_prompts, encode_responses, load_data
 from rlhf.generation import gold_evaluation
-from rlhf.models import load_causal_lm, load_tokenizer
+from rlhf.models import load_causal_lm, load_tokenizer, peft_lora_config
 from rlhf.tracking import Tracker
 from rlhf.training import TrackerCallback, loss_summary, trainer_args
 
@@ -47,12 +47,14 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
     args = trainer_args(SFTConfig, s, cfg, completion_only_loss=True, packing=s.packing,
                         max_length=cfg.data.max_prompt_tokens + cfg.data.max_response_tokens if s.packing else None,
                         dataset_num_proc=None)
-    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+    lora = peft_lora_config(cfg.model.lora, "causal") if cfg.model.lora.enabled else None
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora,
                          train_dataset=sft_dataset(tokenizer, train_demos),
                          eval_dataset=sft_dataset(tokenizer, eval_demos),
                          callbacks=[TrackerCallback(tracker)])
-    log.info("SFT on %d demonstrations (%d eval), %d parameters", len(train_demos), len(eval_demos),
-             sum(p.numel() for p in model.parameters()))
+    log.info("SFT on %d demonstrations (%d eval), %d parameters, %d trained", len(train_demos), len(eval_demos),
+             sum(p.numel() for p in trainer.model.parameters()),
+             sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))
     trainer.train()
 
     run.metrics.update({**loss_summary(trainer), "eval_loss": trainer.evaluate()["eval_loss"]})

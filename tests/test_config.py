@@ -102,3 +102,26 @@ def test_compare_policies_take_a_dict_from_the_command_line_and_bad_entries_are_
     message = str(e.value)
     for field in ("compare.policies.best='bon:x'", "compare.baseline='sft'", "compare.modes"):
         assert field in message
+
+
+def test_lora_needs_a_positive_rank_when_enabled():
+    assert load(["model.lora.r=0"]).model.lora.r == 0  # off: not checked
+    with pytest.raises(ConfigError, match="model.lora.r=0"):
+        load(["model.lora.enabled=true", "model.lora.r=0"])
+
+
+@pytest.mark.parametrize("name,fixture,kind", [("hh_rlhf", "hh_rlhf.jsonl", "comparisons"),
+                                               ("oasst1", "oasst.jsonl", "comparisons"),
+                                               ("ultrafeedback", "ultrafeedback.jsonl", "comparisons"),
+                                               ("tldr", "tldr.jsonl", "demonstrations")])
+def test_public_dataset_configs_map_a_local_copy_in_their_format(name, fixture, kind, tokenizer):
+    """Each hub dataset's config (format, field names) on a small file in its real format."""
+    from conftest import EXAMPLES, every_split
+    from rlhf.data import load_data
+
+    cfg = load([f"data={name}", f"data.path={EXAMPLES / fixture}"]).data
+    cfg.splits = every_split()
+    bundle = load_data(cfg, tokenizer)
+    assert getattr(bundle.splits["sft"], kind) and bundle.skips.total == 0
+    if kind == "comparisons":  # these configs also train SFT on each comparison's best answer
+        assert bundle.splits["sft"].demonstrations

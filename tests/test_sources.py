@@ -61,6 +61,44 @@ def test_hh_rlhf_example_gives_multiturn_prompt_and_last_turns(tokenizer):
                            "check other causes.", "Drink more coffee.")
 
 
+def test_oasst_trees_give_k_wise_comparisons_of_ranked_replies(tokenizer, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    b = load_data(data_config(EXAMPLES / "oasst.jsonl", "oasst"), tokenizer)
+    comps = sorted(records(b, "comparisons"), key=lambda c: len(c.prompt))
+    assert len(comps) == 2 and b.skips.total == 0  # p3 has one reply: nothing to compare
+    first, follow_up = comps
+    assert first.prompt == ({"role": "user", "content": "What is 2 + 2?"},)
+    assert first.responses == ("2 + 2 = 4.", "Four.", "It is 5.") and first.ranks == (0, 1, 2)
+    assert [m["content"] for m in follow_up.prompt] == ["What is 2 + 2?", "2 + 2 = 4.", "And 3 + 3?"]
+    assert follow_up.responses == ("3 + 3 = 6.", "Seven.")
+    assert "1 assistant replies without a rank" in caplog.text  # "Maybe four?" is counted, not lost silently
+
+
+def test_oasst_partial_tree_names_the_missing_parent(tmp_path, tokenizer):
+    rows = [json.loads(line) for line in (EXAMPLES / "oasst.jsonl").read_text().splitlines()]
+    path = write_lines(tmp_path / "partial.jsonl", [r for r in rows if r["message_id"] != "a2"])
+    with pytest.raises(DataError, match="field 'parent_id'.*'a2' is not in the source"):
+        load_data(data_config(path, "oasst"), tokenizer)
+
+
+def test_ultrafeedback_conversations_are_pairwise_comparisons(tokenizer):
+    comps = records(load_data(data_config(EXAMPLES / "ultrafeedback.jsonl", "pairwise"), tokenizer), "comparisons")
+    assert comps[1].prompt == ({"role": "user", "content": "Is 17 prime?"},)
+    assert comps[1].responses == ("Yes: 17 has no divisors other than 1 and itself.", "No, 17 = 3 x 6.")
+
+
+def test_tldr_prompt_completion_rows_map_with_a_field_name(tokenizer):
+    from rlhf.config import FieldMap
+
+    b = load_data(data_config(EXAMPLES / "tldr.jsonl", "demonstration", fields=FieldMap(response="completion")),
+                  tokenizer)
+    demos = records(b, "demonstrations")
+    assert demos[0].prompt.endswith("TL;DR:") and demos[0].response.startswith(" Old yeast")
+    assert len(b.splits["ppo"].prompts) == 2  # the same prompts serve PPO
+
+
 def test_prompt_example(tokenizer):
     b = load_data(data_config(EXAMPLES / "prompts.jsonl", "prompt"), tokenizer)
     assert len(b.splits["ppo"].prompts) == 2 and not b.splits["ppo"].comparisons
@@ -149,6 +187,12 @@ BAD = [
     ("chosen_equals_rejected", "pairwise", {"prompt": "p2", "chosen": "same", "rejected": "same"}, "chosen_equals_rejected", "chosen equals rejected"),
     ("over_long_response", "pairwise", {"prompt": "p2", "chosen": LONG, "rejected": "b"}, "response_too_long", "field 'chosen': over-long after formatting"),
     ("over_long_prompt", "demonstration", {"prompt": LONG, "response": "a"}, "prompt_too_long", "data.max_prompt_tokens=256"),
+    ("conversations_differ", "pairwise", {"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                                          "rejected": [{"role": "user", "content": "z"}, {"role": "assistant", "content": "c"}]},
+     "transcripts_differ", "differ before their last assistant turn"),
+    ("conversation_without_answer", "pairwise", {"prompt": "p", "chosen": [{"role": "user", "content": "a"}],
+                                                 "rejected": [{"role": "user", "content": "a"}]},
+     "bad_messages", "field 'chosen[0]': the conversation must end with an assistant turn"),
     ("hh_not_a_transcript", "hh_rlhf", {"chosen": "hello", "rejected": "\n\nHuman: a\n\nAssistant: b"}, "bad_transcript", "field 'chosen'"),
     ("hh_empty_last_turn", "hh_rlhf", {"chosen": "\n\nHuman: a\n\nAssistant:", "rejected": "\n\nHuman: a\n\nAssistant: b"}, "empty_response", "last Assistant turn is empty"),
     ("hh_transcripts_differ", "hh_rlhf", {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: z\n\nAssistant: c"}, "transcripts_differ", "differ before"),

@@ -128,6 +128,8 @@ def load_data(cfg: DataConfig, tokenizer) -> DataBundle:
         rows_read = len(located)
     else:
         source, rows = sources.read_rows(cfg)
+        if cfg.format is DataFormat.oasst:
+            rows = sources.oasst_conversations(rows, cfg.fields)
         adapt = sources.ADAPTERS[cfg.format.value]
         for location, row in rows:
             rows_read += 1

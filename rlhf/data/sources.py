@@ -8,6 +8,7 @@ can name where the bad record is. JSON lines are parsed here, line by line, rath
 from __future__ import annotations
 
 import gzip
+import logging
 import json
 import re
 from pathlib import Path
@@ -24,6 +25,8 @@ from rlhf.data.records import (
     check_response,
     make_comparison,
 )
+
+log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 # (location, row) or (location, RecordError) for a row that could not even be parsed
@@ -157,11 +160,33 @@ def messages(row: Row, f, source: str) -> list[Record]:
 
 
 def pairwise(row: Row, f, source: str) -> list[Record]:
-    prompt = check_prompt(get(row, f.prompt), f.prompt)
-    chosen = check_response(get(row, f.chosen), f.chosen)
-    rejected = check_response(get(row, f.rejected), f.rejected)
+    """chosen/rejected are strings, or conversations ending in the assistant's answer
+    (UltraFeedback binarized, trl's conversational preference format); a conversation's earlier
+    turns, when it has them, are the prompt, and must be the same in both."""
+    chosen, rejected = get(row, f.chosen), get(row, f.rejected)
+    if isinstance(chosen, list) or isinstance(rejected, list):
+        (context, chosen), (other, rejected) = _last_answer(chosen, f.chosen), _last_answer(rejected, f.rejected)
+        if context != other:
+            raise RecordError(f.rejected, "chosen and rejected differ before their last assistant turn",
+                              "transcripts_differ")
+        prompt = check_prompt(context or get(row, f.prompt), f.chosen if context else f.prompt)
+    else:
+        prompt = check_prompt(get(row, f.prompt), f.prompt)
+        chosen, rejected = check_response(chosen, f.chosen), check_response(rejected, f.rejected)
     margin = get(row, f.margin, required=False)
     return [make_comparison(prompt, [chosen, rejected], [0, 1], f.rejected, margin, source)]
+
+
+def _last_answer(value: object, field: str) -> tuple[list[dict], str]:
+    """(earlier turns, the final assistant answer) of a conversation."""
+    if not isinstance(value, list) or not value:
+        raise RecordError(field, f"expected a non-empty list of messages, got {type(value).__name__}", "wrong_type")
+    last = value[-1]
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        raise RecordError(f"{field}[{len(value) - 1}]", "the conversation must end with an assistant turn",
+                          "bad_messages")
+    answer = check_response(last.get("content"), f"{field}[{len(value) - 1}].content")
+    return [check_message(m, f"{field}[{i}]") for i, m in enumerate(value[:-1])], answer
 
 
 def ranked(row: Row, f, source: str) -> list[Record]:
@@ -230,11 +255,61 @@ def prompt_only(row: Row, f, source: str) -> list[Record]:
     return [Prompt(check_prompt(get(row, f.prompt), f.prompt), source)]
 
 
+def oasst_conversations(rows: Iterator[RowItem], f) -> Iterator[RowItem]:
+    """OpenAssistant trees, one message a row (oasst1/oasst2: message_id, parent_id, role
+    prompter|assistant, text, rank) -> one `ranked` row for each prompter message with at least
+    two ranked assistant replies: the conversation from the tree's root to it is the prompt, the
+    replies ordered by `rank` (0 = best) the responses. Replies the labellers did not rank (rank
+    null) cannot be ordered, so they are left out; the log says how many. Reads the whole source
+    first: a reply may come before its parent."""
+    messages: dict[str, tuple[str, Row]] = {}
+    for location, row in rows:
+        if isinstance(row, RecordError):
+            yield location, row
+            continue
+        try:
+            key = get(row, f.message_id)
+            role = get(row, f.role)
+            if role not in ("prompter", "assistant"):
+                raise RecordError(f.role, f"expected 'prompter' or 'assistant', got {role!r}", "bad_messages")
+        except RecordError as e:
+            yield location, e
+            continue
+        messages[key] = (location, row)
+    replies: dict[str, list[Row]] = {}
+    for _, row in messages.values():
+        if row.get(f.role) == "assistant" and row.get(f.parent_id) is not None:
+            replies.setdefault(row[f.parent_id], []).append(row)
+    unranked = 0
+    for key, (location, row) in messages.items():
+        ranked_replies = [r for r in replies.get(key, []) if r.get(f.response_rank) is not None]
+        unranked += len(replies.get(key, [])) - len(ranked_replies)
+        if row.get(f.role) != "prompter" or len(ranked_replies) < 2:
+            continue
+        path, node = [], row
+        while node is not None:
+            path.append({"role": "user" if node.get(f.role) == "prompter" else "assistant",
+                         "content": node.get(f.response_text)})
+            parent = node.get(f.parent_id)
+            node = messages[parent][1] if parent in messages else None
+            if parent is not None and node is None:
+                yield location, RecordError(f.parent_id, f"the conversation's message {parent!r} is not in the "
+                                            "source (a partial tree)", "missing_parent")
+                break
+        else:
+            yield location, {f.prompt: path[::-1], f.responses: [
+                {f.response_text: r.get(f.response_text), f.response_rank: r.get(f.response_rank)}
+                for r in ranked_replies]}
+    if unranked:
+        log.info("oasst: %d assistant replies without a rank left out (they cannot be ordered)", unranked)
+
+
 ADAPTERS: dict[str, Callable[[Row, Any, str], list[Record]]] = {
     "demonstration": demonstration,
     "messages": messages,
     "pairwise": pairwise,
     "ranked": ranked,
     "hh_rlhf": hh_rlhf,
+    "oasst": ranked,  # after oasst_conversations has grouped the message rows
     "prompt": prompt_only,
 }

@@ -1,5 +1,6 @@
 """Resumable PPO checkpoints: <stage>/checkpoints/update_<N>/ with the policy and value in
-Hugging Face format and trainer_state.pt (optimizers, KL controller, data position, RNG).
+Hugging Face format (with LoRA: their adapters) and trainer_state.pt (optimizers, KL controller,
+data position, RNG).
 
 Written to update_<N>.tmp and renamed, so a folder without the suffix is complete; loaded with
 torch.load(weights_only=True), which refuses pickled code."""
@@ -49,6 +50,14 @@ def load_latest(root: Path, roles, policy_opt, value_opt, kl_ctl, state: dict) -
         return None
     latest = checkpoints[-1]
     for model, name in ((roles.policy, "policy"), (roles.value, "value")):
+        adapter = latest / name / "adapter_model.safetensors"
+        if adapter.exists():  # LoRA: the adapter (and score head); the base is the frozen checkpoint loaded
+            from peft import set_peft_model_state_dict
+
+            unexpected = set_peft_model_state_dict(model, load_file(adapter)).unexpected_keys
+            if unexpected:
+                raise RuntimeError(f"{latest / name}: does not match the model (unexpected {unexpected})")
+            continue
         missing, unexpected = model.load_state_dict(load_file(latest / name / "model.safetensors"), strict=False)
         tied = {k for k in missing if "lm_head" in k and getattr(model.config, "tie_word_embeddings", False)}
         if set(missing) - tied or unexpected:

@@ -31,7 +31,7 @@ from rlhf.artifacts import StageRun, is_main_process, save_final
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.data import describe_source, encode_prompts, encode_responses, load_data
 from rlhf.generation import gold_evaluation, positions, response_logprobs, reward_bias, sample
-from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
+from rlhf.models import AdapterDisabled, apply_lora, load_causal_lm, load_reward_model, load_tokenizer, unwrap
 from rlhf.ppo import losses as L
 from rlhf.ppo.checkpoint import load_latest, save_checkpoint
 from rlhf.tracking import Tracker
@@ -68,10 +68,11 @@ class Rollout:
 def token_values(value_model, sequences, attention_mask, prompt_len: int) -> torch.Tensor:
     """The critic's value before each response token: the score head on every position's
     hidden state (a sequence classifier reads only the last one)."""
-    backbone = getattr(value_model, value_model.base_model_prefix)
+    model = unwrap(value_model)  # with LoRA: the adapters stay active, the score head is peft's copy
+    backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(input_ids=sequences, attention_mask=attention_mask,
                       position_ids=positions(attention_mask)).last_hidden_state
-    return value_model.score(hidden[:, prompt_len - 1:-1]).squeeze(-1).float()
+    return model.score(hidden[:, prompt_len - 1:-1]).squeeze(-1).float()
 
 
 def eos_mask(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,12 +149,18 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
     # Dropout off in all four roles: it would make the sampling policy and the one being
     # optimised differ, and the PPO ratio would no longer start at 1.
     policy = load_causal_lm(cfg.model, tokenizer, policy_from)
-    roles = Roles(policy=policy, ref=copy.deepcopy(policy).eval().requires_grad_(False),
-                  reward=load_reward_model(cfg.model, tokenizer, reward_from).eval().requires_grad_(False),
-                  value=load_reward_model(cfg.model, tokenizer, value_from))
-    policy_opt = torch.optim.AdamW(roles.policy.parameters(), lr=p.learning_rate, eps=1e-5, weight_decay=0.0)
-    value_opt = torch.optim.AdamW(roles.value.parameters(), lr=p.value_learning_rate or p.learning_rate, eps=1e-5,
-                                  weight_decay=0.0)
+    value = load_reward_model(cfg.model, tokenizer, value_from)
+    if cfg.model.lora.enabled:
+        policy, value = apply_lora(policy, cfg.model.lora, "causal"), apply_lora(value, cfg.model.lora, "score")
+        ref = AdapterDisabled(policy)
+    else:
+        ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    roles = Roles(policy=policy, ref=ref, value=value,
+                  reward=load_reward_model(cfg.model, tokenizer, reward_from).eval().requires_grad_(False))
+    policy_opt = torch.optim.AdamW([w for w in roles.policy.parameters() if w.requires_grad], lr=p.learning_rate,
+                                   eps=1e-5, weight_decay=0.0)
+    value_opt = torch.optim.AdamW([w for w in roles.value.parameters() if w.requires_grad],
+                                  lr=p.value_learning_rate or p.learning_rate, eps=1e-5, weight_decay=0.0)
     kl_ctl = L.KLController(p.beta, p.kl_target, p.kl_horizon)
     ema = {k: v.detach().clone() for k, v in roles.policy.state_dict().items()} if p.ema_decay else None
     order = list(range(len(train_prompts)))
