@@ -128,8 +128,8 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
                                    greedy=mode == "greedy", temperature=c.temperature, batch_size=c.batch_size,
                                    seed=seed)
                 kl = None
-                if mode == "sampled":
-                    kl = (response_logprob_sums(policy, tokenizer, answers, c.temperature, c.batch_size)
+                if mode == "sampled":  # the policy's log-probs come from sampling; the reference's need a pass
+                    kl = (torch.tensor([a.logprob for a in answers])
                           - response_logprob_sums(reference, tokenizer, answers, c.temperature, c.batch_size))
                 records += _records(name, mode, j, mine, answers, rm, tokenizer, bundle.gold_scorer, kl, "sampled")
                 progress.update(1)
@@ -179,8 +179,10 @@ def _load_policy(cfg: RLHFConfig, tokenizer, name: str, spec: str):
                           "(e.g. runs/<run>/ppo/final), a hub id, or bon:<n>") from e
 
 
-def _records(name, mode, sample, indices, answers: list[Sample], rm, tokenizer, gold_scorer, kl, kl_method):
-    rm_scores = score(rm, tokenizer, [a.prompt for a in answers], [a.text for a in answers])
+def _records(name, mode, sample, indices, answers: list[Sample], rm, tokenizer, gold_scorer, kl, kl_method,
+             rm_scores=None):
+    if rm_scores is None:
+        rm_scores = score(rm, tokenizer, [a.prompt for a in answers], [a.text for a in answers])
     rows = []
     for k, (i, a) in enumerate(zip(indices, answers)):
         rows.append({"policy": name, "mode": mode, "prompt_index": i, "sample": sample, "prompt": a.prompt,
@@ -202,9 +204,10 @@ def _best_of_n(name, n, base, base_is_reference, rm, tokenizer, gold_scorer, pro
                                seed=cfg.seed + BON_SEED_OFFSET + j * n + k) for k in range(n)]
         scores = torch.stack([score(rm, tokenizer, [a.prompt for a in cand], [a.text for a in cand])
                               for cand in candidates])  # [n, prompts]
-        best = [candidates[k][i] for i, k in enumerate(scores.argmax(0).tolist())]
+        best_score, pick = scores.max(0)
+        best = [candidates[k][i] for i, k in enumerate(pick.tolist())]
         kl = torch.full((len(best),), bon_kl(n)) if base_is_reference else None
-        chosen = _records(name, "sampled", j, mine, best, rm, tokenizer, gold_scorer, kl, "analytic")
+        chosen = _records(name, "sampled", j, mine, best, rm, tokenizer, gold_scorer, kl, "analytic", best_score)
         for i, row in enumerate(chosen):  # the n candidates stay in samples.jsonl, beside the pick
             row["candidates"] = [{"response": cand[i].text, "rm_score": float(scores[k, i])}
                                  for k, cand in enumerate(candidates)]

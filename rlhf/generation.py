@@ -17,6 +17,7 @@ from transformers import DynamicCache
 
 from rlhf.data import encode_prompts, encode_responses
 from rlhf.data.records import PromptLike
+from rlhf.models import unwrap
 from rlhf.ppo.losses import entropy_from_logits
 
 REWARD_NORM_KEY = "rlhf_reward_normalization"  # in the RM's config.json: bias, raw_mean, raw_std
@@ -28,6 +29,7 @@ class Sample:
     text: str  # decoded response, special tokens removed
     token_ids: tuple[int, ...]  # response tokens, up to and including the first EOS
     ended: bool  # an EOS closed it within max_new_tokens
+    logprob: float  # sum of log pi(token) over token_ids at the sampling temperature, kept as sampled
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -45,8 +47,7 @@ def sample(model, input_ids, attention_mask, *, max_new_tokens: int, temperature
     Returns (responses, logprobs, entropy), each [B, <= max_new_tokens]; PAD after a row's EOS."""
     # transformers renamed past_key_values to cache (5.x); accept either
     # (read from the transformers model inside a peft wrapper, whose forward takes **kwargs)
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cache_arg = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+    cache_arg = "cache" if "cache" in inspect.signature(unwrap(model).forward).parameters else "past_key_values"
     cache = DynamicCache(config=model.config)
     attention_mask = attention_mask.clone()
     position = positions(attention_mask)[:, -1:]
@@ -146,13 +147,14 @@ def generate(model, tokenizer, prompts: Sequence[PromptLike], *, max_new_tokens:
             chunk = list(prompts[start:start + batch_size])
             batch = tokenizer.pad({"input_ids": encode_prompts(tokenizer, chunk)}, padding_side="left",
                                   return_tensors="pt").to(device)
-            responses, _, _ = sample(model, batch["input_ids"], batch["attention_mask"],
+            responses, logprobs, _ = sample(model, batch["input_ids"], batch["attention_mask"],
                                      max_new_tokens=max_new_tokens, temperature=temperature,
                                      eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, greedy=greedy)
-            for prompt, row in zip(chunk, responses.tolist()):
+            for prompt, row, row_logprobs in zip(chunk, responses.tolist(), logprobs):
                 ended = tokenizer.eos_token_id in row
                 ids = row[: row.index(tokenizer.eos_token_id) + 1] if ended else row
-                samples.append(Sample(prompt, tokenizer.decode(ids, skip_special_tokens=True), tuple(ids), ended))
+                samples.append(Sample(prompt, tokenizer.decode(ids, skip_special_tokens=True), tuple(ids), ended,
+                                      row_logprobs[: len(ids)].sum().item()))
     finally:
         if generator_state is not None:
             torch.random.set_rng_state(generator_state)
