@@ -11,7 +11,8 @@ import hydra
 from omegaconf import DictConfig
 
 from rlhf.artifacts import StageRun
-from rlhf.config import ConfigError, RLHFConfig, check, register_schemas, to_config
+from rlhf.config import ConfigError, RLHFConfig
+from rlhf.config_check import check, register_schemas, to_config
 
 log = logging.getLogger("rlhf")
 

@@ -7,7 +7,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from conftest import ROOT
-from rlhf.config import ConfigError, RLHFConfig, check, register_schemas, to_config
+from rlhf.config import ConfigError, RLHFConfig
+from rlhf.config_check import check, register_schemas, to_config
 
 CONF = ROOT / "conf"
 # Options that need a value the file leaves for the user to give.
