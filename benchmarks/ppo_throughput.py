@@ -22,6 +22,7 @@ from tokenizers import Tokenizer, models
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
 from rlhf.config import PPOStageConfig
+from rlhf.ppo.engines import local_engine
 from rlhf.ppo.trainer import Roles, optimise, rollout
 
 p = argparse.ArgumentParser()
@@ -63,12 +64,11 @@ ref.load_state_dict(policy.state_dict())
 reward = LlamaForSequenceClassification(config(num_labels=1))
 value = LlamaForSequenceClassification(config(num_labels=1))
 value.load_state_dict(reward.state_dict())
-roles = Roles(policy=policy, ref=ref.eval().requires_grad_(False), reward=reward.eval().requires_grad_(False),
-              value=value)
 cfg = PPOStageConfig(rollout_batch_size=a.batch, mini_batch_size=a.batch // a.mini_batches, ppo_epochs=a.ppo_epochs,
                      micro_batch_size=a.micro_batch_size or None, learning_rate=1e-5, temperature=1.0)
-policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
-value_opt = torch.optim.AdamW(value.parameters(), lr=cfg.learning_rate, eps=1e-5)
+roles = Roles(policy=local_engine(policy, torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5), cfg),
+              ref=ref.eval().requires_grad_(False), reward=reward.eval().requires_grad_(False),
+              value=local_engine(value, torch.optim.AdamW(value.parameters(), lr=cfg.learning_rate, eps=1e-5), cfg))
 
 g = torch.Generator().manual_seed(a.seed)
 prompts = torch.randint(2, a.vocab, (a.batch * a.updates, a.prompt_len), generator=g).tolist()
@@ -80,7 +80,7 @@ for update in range(a.updates):
     phases["generate_s"] += r.seconds["generate"]
     phases["score_s"] += r.seconds["score"]
     t = time.perf_counter()
-    optimise(roles, r, cfg, cfg.beta, policy_opt, value_opt, tok, [], train_policy=True)
+    optimise(roles, r, cfg, cfg.beta, tok, [], train_policy=True)
     phases["train_s"] += time.perf_counter() - t
 wall = time.perf_counter() - t0
 n = a.batch * a.updates

@@ -23,13 +23,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf.distributed import barrier, consolidated_state_dict, is_main_process, module_of
+
 PACKAGES = ("rlhf", "torch", "transformers", "trl", "datasets", "accelerate", "deepspeed",
             "hydra-core", "tokenizers", "safetensors")
-
-
-def is_main_process() -> bool:
-    """Rank 0 under torchrun / deepspeed / srun (they all set RANK); True when run alone."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -136,18 +133,21 @@ class StageRun:
 
 def save_final(model, tokenizer, path: Path) -> None:
     """Hugging Face format (safetensors) into <path>.tmp, then renamed: a `final/` folder that
-    exists is complete. Only the main process writes. A LoRA (peft) model goes twice: its adapter
-    to <path>_adapter/, then merged into its base as a plain checkpoint in <path>/, which every
-    later stage and plain `from_pretrained` load. (Merging changes the model in place: call this
-    last.)"""
-    if not is_main_process():
-        return
-    if hasattr(model, "merge_and_unload"):
-        _save_folder(lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)),
-                     path.with_name(path.name + "_adapter"))
-        model = model.merge_and_unload()
-    _save_folder(lambda tmp: (model.save_pretrained(tmp, safe_serialization=True), tokenizer.save_pretrained(tmp)),
-                 path)
+    exists is complete. `model` may be a DeepSpeed engine: under ZeRO-3 its shards are gathered
+    onto rank 0 first (every rank must call this). Only rank 0 writes. A LoRA (peft) model goes
+    twice: its adapter to <path>_adapter/, then merged into its base as a plain checkpoint in
+    <path>/, which every later stage and plain `from_pretrained` load. (Merging changes the model
+    in place: call this last.)"""
+    state = consolidated_state_dict(model)
+    if is_main_process():
+        module = module_of(model)
+        if hasattr(module, "merge_and_unload"):  # LoRA, never under ZeRO-3 (config_check refuses it)
+            _save_folder(lambda tmp: (module.save_pretrained(tmp), tokenizer.save_pretrained(tmp)),
+                         path.with_name(path.name + "_adapter"))
+            module, state = module.merge_and_unload(), None
+        _save_folder(lambda tmp: (module.save_pretrained(tmp, state_dict=state, safe_serialization=True),
+                                  tokenizer.save_pretrained(tmp)), path)
+    barrier()  # no rank reads the folder before it is complete
 
 
 def _save_folder(write, path: Path) -> None:

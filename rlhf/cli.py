@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from rlhf import distributed
 from rlhf.artifacts import StageRun
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.config_check import check, register_schemas, to_config
@@ -32,6 +34,8 @@ register_schemas()
 def _main(composed: DictConfig) -> None:
     from rlhf.data import DataError  # the data layer pulls in numpy/datasets: not for --help
 
+    if not distributed.is_main_process():
+        _quiet_this_rank()
     try:
         cfg: RLHFConfig = to_config(composed)
         check(cfg)
@@ -39,8 +43,14 @@ def _main(composed: DictConfig) -> None:
             from rlhf.offline import converted
 
             cfg.model.name_or_path = str(converted(cfg.model))
+        if cfg.deepspeed.name != "none" and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true":
+            raise ConfigError(f"deepspeed={cfg.deepspeed.name} under `accelerate launch --cpu`: accelerate runs "
+                              "DeepSpeed only without --cpu (it allows one of --cpu/--use_deepspeed). On CPUs "
+                              "launch with `torchrun --nproc_per_node N -m rlhf.cli ...` instead")
         stage = importlib.import_module(STAGE_MODULES[cfg.stage.name])
-        log.info("stage %s -> %s", cfg.stage.name, cfg.stage_dir)
+        distributed.init(use_deepspeed=cfg.deepspeed.name != "none")
+        log.info("stage %s -> %s (rank %d of %d, deepspeed=%s)", cfg.stage.name, cfg.stage_dir,
+                 distributed.rank(), distributed.world_size(), cfg.deepspeed.name)
         with StageRun(cfg.stage_dir, composed) as run:
             stage.run(cfg, run)
     except (ConfigError, DataError) as e:
@@ -49,7 +59,23 @@ def _main(composed: DictConfig) -> None:
         sys.exit(2)
 
 
+def _quiet_this_rank() -> None:
+    """Ranks other than 0 log warnings and errors only, and to the console only: one rlhf.log
+    and one progress line per stage, not one per rank."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main() -> None:
+    sys.argv[:] = distributed.adopt_launcher_env(sys.argv)
     _main()
 
 

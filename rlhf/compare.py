@@ -23,13 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rlhf.artifacts import StageRun, is_main_process, write_atomic, write_json
+from rlhf import distributed
+from rlhf.artifacts import StageRun, write_atomic, write_json
+from rlhf.distributed import is_main_process
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.data import load_data
 from rlhf.generation import Sample, generate, response_logprob_sums, score
@@ -95,8 +96,7 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
     bundle = load_data(cfg.data, tokenizer)
     prompts = [x.prompt for x in bundle.require("eval", "prompts")][: c.prompts]
     max_new_tokens = c.max_new_tokens or cfg.data.max_response_tokens
-    rank, world = _rank_and_world()
-    mine = list(range(rank, len(prompts), world))  # this rank's share of the prompts
+    mine = list(range(distributed.rank(), len(prompts), distributed.world_size()))  # this rank's share of the prompts
     run.manifest["inputs"] = {"policies": policies, "reward_from": reward_from, "reference_from": reference_from,
                               "bon_from": bon_from, "prompts": len(prompts)}
 
@@ -136,7 +136,7 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
         del policy
     progress.close()
 
-    records = _gather(records, world)
+    records = distributed.gather_objects(records)
     if not is_main_process():
         return
     records.sort(key=lambda r: (r["policy"], r["mode"], r["prompt_index"], r["sample"]))
@@ -213,21 +213,6 @@ def _best_of_n(name, n, base, base_is_reference, rm, tokenizer, gold_scorer, pro
                                  for k, cand in enumerate(candidates)]
         rows += chosen
     return rows
-
-
-def _rank_and_world() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return int(os.environ.get("RANK", "0")), world
-
-
-def _gather(records: list[dict], world: int) -> list[dict]:
-    if world == 1:
-        return records
-    everyone: list = [None] * world
-    torch.distributed.all_gather_object(everyone, records)
-    return [r for part in everyone for r in part]
 
 
 # ---- results ----

@@ -159,6 +159,17 @@ def check(cfg: RLHFConfig) -> None:
     if p.max_new_tokens is not None and p.max_new_tokens > cfg.data.max_response_tokens:
         problems.append(f"ppo.max_new_tokens={p.max_new_tokens} exceeds data.max_response_tokens="
                         f"{cfg.data.max_response_tokens}, the longest response the SFT and RM saw")
+    ds = cfg.deepspeed
+    if ds.name != "none":
+        stage = (ds.config or {}).get("zero_optimization", {}).get("stage")
+        if stage not in (0, 1, 2, 3):
+            problems.append(f"deepspeed={ds.name}: deepspeed.config.zero_optimization.stage={stage!r}; choose 0-3")
+        elif stage == 3 and lora.enabled:
+            problems.append("model.lora.enabled=true with ZeRO-3 is not supported yet (the adapter merge needs the "
+                            "whole weights on one rank): use deepspeed=zero2, whose parameters are whole on every rank")
+        elif stage == 3 and p.ema_decay is not None:
+            problems.append("ppo.ema_decay with ZeRO-3 is not supported (the EMA would average weight shards): "
+                            "use deepspeed=zero2, or ppo.ema_decay=null")
 
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

@@ -29,7 +29,8 @@ from rlhf.data import Comparison, describe_source, encode_prompts, encode_respon
 from rlhf.generation import REWARD_NORM_KEY, score
 from rlhf.models import load_reward_model, load_tokenizer, peft_lora_config
 from rlhf.tracking import Tracker
-from rlhf.training import TrackerCallback, loss_summary, trainer_args
+from rlhf.distributed import describe, full_weights
+from rlhf.training import TrackerCallback, last_checkpoint, loss_summary, trained_model, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +135,25 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
                                  callbacks=[TrackerCallback(tracker)])
     log.info("RM on %d comparisons (%d pairs), %d eval comparisons", len(train),
              sum(len(list(c.pairs())) for c in train), len(evals))
-    trainer.train()
-    model = trainer.model
+    trainer.train(resume_from_checkpoint=last_checkpoint(cfg))
 
     run.metrics.update(loss_summary(trainer))
+    # Scoring below runs on every rank over all examples (same result everywhere): simpler than
+    # sharing them out, and a small part of the stage.
+    with full_weights(trained_model(trainer)) as model:
+        eval_metrics, histograms = _score_and_evaluate(r, model, tokenizer, bundle, evals, run)
+    run.metrics.update(eval_metrics)
+    tracker.log({f"final/{k}": v for k, v in run.metrics.items() if isinstance(v, (int, float))},
+                trainer.state.global_step)
+    tracker.histograms({f"eval/{k}": v for k, v in histograms.items()}, trainer.state.global_step)
+    tracker.close()
+    run.manifest["distributed"] = describe(trained_model(trainer), cfg)
+    save_final(trained_model(trainer), tokenizer, cfg.stage_dir / "final")
+    log.info("RM done: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in run.metrics.items()})
+    log.info("final model: %s", cfg.stage_dir / "final")
+
+
+def _score_and_evaluate(r, model, tokenizer, bundle, evals, run):
     if r.normalize:
         demos = bundle.require("sft", "demonstrations")[: r.normalize_max_demonstrations]
         run.metrics.update(normalize(model, tokenizer, demos))
@@ -145,15 +161,7 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
         if held_out:
             run.metrics["eval_demonstration_score_mean"] = score(
                 model, tokenizer, [d.prompt for d in held_out], [d.response for d in held_out]).mean().item()
-    eval_metrics, histograms = evaluate(model, tokenizer, evals, bundle.gold_scorer)
-    run.metrics.update(eval_metrics)
-    tracker.log({f"final/{k}": v for k, v in run.metrics.items() if isinstance(v, (int, float))},
-                trainer.state.global_step)
-    tracker.histograms({f"eval/{k}": v for k, v in histograms.items()}, trainer.state.global_step)
-    tracker.close()
-    save_final(model, tokenizer, cfg.stage_dir / "final")
-    log.info("RM done: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in run.metrics.items()})
-    log.info("final model: %s", cfg.stage_dir / "final")
+    return evaluate(model, tokenizer, evals, bundle.gold_scorer)
 
 
 def normalize(model, tokenizer, demos) -> dict[str, float]:

@@ -18,7 +18,8 @@ from rlhf.data import Demonstration, describe_source, encode_prompts, encode_res
 from rlhf.generation import gold_evaluation
 from rlhf.models import load_causal_lm, load_tokenizer, peft_lora_config
 from rlhf.tracking import Tracker
-from rlhf.training import TrackerCallback, loss_summary, trainer_args
+from rlhf.distributed import describe, full_weights
+from rlhf.training import TrackerCallback, last_checkpoint, loss_summary, trained_model, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +56,20 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
     log.info("SFT on %d demonstrations (%d eval), %d parameters, %d trained", len(train_demos), len(eval_demos),
              sum(p.numel() for p in trainer.model.parameters()),
              sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))
-    trainer.train()
+    trainer.train(resume_from_checkpoint=last_checkpoint(cfg))
 
     run.metrics.update({**loss_summary(trainer), "eval_loss": trainer.evaluate()["eval_loss"]})
     if bundle.gold_scorer is not None and s.gold_eval_prompts > 0:
         prompts = [p.prompt for p in bundle.splits["eval"].prompts[: s.gold_eval_prompts]]
-        run.metrics.update(gold_evaluation(trainer.model, tokenizer, prompts, bundle.gold_scorer,
-                                           max_new_tokens=s.max_new_tokens or cfg.data.max_response_tokens, seed=cfg.seed))
+        # Every rank evaluates all prompts (same seed, same result): simpler than sharing them
+        # out, and a small part of the stage.
+        with full_weights(trained_model(trainer)) as model:
+            run.metrics.update(gold_evaluation(model, tokenizer, prompts, bundle.gold_scorer,
+                                               max_new_tokens=s.max_new_tokens or cfg.data.max_response_tokens,
+                                               seed=cfg.seed))
     tracker.log({f"final/{k}": v for k, v in run.metrics.items() if v is not None}, trainer.state.global_step)
     tracker.close()
-    save_final(trainer.model, tokenizer, cfg.stage_dir / "final")
+    run.manifest["distributed"] = describe(trained_model(trainer), cfg)
+    save_final(trained_model(trainer), tokenizer, cfg.stage_dir / "final")
     log.info("SFT done: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in run.metrics.items()})
     log.info("final model: %s", cfg.stage_dir / "final")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from rlhf.artifacts import is_main_process
+from rlhf.distributed import is_main_process
 from rlhf.config import LoggerConfig
 
 log = logging.getLogger(__name__)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+
+import logging
+
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from rlhf.config import RLHFConfig, TrainConfig
+from rlhf.distributed import is_engine
 from rlhf.tracking import Tracker
+
+log = logging.getLogger(__name__)
 
 
 def trainer_args(args_class, t: TrainConfig, cfg: RLHFConfig, **extra):
@@ -38,8 +46,26 @@ def trainer_args(args_class, t: TrainConfig, cfg: RLHFConfig, **extra):
         fp16=cfg.model.dtype == "float16",
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        # A copy: the integration fills the "auto" values in place.
+        deepspeed=copy.deepcopy(cfg.deepspeed.config) if cfg.deepspeed.name != "none" else None,
         **extra,
     )
+
+
+def last_checkpoint(cfg: RLHFConfig) -> str | None:
+    """The newest complete Trainer checkpoint of this stage (checkpoint-<step>/, DeepSpeed's own
+    shards inside under ZeRO), to continue from when the stage is rerun with the same run name."""
+    folder = cfg.stage_dir / "checkpoints"
+    found = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if found:
+        log.info("resuming from %s", found)
+    return found
+
+
+def trained_model(trainer):
+    """The DeepSpeed engine when there is one (ZeRO-3 needs it to gather the weights), else the
+    plain model (not its DDP wrapper)."""
+    return trainer.model_wrapped if is_engine(trainer.model_wrapped) else trainer.model
 
 
 def loss_summary(trainer) -> dict:

@@ -70,6 +70,9 @@ def test_unknown_keys_and_wrong_types_fail_at_composition(override, named):
     (["run=a/b"], ["run="]),
     (["stage.name=train"], ["stage.name", "prepare"]),
     (["data.toy.min_items=5", "data.toy.max_items=3"], ["data.toy.min_items", "data.toy.max_items"]),
+    (["deepspeed=zero3", "model.lora.enabled=true"], ["model.lora.enabled", "ZeRO-3", "deepspeed=zero2"]),
+    (["deepspeed=zero3", "ppo.ema_decay=0.9"], ["ppo.ema_decay", "ZeRO-3"]),
+    (["deepspeed=zero2", "deepspeed.config.zero_optimization.stage=5"], ["zero_optimization.stage=5"]),
 ])
 def test_inconsistent_fields_are_one_error_naming_them(overrides, fields):
     with pytest.raises(ConfigError) as err:

@@ -17,6 +17,7 @@ from rlhf.config import LoraConfig, ModelConfig, PPOStageConfig
 from rlhf.data import encode_prompts
 from rlhf.generation import REWARD_NORM_KEY, response_logprobs
 from rlhf.models import AdapterDisabled, apply_lora, build_tiny_model
+from rlhf.ppo.engines import local_engine
 from rlhf.ppo.trainer import Roles, optimise, rollout
 
 PROMPTS = ["sort ascending: 3 1 2", "sort descending: 5 9 1 0", "sort ascending: 7 7", "sort descending: 4 2"]
@@ -50,8 +51,9 @@ def test_ppo_with_lora_trains_adapters_and_the_critic_head_only(tokenizer):
         expected, _ = response_logprobs(untouched, r.sequences, r.attention_mask, prompt_len, 1.0)
     assert torch.allclose(r.ref_logprobs * r.mask, expected * r.mask, atol=1e-5)
     params = lambda m: [w for w in m.parameters() if w.requires_grad]  # noqa: E731
-    optimise(roles, r, p, 0.05, torch.optim.SGD(params(policy), lr=1.0), torch.optim.SGD(params(value), lr=1.0),
-             tokenizer, [], train_policy=True)
+    roles.policy = local_engine(policy, torch.optim.SGD(params(policy), lr=1.0), p)
+    roles.value = local_engine(value, torch.optim.SGD(params(value), lr=1.0), p)
+    optimise(roles, r, p, 0.05, tokenizer, [], train_policy=True)
 
     changed = {k for k, v in policy.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all("lora_" in k for k in changed), changed

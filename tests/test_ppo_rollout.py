@@ -12,6 +12,7 @@ from rlhf.models import build_tiny_model
 from rlhf.ppo import losses as L
 import rlhf.ppo.trainer as trainer
 from rlhf.generation import response_logprobs, sample
+from rlhf.ppo.engines import local_engine
 from rlhf.ppo.trainer import Roles, eos_mask, optimise, rollout
 
 PROMPTS = ["sort ascending: 3 1 2", "sort descending: 5 9 1 0", "sort ascending: 7 7"]
@@ -114,12 +115,12 @@ def test_an_update_changes_policy_and_value(roles, tokenizer):
     before = {k: v.clone() for k, v in roles.policy.state_dict().items()}
     value_before = roles.value.score.weight.clone()
     r = rollout(roles, tokenizer, encode_prompts(tokenizer, PROMPTS), p, max_new_tokens=4)
-    opt_p = torch.optim.AdamW(roles.policy.parameters(), lr=1e-3)
-    opt_v = torch.optim.AdamW(roles.value.parameters(), lr=1e-3)
-    stats = optimise(roles, r, p, 0.05, opt_p, opt_v, tokenizer, [], train_policy=True)
+    roles.policy = local_engine(roles.policy, torch.optim.AdamW(roles.policy.parameters(), lr=1e-3), p)
+    roles.value = local_engine(roles.value, torch.optim.AdamW(roles.value.parameters(), lr=1e-3), p)
+    stats = optimise(roles, r, p, 0.05, tokenizer, [], train_policy=True)
     assert {"policy_loss", "value_loss", "kl", "score", "eos_rate", "entropy", "policy_clipfrac"} <= set(stats)
-    changed = [k for k, v in roles.policy.state_dict().items() if not torch.equal(v, before[k])]
-    assert changed and not torch.equal(roles.value.score.weight, value_before)
+    changed = [k for k, v in roles.policy.module.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and not torch.equal(roles.value.module.score.weight, value_before)
     # the frozen reference is untouched
     assert all(not p.requires_grad or p.grad is None for p in roles.ref.parameters())
 
@@ -138,12 +139,12 @@ def test_micro_batches_give_the_same_update_as_one_pass(roles, tokenizer, monkey
     after = []
     for micro in (None, 2):
         twin = Roles(**{k: copy.deepcopy(getattr(roles, k)) for k in ("policy", "ref", "reward", "value")})
-        opt_p = torch.optim.SGD(twin.policy.parameters(), lr=1.0)
-        opt_v = torch.optim.SGD(twin.value.parameters(), lr=1.0)
         p.micro_batch_size = micro
+        twin.policy = local_engine(twin.policy, torch.optim.SGD(twin.policy.parameters(), lr=1.0), p)
+        twin.value = local_engine(twin.value, torch.optim.SGD(twin.value.parameters(), lr=1.0), p)
         torch.manual_seed(3)
-        optimise(twin, r, p, 0.05, opt_p, opt_v, tokenizer, [], train_policy=True)
-        after.append((twin.policy.state_dict(), twin.value.state_dict()))
+        optimise(twin, r, p, 0.05, tokenizer, [], train_policy=True)
+        after.append((twin.policy.module.state_dict(), twin.value.module.state_dict()))
     for whole, split in zip(after[0], after[1]):
         for k in whole:
             assert torch.allclose(whole[k], split[k], atol=1e-5), k

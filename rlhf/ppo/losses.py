@@ -4,6 +4,8 @@ on response tokens up to and including the first EOS, 0 after it (and on padding
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -13,12 +15,15 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
     """(x - mean) / std over the masked entries of the whole batch; unbiased variance as in
-    the reference implementations. shift_mean=False keeps the mean (used for rewards)."""
-    mean = masked_mean(x, mask)
+    the reference implementations. shift_mean=False keeps the mean (used for rewards). With
+    several ranks, `total` sums a tensor across them, so the statistics are the global batch's."""
+    count = total(mask.sum())
+    mean = total((x * mask).sum()) / count.clamp(min=1)
     centered = (x - mean) * mask
-    var = (centered**2).sum() / (mask.sum() - 1).clamp(min=1)
+    var = total((centered**2).sum()) / (count - 1).clamp(min=1)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     return (whitened if shift_mean else whitened + mean) * mask
 

@@ -12,13 +12,13 @@
                   (+ ptx_coef x LM loss on demonstrations: PPO-ptx), each minibatch's gradients
                   accumulated over micro-batches into one optimizer step
 
-trl 1.16 has no PPO trainer (removed in 1.13), so this one is ours. The four roles live in
-`Roles`, the one seam a sharded (DeepSpeed) variant replaces; everything else is plain torch.
+trl 1.16 has no PPO trainer (removed in 1.13), so this one is ours. The four roles are built in
+rlhf/ppo/engines.py, with or without DeepSpeed; this loop is the same either way. With several
+ranks each samples its share of rollout_batch_size, and advantages are whitened over all of them.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import time
@@ -27,26 +27,19 @@ from pathlib import Path
 
 import torch
 
-from rlhf.artifacts import StageRun, is_main_process, save_final
+from rlhf import distributed
+from rlhf.artifacts import StageRun, save_final
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.data import describe_source, encode_prompts, encode_responses, load_data
+from rlhf.distributed import full_weights, is_main_process, module_of
 from rlhf.generation import gold_evaluation, positions, response_logprobs, reward_bias, sample
-from rlhf.models import AdapterDisabled, apply_lora, load_causal_lm, load_reward_model, load_tokenizer, unwrap
+from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer, unwrap
 from rlhf.ppo import losses as L
 from rlhf.ppo.checkpoint import load_latest, save_checkpoint
+from rlhf.ppo.engines import Roles, build_roles
 from rlhf.tracking import Tracker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Roles:
-    """Policy and value are trained; reference and reward are frozen (eval mode, no grads)."""
-
-    policy: torch.nn.Module
-    ref: torch.nn.Module
-    reward: torch.nn.Module
-    value: torch.nn.Module
 
 
 @dataclass
@@ -68,7 +61,7 @@ class Rollout:
 def token_values(value_model, sequences, attention_mask, prompt_len: int) -> torch.Tensor:
     """The critic's value before each response token: the score head on every position's
     hidden state (a sequence classifier reads only the last one)."""
-    model = unwrap(value_model)  # with LoRA: the adapters stay active, the score head is peft's copy
+    model = unwrap(module_of(value_model))  # with LoRA: the adapters stay active, the score head is peft's copy
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(input_ids=sequences, attention_mask=attention_mask,
                       position_ids=positions(attention_mask)).last_hidden_state
@@ -93,10 +86,11 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
     start = time.perf_counter()
     batch = tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt")
     prompt_len = batch["input_ids"].shape[1]
-    responses, logprobs, entropy = sample(roles.policy, batch["input_ids"], batch["attention_mask"],
-                                          max_new_tokens=max_new_tokens, temperature=p.temperature,
-                                          eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                                          min_new_tokens=min_new_tokens)
+    with full_weights(roles.policy) as policy:  # ZeRO-3: gathered once per rollout, not per token
+        responses, logprobs, entropy = sample(policy, batch["input_ids"], batch["attention_mask"],
+                                              max_new_tokens=max_new_tokens, temperature=p.temperature,
+                                              eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                                              min_new_tokens=min_new_tokens)
     mask, ended = eos_mask(responses, tokenizer.eos_token_id)
     responses = torch.where(mask.bool(), responses, tokenizer.pad_token_id)  # tokens after EOS -> PAD
     logprobs, entropy = logprobs * mask, entropy * mask
@@ -106,14 +100,15 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
     generated = time.perf_counter()
 
     parts: dict[str, list[torch.Tensor]] = {"ref": [], "values": [], "raw": []}
-    for rows in torch.arange(len(sequences)).split(p.micro_batch_size or p.mini_batch_size):
+    # (under ZeRO-3 each of these forward passes is a collective: every rank runs as many chunks)
+    for rows in torch.arange(len(sequences)).split(micro_rows(p)):
         seq, att = sequences[rows], attention_mask[rows]
         parts["ref"].append(response_logprobs(roles.ref, seq, att, prompt_len, p.temperature)[0])
         parts["values"].append(token_values(roles.value, seq, att, prompt_len))
         # The RM reads the last non-pad token: the EOS of an ended response.
         parts["raw"].append(roles.reward(input_ids=seq, attention_mask=att, position_ids=positions(att)).logits[:, 0])
     ref_logprobs, values, raw = (torch.cat(parts[k]).float() for k in ("ref", "values", "raw"))
-    scores = raw + reward_bias(roles.reward)
+    scores = raw + reward_bias(module_of(roles.reward))
     if p.score_clip is not None:
         scores = scores.clamp(-p.score_clip, p.score_clip)
     scores = torch.where(ended, scores, torch.full_like(scores, p.no_eos_score))
@@ -124,8 +119,24 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
                    ended, entropy, texts, seconds)
 
 
+def micro_rows(p) -> int:
+    """Rows per forward/backward pass on each rank."""
+    return p.micro_batch_size or p.mini_batch_size // distributed.world_size()
+
+
+def check_batch_sizes(p) -> None:
+    """Batch sizes count episodes across all ranks; each rank needs whole shares of them."""
+    world = distributed.world_size()
+    if p.rollout_batch_size % world or p.mini_batch_size % world or (p.mini_batch_size // world) % micro_rows(p):
+        raise ConfigError(f"with {world} ranks, ppo.rollout_batch_size={p.rollout_batch_size} and "
+                          f"ppo.mini_batch_size={p.mini_batch_size} must be divisible by {world}, and each rank's "
+                          f"share of a minibatch ({p.mini_batch_size // world}) by ppo.micro_batch_size="
+                          f"{p.micro_batch_size}; change one of them")
+
+
 def run(cfg: RLHFConfig, run: StageRun) -> None:
     p = cfg.ppo
+    check_batch_sizes(p)
     policy_from = p.policy_from or str(cfg.run_dir / "sft" / "final")
     reward_from = p.reward_from or str(cfg.run_dir / "rm" / "final")
     value_from = p.value_from or reward_from
@@ -134,7 +145,7 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
             raise ConfigError(f"ppo.{name} is null, so PPO reads {path}, which does not exist: run "
                               f"`rlhf stage={stage} run={cfg.run}` first, or set ppo.{name}=<folder or hub id>")
     max_new_tokens = p.max_new_tokens or cfg.data.max_response_tokens
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + distributed.rank())  # ranks draw different samples
     random.seed(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model)
@@ -148,24 +159,15 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
 
     # Dropout off in all four roles: it would make the sampling policy and the one being
     # optimised differ, and the PPO ratio would no longer start at 1.
-    policy = load_causal_lm(cfg.model, tokenizer, policy_from)
-    value = load_reward_model(cfg.model, tokenizer, value_from)
-    if cfg.model.lora.enabled:
-        policy, value = apply_lora(policy, cfg.model.lora, "causal"), apply_lora(value, cfg.model.lora, "score")
-        ref = AdapterDisabled(policy)
-    else:
-        ref = copy.deepcopy(policy).eval().requires_grad_(False)
-    roles = Roles(policy=policy, ref=ref, value=value,
-                  reward=load_reward_model(cfg.model, tokenizer, reward_from).eval().requires_grad_(False))
-    policy_opt = torch.optim.AdamW([w for w in roles.policy.parameters() if w.requires_grad], lr=p.learning_rate,
-                                   eps=1e-5, weight_decay=0.0)
-    value_opt = torch.optim.AdamW([w for w in roles.value.parameters() if w.requires_grad],
-                                  lr=p.value_learning_rate or p.learning_rate, eps=1e-5, weight_decay=0.0)
+    roles = build_roles(cfg, policy=load_causal_lm(cfg.model, tokenizer, policy_from),
+                        value=load_reward_model(cfg.model, tokenizer, value_from),
+                        reward=load_reward_model(cfg.model, tokenizer, reward_from))
     kl_ctl = L.KLController(p.beta, p.kl_target, p.kl_horizon)
-    ema = {k: v.detach().clone() for k, v in roles.policy.state_dict().items()} if p.ema_decay else None
+    policy_module = module_of(roles.policy)
+    ema = {k: v.detach().clone() for k, v in policy_module.state_dict().items()} if p.ema_decay else None
     order = list(range(len(train_prompts)))
     state = {"update": 0, "position": 0, "epoch_seed": cfg.seed}
-    resumed = load_latest(cfg.stage_dir / "checkpoints", roles, policy_opt, value_opt, kl_ctl, state)
+    resumed = load_latest(cfg.stage_dir / "checkpoints", roles, kl_ctl, state)
     if resumed:
         log.info("resumed from %s at update %d", resumed, state["update"])
     tracker = Tracker(cfg.logger, cfg.stage_dir, "ppo")
@@ -173,8 +175,10 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
     def evaluate(step: int) -> dict:
         if bundle.gold_scorer is None:
             return {}
-        metrics = gold_evaluation(roles.policy, tokenizer, eval_prompts, bundle.gold_scorer,
-                                  max_new_tokens=max_new_tokens, seed=cfg.seed)
+        # Every rank evaluates all prompts (same seed, same result): simpler than sharing them out.
+        with full_weights(roles.policy) as policy:
+            metrics = gold_evaluation(policy, tokenizer, eval_prompts, bundle.gold_scorer,
+                                      max_new_tokens=max_new_tokens, seed=cfg.seed)
         tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
         return metrics
 
@@ -194,18 +198,19 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
             state["position"] = (state["position"] + 1) % len(order)
             if state["position"] == 0:
                 state["epoch_seed"] += 1
+        prompts = prompts[distributed.rank()::distributed.world_size()]  # this rank's share
         r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens)
         started = time.perf_counter()
-        stats = optimise(roles, r, p, kl_ctl.beta, policy_opt, value_opt, tokenizer, demos,
-                         train_policy=update >= p.critic_warmup_updates)
+        stats = optimise(roles, r, p, kl_ctl.beta, tokenizer, demos, train_policy=update >= p.critic_warmup_updates)
         stats.update({f"time_{k}_s": v for k, v in r.seconds.items()}, time_train_s=time.perf_counter() - started)
+        if bundle.gold_scorer is not None:
+            stats["gold_score"] = sum(bundle.gold_scorer(q, t) for q, t in zip(prompts, r.texts)) / len(r.texts)
+        stats = distributed.mean_over_ranks(stats)
         kl_ctl.update(stats["kl"], p.rollout_batch_size)
         if ema is not None:
             with torch.no_grad():
-                for k, v in roles.policy.state_dict().items():
+                for k, v in policy_module.state_dict().items():
                     ema[k].mul_(p.ema_decay).add_(v.detach(), alpha=1 - p.ema_decay)
-        if bundle.gold_scorer is not None:
-            stats["gold_score"] = sum(bundle.gold_scorer(q, t) for q, t in zip(prompts, r.texts)) / len(r.texts)
         stats["beta"] = kl_ctl.beta
         tracker.log(stats, update + 1)
         progress.set_postfix(score=f"{stats['score']:.2f}", kl=f"{stats['kl']:.2f}",
@@ -214,48 +219,50 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
         if p.eval_every_updates and state["update"] % p.eval_every_updates == 0 and state["update"] < p.updates:
             evaluate(state["update"])
         if p.save_every_updates and state["update"] % p.save_every_updates == 0:
-            save_checkpoint(cfg.stage_dir / "checkpoints", roles, policy_opt, value_opt, kl_ctl, state)
+            save_checkpoint(cfg.stage_dir / "checkpoints", roles, kl_ctl, state)
         run.metrics["last_update"] = stats
 
     if ema is not None:
-        roles.policy.load_state_dict(ema)
+        policy_module.load_state_dict(ema)
     run.metrics.update({f"final_{k}": v for k, v in evaluate(p.updates).items()})
     run.metrics["updates"] = state["update"]
     tracker.close()
-    save_checkpoint(cfg.stage_dir / "checkpoints", roles, policy_opt, value_opt, kl_ctl, state)
+    save_checkpoint(cfg.stage_dir / "checkpoints", roles, kl_ctl, state)
+    run.manifest["distributed"] = {role: distributed.describe(getattr(roles, role), cfg)
+                                   for role in ("policy", "value", "ref", "reward")}
     save_final(roles.policy, tokenizer, cfg.stage_dir / "final")
     log.info("PPO done: %s", {k: v for k, v in run.metrics.items() if k != "last_update"})
     log.info("final policy: %s", cfg.stage_dir / "final")
 
 
-def optimise(roles: Roles, r: Rollout, p, beta: float, policy_opt, value_opt, tokenizer, demos,
-             train_policy: bool) -> dict[str, float]:
+def optimise(roles: Roles, r: Rollout, p, beta: float, tokenizer, demos, train_policy: bool) -> dict[str, float]:
     prompt_len = r.sequences.shape[1] - r.mask.shape[1]
     kl = L.kl_per_token(r.logprobs, r.ref_logprobs, p.kl_estimator) * r.mask
     rewards = L.token_rewards(kl, r.scores, r.mask, beta)
+    total = distributed.sum_over_ranks  # whitening statistics over every rank's episodes
     if p.whiten_rewards:
-        rewards = L.masked_whiten(rewards, r.mask, shift_mean=False)
+        rewards = L.masked_whiten(rewards, r.mask, shift_mean=False, total=total)
     advantages, returns = L.gae(rewards, r.values, r.mask, p.gamma, p.lam)
-    advantages = L.masked_whiten(advantages, r.mask)
+    advantages = L.masked_whiten(advantages, r.mask, total=total)
 
     sums: dict[str, float] = {}
     steps = 0
-    micro_batch_size = p.micro_batch_size or p.mini_batch_size
     for _ in range(p.ppo_epochs):
-        for idx in torch.randperm(len(r.scores)).split(p.mini_batch_size):
-            value_opt.zero_grad()
-            policy_opt.zero_grad()
+        for idx in torch.randperm(len(r.scores)).split(p.mini_batch_size // distributed.world_size()):
             step: dict[str, float] = {}
             tokens = r.mask[idx].sum().clamp(min=1)
             # Micro-batches accumulate gradients into one optimizer step: the same update as one
             # pass over the minibatch (each loss weighted by its share of the minibatch's
             # response tokens, so token means stay exact), with a fraction of the activations.
-            for micro in idx.split(micro_batch_size):
+            # The engines step after every micro-batch and apply the update (clipped) on the last.
+            micros = idx.split(micro_rows(p))
+            for i, micro in enumerate(micros):
                 seq, att, m = r.sequences[micro], r.attention_mask[micro], r.mask[micro]
                 weight = m.sum() / tokens
                 values = token_values(roles.value, seq, att, prompt_len)
                 v_loss, v_clip = L.value_loss(values, r.values[micro], returns[micro], m, p.value_clip)
-                (weight * p.vf_coef * v_loss).backward()
+                roles.value.backward(weight * p.vf_coef * v_loss, scale_wrt_gas=False)
+                roles.value.step()
                 parts = {"value_loss": v_loss, "value_clipfrac": v_clip}
                 if train_policy:
                     logprobs, entropy = response_logprobs(roles.policy, seq, att, prompt_len, p.temperature,
@@ -265,19 +272,16 @@ def optimise(roles: Roles, r: Rollout, p, beta: float, policy_opt, value_opt, to
                     loss = pg_loss
                     if entropy is not None:
                         loss = loss - p.entropy_coef * L.masked_mean(entropy, m)
-                    (weight * loss).backward()
+                    loss = weight * loss
+                    if demos and i == len(micros) - 1:  # PPO-ptx, in the minibatch's last backward
+                        ptx = ptx_loss(roles.policy, tokenizer, random.sample(demos, min(p.ptx_batch_size, len(demos))))
+                        loss = loss + p.ptx_coef * ptx
+                        step["ptx_loss"] = ptx.item()
+                    roles.policy.backward(loss, scale_wrt_gas=False)
+                    roles.policy.step()
                     parts.update(policy_loss=pg_loss, policy_clipfrac=pg_clip, approx_kl=approx_kl)
                 for k, v in parts.items():
                     step[k] = step.get(k, 0.0) + (weight * v).item()
-            if train_policy and demos:
-                ptx = ptx_loss(roles.policy, tokenizer, random.sample(demos, min(p.ptx_batch_size, len(demos))))
-                (p.ptx_coef * ptx).backward()
-                step["ptx_loss"] = ptx.item()
-            torch.nn.utils.clip_grad_norm_(roles.value.parameters(), p.max_grad_norm)
-            value_opt.step()
-            if train_policy:
-                torch.nn.utils.clip_grad_norm_(roles.policy.parameters(), p.max_grad_norm)
-                policy_opt.step()
             for k, v in step.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
