@@ -4,7 +4,7 @@ Every launcher (torchrun, the `deepspeed` launcher, `accelerate launch`, `srun`)
 `rlhf ...` command once per rank. They all leave RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
 MASTER_PORT in the environment except srun, whose SLURM_* variables `adopt_launcher_env` maps
 onto them, and the deepspeed launcher, which also appends `--local_rank=N` to the arguments
-(Hydra would take it for an override). With one process nothing here starts a process group.
+(Hydra would take it for an override). One process without DeepSpeed starts no process group.
 
 DeepSpeed: `deepspeed=none|zero2|zero3|zero3_offload` picks conf/deepspeed/<name>.yaml, a
 DeepSpeed JSON config as YAML. SFT and RM hand it to the transformers Trainer, which fills the
@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
+import importlib
 import os
 import subprocess
 from typing import Any
 
 import torch
-
-log = logging.getLogger(__name__)
 
 
 # ---- ranks ----
@@ -93,6 +91,9 @@ def init(use_deepspeed: bool) -> None:
     if use_deepspeed:
         import deepspeed
         import deepspeed.ops
+        # ZeRO-3 loading (zero.Init) patches tensor constructors; torch imports this module
+        # lazily, and its check of their signatures fails if that happens inside the patch.
+        importlib.import_module("torch._dynamo.polyfills.tensor")
 
         if not torch.cuda.is_available():
             # DeepSpeed's CPU backend JIT-compiles a shared-memory collective op (~100 s) on
@@ -156,8 +157,8 @@ def offloads_optimizer(ds_config: dict) -> bool:
 def engine_config(ds_config: dict, model, *, batch_size: int, micro_batch_size_per_device: int,
                   max_grad_norm: float, dtype: str, train: bool) -> dict:
     """`ds_config` with its "auto" values filled for a model PPO drives itself, as the Trainer
-    integration fills them for SFT and RM. `batch_size` is global (all ranks): the episodes of
-    one optimizer step."""
+    integration fills them for SFT and RM. `model`: the model or its transformers config.
+    `batch_size` is global (all ranks): the episodes of one optimizer step."""
     per_rank = batch_size // world_size()
     c = copy.deepcopy(ds_config)
     c["train_micro_batch_size_per_gpu"] = micro_batch_size_per_device
@@ -169,7 +170,7 @@ def engine_config(ds_config: dict, model, *, batch_size: int, micro_batch_size_p
     c["zero_allow_untested_optimizer"] = True
     c.pop("optimizer", None)  # PPO builds its optimizers (two learning rates, one per role)
     c.pop("scheduler", None)
-    hidden = getattr(model.config, "hidden_size", None)
+    hidden = getattr(getattr(model, "config", model), "hidden_size", None)
     zero = c.setdefault("zero_optimization", {})
     for key, value in (("reduce_bucket_size", hidden * hidden if hidden else 5e8),
                        ("stage3_prefetch_bucket_size", int(0.9 * hidden * hidden) if hidden else 5e8),
@@ -195,6 +196,26 @@ def _flatten(d: dict, prefix: str = ""):
             yield f"{prefix}{k}", v
 
 
+@contextlib.contextmanager
+def sharded_loading(ds_config: dict, model_config, dtype: str):
+    """Under ZeRO-3, models loaded inside come out sharded (transformers' zero.Init integration):
+    each rank reads only its share, rather than every rank holding whole copies of every model
+    until DeepSpeed partitions them. Elsewhere a no-op."""
+    if not ds_config or zero_stage(ds_config) != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    config = engine_config(ds_config, model_config, batch_size=world_size(), micro_batch_size_per_device=1,
+                           max_grad_norm=1.0, dtype=dtype, train=False)
+    active = HfDeepSpeedConfig(config)  # transformers keeps only a weak reference to it
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        del active
+
+
 def initialize(model, ds_config: dict, optimizer=None):
     """A DeepSpeed engine around `model` (trained when `optimizer` is given)."""
     import deepspeed
@@ -204,7 +225,8 @@ def initialize(model, ds_config: dict, optimizer=None):
 
 
 def is_engine(model) -> bool:
-    return type(model).__name__ == "DeepSpeedEngine" or hasattr(model, "zero_optimization_stage")
+    """A DeepSpeed engine, or PPO's LocalEngine, which offers the same interface."""
+    return hasattr(model, "zero_optimization_stage")
 
 
 def module_of(model):

@@ -7,6 +7,8 @@ loaded with `from_pretrained`; `trust_remote_code` stays off unless the config t
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
@@ -139,9 +141,25 @@ def build_tiny_model(cfg: ModelConfig, tokenizer, dropout: float = 0.0):
         tie_word_embeddings=True,
     )
     set_dropout(config, dropout)
-    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+    with torch.random.fork_rng(devices=[]), _no_zero3_init():  # seeded weights without touching the caller's RNG
         torch.manual_seed(t.seed)
         return AutoModelForCausalLM.from_config(config)
+
+
+@contextlib.contextmanager
+def _no_zero3_init():
+    """Builds the tiny model whole even while a ZeRO-3 config is active (under which transformers
+    would create it sharded, drawing its initial weights in another order): the same seed gives
+    the same model with or without DeepSpeed. It is small; DeepSpeed shards it afterwards."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    active = hf_deepspeed._hf_deepspeed_config_weak_ref  # transformers keeps no public getter
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if active is not None and active() is not None:
+            hf_deepspeed.set_hf_deepspeed_config(active())
 
 
 # ---- LoRA (peft) ----

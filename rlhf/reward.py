@@ -122,11 +122,13 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
     run.manifest["data"] = bundle.summary()
     run.manifest["data"]["rm_comparisons_all_tied"] = len(bundle.splits["rm"].comparisons) - len(train)
 
+    # The Trainer's arguments before the model: with a ZeRO-3 config they make from_pretrained
+    # load each rank's shard only, not the whole model on every rank.
+    args = trainer_args(RewardConfig, r, cfg, disable_dropout=False, prediction_loss_only=True,
+                        remove_unused_columns=False, max_length=None)
     torch.manual_seed(cfg.seed)  # the new score head's initial weights
     model = load_reward_model(cfg.model, tokenizer, init_from, dropout=r.dropout)
     tracker = Tracker(cfg.logger, cfg.stage_dir, "rm")
-    args = trainer_args(RewardConfig, r, cfg, disable_dropout=False, prediction_loss_only=True,
-                        remove_unused_columns=False, max_length=None)
     lora = peft_lora_config(cfg.model.lora, "score") if cfg.model.lora.enabled else None
     trainer = KWiseRewardTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora,
                                  data_collator=KWiseCollator(tokenizer.pad_token_id),

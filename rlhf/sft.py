@@ -43,11 +43,13 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
     run.manifest["inputs"] = {"data": describe_source(cfg.data), "init_from": init_from}
     run.manifest["data"] = bundle.summary()
 
-    model = load_causal_lm(cfg.model, tokenizer, path=s.init_from, dropout=s.dropout)
-    tracker = Tracker(cfg.logger, cfg.stage_dir, "sft")
+    # The Trainer's arguments before the model: with a ZeRO-3 config they make from_pretrained
+    # load each rank's shard only, not the whole model on every rank.
     args = trainer_args(SFTConfig, s, cfg, completion_only_loss=True, packing=s.packing,
                         max_length=cfg.data.max_prompt_tokens + cfg.data.max_response_tokens if s.packing else None,
                         dataset_num_proc=None)
+    model = load_causal_lm(cfg.model, tokenizer, path=s.init_from, dropout=s.dropout)
+    tracker = Tracker(cfg.logger, cfg.stage_dir, "sft")
     lora = peft_lora_config(cfg.model.lora, "causal") if cfg.model.lora.enabled else None
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora,
                          train_dataset=sft_dataset(tokenizer, train_demos),

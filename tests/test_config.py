@@ -129,3 +129,16 @@ def test_public_dataset_configs_map_a_local_copy_in_their_format(name, fixture, 
     assert getattr(bundle.splits["sft"], kind) and bundle.skips.total == 0
     if kind == "comparisons":  # these configs also train SFT on each comparison's best answer
         assert bundle.splits["sft"].demonstrations
+
+
+@pytest.mark.parametrize("experiment,ranks", [("qwen2_5_1_5b_hh_zero2", 8), ("llama3_1_8b_hh_zero3", 16)])
+def test_cluster_experiments_batch_sizes_divide_across_their_ranks(experiment, ranks, monkeypatch):
+    from rlhf.ppo.trainer import check_batch_sizes
+
+    cfg = load([f"experiment={experiment}"])
+    assert cfg.deepspeed.name in ("zero2", "zero3") and cfg.model.name_or_path and cfg.data.format.value == "hh_rlhf"
+    monkeypatch.setenv("WORLD_SIZE", str(ranks))
+    check_batch_sizes(cfg.ppo)  # raises ConfigError naming the sizes otherwise
+    monkeypatch.setenv("WORLD_SIZE", str(ranks * 3))
+    with pytest.raises(ConfigError, match="ppo.rollout_batch_size"):
+        check_batch_sizes(cfg.ppo)

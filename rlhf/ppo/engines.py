@@ -15,7 +15,6 @@ only optimizer state and gradients, which frozen models do not have).
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,9 +108,9 @@ def local_engine(model, optimizer, p) -> LocalEngine:
     return LocalEngine(model, optimizer, (p.mini_batch_size // world) // micro, p.max_grad_norm)
 
 
-def build_roles(cfg, policy, value, reward) -> Roles:
-    """Engines for policy and value (their optimizers inside), the reference (a frozen copy of the
-    policy, or with LoRA the policy with its adapter off) and the reward model."""
+def build_roles(cfg, policy, value, reward, ref=None) -> Roles:
+    """Engines for policy and value (their optimizers inside), the reference (`ref`, a second load
+    of the policy's checkpoint; or with LoRA the policy with its adapter off) and the reward model."""
     p, ds = cfg.ppo, cfg.deepspeed
     world = distributed.world_size()
     micro = p.micro_batch_size or p.mini_batch_size // world
@@ -119,7 +118,7 @@ def build_roles(cfg, policy, value, reward) -> Roles:
         policy, value = apply_lora(policy, cfg.model.lora, "causal"), apply_lora(value, cfg.model.lora, "score")
         ref = None  # after the policy's engine exists: the adapter-off view of its module
     else:
-        ref = copy.deepcopy(policy).eval().requires_grad_(False)
+        ref = ref.eval().requires_grad_(False)
     reward = reward.eval().requires_grad_(False)
     lrs = {"policy": p.learning_rate, "value": p.value_learning_rate or p.learning_rate}
     engines = {}

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 from rlhf import distributed
 from rlhf.artifacts import StageRun, save_final
@@ -159,9 +160,13 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
 
     # Dropout off in all four roles: it would make the sampling policy and the one being
     # optimised differ, and the PPO ratio would no longer start at 1.
-    roles = build_roles(cfg, policy=load_causal_lm(cfg.model, tokenizer, policy_from),
-                        value=load_reward_model(cfg.model, tokenizer, value_from),
-                        reward=load_reward_model(cfg.model, tokenizer, reward_from))
+    ds_config = cfg.deepspeed.config if cfg.deepspeed.name != "none" else {}
+    policy_config = AutoConfig.from_pretrained(policy_from, trust_remote_code=cfg.model.trust_remote_code)
+    with distributed.sharded_loading(ds_config, policy_config, cfg.model.dtype):
+        roles = build_roles(cfg, policy=load_causal_lm(cfg.model, tokenizer, policy_from),
+                            value=load_reward_model(cfg.model, tokenizer, value_from),
+                            reward=load_reward_model(cfg.model, tokenizer, reward_from),
+                            ref=None if cfg.model.lora.enabled else load_causal_lm(cfg.model, tokenizer, policy_from))
     kl_ctl = L.KLController(p.beta, p.kl_target, p.kl_horizon)
     policy_module = module_of(roles.policy)
     ema = {k: v.detach().clone() for k, v in policy_module.state_dict().items()} if p.ema_decay else None
