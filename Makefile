@@ -22,15 +22,12 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job on the built-in default: the data check, then every stage in order, in one run
-# directory (runs/default/); compare writes runs/default/compare/report.md.
-# `make run ARGS="run=mine data=hh_rlhf data.path=..."` for others.
+# The main job on the built-in default: the data check, then the pipeline (sft -> rm -> ppo ->
+# compare) in one run directory (runs/default/); compare writes runs/default/compare/report.md.
+# Run again, only what changed reruns. `make run ARGS="run=mine data=hh_rlhf data.path=..."` for others.
 run: setup
 	$(BIN)/rlhf stage=prepare $(ARGS)
-	$(BIN)/rlhf stage=sft $(ARGS)
-	$(BIN)/rlhf stage=rm $(ARGS)
-	$(BIN)/rlhf stage=ppo $(ARGS)
-	$(BIN)/rlhf stage=compare $(ARGS)
+	$(BIN)/rlhf stage=pipeline $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -120,7 +120,8 @@ class StageRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.manifest["status"] = "completed" if exc_type is None else "failed"
+        self.manifest["status"] = ("completed" if exc_type is None else
+                                   "preempted" if exc_type.__name__ == "Preempted" else "failed")
         if exc is not None:
             self.manifest["error"] = f"{exc_type.__name__}: {exc}"
         self.manifest["duration_s"] = round(time.time() - self._start, 3)

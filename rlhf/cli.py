@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -12,16 +11,12 @@ import hydra
 from omegaconf import DictConfig
 
 from rlhf import distributed
-from rlhf.artifacts import StageRun
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.config_check import check, register_schemas, to_config
+from rlhf.pipeline import run_stages
+from rlhf.preemption import EXIT_PREEMPTED, Preempted
 
 log = logging.getLogger("rlhf")
-
-# stage name -> module with `run(cfg: RLHFConfig, run: StageRun)`; imported on demand so that
-# `rlhf stage=prepare` does not pay for importing trainers it does not use.
-STAGE_MODULES = {"prepare": "rlhf.prepare", "sft": "rlhf.sft", "rm": "rlhf.reward", "ppo": "rlhf.ppo.trainer",
-                 "compare": "rlhf.compare", "generate": "rlhf.generate"}
 
 # conf/ sits beside the package in the checkout (the layout is fixed); an absolute path, because
 # Hydra would read a relative one as a Python package next to rlhf.cli.
@@ -47,12 +42,13 @@ def _main(composed: DictConfig) -> None:
             raise ConfigError(f"deepspeed={cfg.deepspeed.name} under `accelerate launch --cpu`: accelerate runs "
                               "DeepSpeed only without --cpu (it allows one of --cpu/--use_deepspeed). On CPUs "
                               "launch with `torchrun --nproc_per_node N -m rlhf.cli ...` instead")
-        stage = importlib.import_module(STAGE_MODULES[cfg.stage.name])
         distributed.init(use_deepspeed=cfg.deepspeed.name != "none")
-        log.info("stage %s -> %s (rank %d of %d, deepspeed=%s)", cfg.stage.name, cfg.stage_dir,
-                 distributed.rank(), distributed.world_size(), cfg.deepspeed.name)
-        with StageRun(cfg.stage_dir, composed) as run:
-            stage.run(cfg, run)
+        log.info("rank %d of %d, deepspeed=%s", distributed.rank(), distributed.world_size(), cfg.deepspeed.name)
+        run_stages(cfg, composed)
+    except Preempted as e:
+        # A clean stop on SIGTERM/SIGUSR1: the checkpoint is written, the job can be requeued.
+        log.warning("%s", e)
+        sys.exit(EXIT_PREEMPTED)
     except (ConfigError, DataError) as e:
         # Expected, user-fixable failures: the message says what to do, a traceback would bury it.
         log.error("%s", e)

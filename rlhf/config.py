@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-STAGES = ("prepare", "sft", "rm", "ppo", "compare", "generate")  # cli.py maps names to modules
+STAGES = ("prepare", "sft", "rm", "ppo", "compare", "generate", "pipeline")  # rlhf/pipeline.py maps them to modules
+PIPELINE_STAGES = ("sft", "rm", "ppo", "compare")  # what stage=pipeline may run, in this order
 SPLITS = ("sft", "rm", "ppo", "eval")
 
 
@@ -332,6 +333,9 @@ class RLHFConfig:
     ppo: PPOStageConfig = field(default_factory=PPOStageConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    # stage=pipeline: the stages it runs, in order (any of sft, rm, ppo, compare); each is skipped
+    # when its output exists with the same settings and inputs (rlhf/lineage.py).
+    stages: List[str] = field(default_factory=lambda: list(PIPELINE_STAGES))
 
     @property
     def run_dir(self) -> Path:

@@ -11,7 +11,7 @@ import typing
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf.config import SPLITS, STAGES, ConfigError, DataFormat, RLHFConfig
+from rlhf.config import PIPELINE_STAGES, SPLITS, STAGES, ConfigError, DataFormat, RLHFConfig
 
 
 def register_schemas() -> None:
@@ -159,6 +159,10 @@ def check(cfg: RLHFConfig) -> None:
     if p.max_new_tokens is not None and p.max_new_tokens > cfg.data.max_response_tokens:
         problems.append(f"ppo.max_new_tokens={p.max_new_tokens} exceeds data.max_response_tokens="
                         f"{cfg.data.max_response_tokens}, the longest response the SFT and RM saw")
+    unknown = [s for s in cfg.stages if s not in PIPELINE_STAGES]
+    order = [s for s in PIPELINE_STAGES if s in cfg.stages]
+    if unknown or not cfg.stages or list(cfg.stages) != order:
+        problems.append(f"stages={list(cfg.stages)}: choose from {list(PIPELINE_STAGES)}, each once, in that order")
     ds = cfg.deepspeed
     if ds.name != "none":
         stage = (ds.config or {}).get("zero_optimization", {}).get("stage")

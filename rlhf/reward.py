@@ -30,7 +30,8 @@ from rlhf.generation import REWARD_NORM_KEY, score
 from rlhf.models import load_reward_model, load_tokenizer, peft_lora_config
 from rlhf.tracking import Tracker
 from rlhf.distributed import describe, full_weights
-from rlhf.training import TrackerCallback, last_checkpoint, loss_summary, trained_model, trainer_args
+from rlhf.preemption import stop_request
+from rlhf.training import CheckpointCallback, TrackerCallback, last_checkpoint, loss_summary, trained_model, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +130,18 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
     torch.manual_seed(cfg.seed)  # the new score head's initial weights
     model = load_reward_model(cfg.model, tokenizer, init_from, dropout=r.dropout)
     tracker = Tracker(cfg.logger, cfg.stage_dir, "rm")
+    stop = stop_request()
     lora = peft_lora_config(cfg.model.lora, "score") if cfg.model.lora.enabled else None
     trainer = KWiseRewardTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora,
                                  data_collator=KWiseCollator(tokenizer.pad_token_id),
                                  train_dataset=comparison_dataset(tokenizer, train),
                                  eval_dataset=comparison_dataset(tokenizer, evals),
-                                 callbacks=[TrackerCallback(tracker)])
+                                 callbacks=[TrackerCallback(tracker), CheckpointCallback(stop)])
     log.info("RM on %d comparisons (%d pairs), %d eval comparisons", len(train),
              sum(len(list(c.pairs())) for c in train), len(evals))
     trainer.train(resume_from_checkpoint=last_checkpoint(cfg))
+    if stop.signal_name:
+        stop.stop(f"checkpoint-{trainer.state.global_step}")
 
     run.metrics.update(loss_summary(trainer))
     # Scoring below runs on every rank over all examples (same result everywhere): simpler than

@@ -19,7 +19,8 @@ from rlhf.generation import gold_evaluation
 from rlhf.models import load_causal_lm, load_tokenizer, peft_lora_config
 from rlhf.tracking import Tracker
 from rlhf.distributed import describe, full_weights
-from rlhf.training import TrackerCallback, last_checkpoint, loss_summary, trained_model, trainer_args
+from rlhf.preemption import stop_request
+from rlhf.training import CheckpointCallback, TrackerCallback, last_checkpoint, loss_summary, trained_model, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,18 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
                         dataset_num_proc=None)
     model = load_causal_lm(cfg.model, tokenizer, path=s.init_from, dropout=s.dropout)
     tracker = Tracker(cfg.logger, cfg.stage_dir, "sft")
+    stop = stop_request()
     lora = peft_lora_config(cfg.model.lora, "causal") if cfg.model.lora.enabled else None
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora,
                          train_dataset=sft_dataset(tokenizer, train_demos),
                          eval_dataset=sft_dataset(tokenizer, eval_demos),
-                         callbacks=[TrackerCallback(tracker)])
+                         callbacks=[TrackerCallback(tracker), CheckpointCallback(stop)])
     log.info("SFT on %d demonstrations (%d eval), %d parameters, %d trained", len(train_demos), len(eval_demos),
              sum(p.numel() for p in trainer.model.parameters()),
              sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))
     trainer.train(resume_from_checkpoint=last_checkpoint(cfg))
+    if stop.signal_name:
+        stop.stop(f"checkpoint-{trainer.state.global_step}")
 
     run.metrics.update({**loss_summary(trainer), "eval_loss": trainer.evaluate()["eval_loss"]})
     if bundle.gold_scorer is not None and s.gold_eval_prompts > 0:

@@ -1,17 +1,19 @@
-"""What the Trainer-based stages (SFT, RM) share: their TrainingArguments, loss summary and log forwarding."""
+"""What the Trainer-based stages (SFT, RM) share: their TrainingArguments, checkpoints and
+resume, loss summary and log forwarding."""
 
 from __future__ import annotations
 
 import copy
-
 import logging
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
+from rlhf.artifacts import write_atomic
 from rlhf.config import RLHFConfig, TrainConfig
-from rlhf.distributed import is_engine
+from rlhf.distributed import barrier, is_engine, is_main_process
+from rlhf.preemption import StopRequest
 from rlhf.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -52,14 +54,43 @@ def trainer_args(args_class, t: TrainConfig, cfg: RLHFConfig, **extra):
     )
 
 
+COMPLETE = "COMPLETE"  # written into a Trainer checkpoint after every rank has finished it
+
+
 def last_checkpoint(cfg: RLHFConfig) -> str | None:
     """The newest complete Trainer checkpoint of this stage (checkpoint-<step>/, DeepSpeed's own
-    shards inside under ZeRO), to continue from when the stage is rerun with the same run name."""
+    shards inside under ZeRO), to continue from when the stage is rerun with the same run name.
+    The Trainer writes checkpoints in place, so one without the COMPLETE marker may be half
+    written (the job was killed while saving) and is passed over."""
     folder = cfg.stage_dir / "checkpoints"
-    found = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-    if found:
-        log.info("resuming from %s", found)
-    return found
+    found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1])) if folder.is_dir() else []
+    for candidate in reversed(found):
+        if (candidate / COMPLETE).exists():
+            log.info("resuming from %s", candidate)
+            return str(candidate)
+        log.warning("%s is incomplete (no %s marker: killed while saving?); not resuming from it",
+                    candidate, COMPLETE)
+    return None
+
+
+class CheckpointCallback(TrainerCallback):
+    """Marks each checkpoint complete once every rank has written its part, and on SIGTERM or
+    SIGUSR1 (rlhf.preemption) saves a checkpoint at the end of the current step and stops."""
+
+    def __init__(self, stop: StopRequest):
+        self.stop = stop
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop.requested():
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_save(self, args, state, control, **kwargs):
+        barrier()
+        if is_main_process():
+            write_atomic(Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE, "")
+        barrier()
 
 
 def trained_model(trainer):

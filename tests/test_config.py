@@ -142,3 +142,11 @@ def test_cluster_experiments_batch_sizes_divide_across_their_ranks(experiment, r
     monkeypatch.setenv("WORLD_SIZE", str(ranks * 3))
     with pytest.raises(ConfigError, match="ppo.rollout_batch_size"):
         check_batch_sizes(cfg.ppo)
+
+
+def test_slurm_launcher_config_composes_with_the_submitit_plugin():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[slurm]'")
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        composed = compose(config_name="config", overrides=["hydra/launcher=slurm", "stage=ppo"], return_hydra_config=True)
+    launcher = composed.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.signal_delay_s == 300

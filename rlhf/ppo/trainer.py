@@ -38,6 +38,7 @@ from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer, unwra
 from rlhf.ppo import losses as L
 from rlhf.ppo.checkpoint import load_latest, save_checkpoint
 from rlhf.ppo.engines import Roles, build_roles
+from rlhf.preemption import stop_request
 from rlhf.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -170,12 +171,12 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
     kl_ctl = L.KLController(p.beta, p.kl_target, p.kl_horizon)
     policy_module = module_of(roles.policy)
     ema = {k: v.detach().clone() for k, v in policy_module.state_dict().items()} if p.ema_decay else None
-    order = list(range(len(train_prompts)))
     state = {"update": 0, "position": 0, "epoch_seed": cfg.seed}
     resumed = load_latest(cfg.stage_dir / "checkpoints", roles, kl_ctl, state)
     if resumed:
         log.info("resumed from %s at update %d", resumed, state["update"])
     tracker = Tracker(cfg.logger, cfg.stage_dir, "ppo")
+    stop = stop_request()
 
     def evaluate(step: int) -> dict:
         if bundle.gold_scorer is None:
@@ -195,14 +196,15 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
                     initial=state["update"], total=p.updates)
     for update in progress:
         # the next rollout_batch_size prompts of a reshuffled pass over the ppo split
-        prompts = []
+        prompts, order = [], None
         while len(prompts) < p.rollout_batch_size:
-            if state["position"] == 0:
+            if order is None:  # the pass's order follows from its seed alone: a resumed run finds its place
+                order = list(range(len(train_prompts)))
                 random.Random(state["epoch_seed"]).shuffle(order)
             prompts.append(train_prompts[order[state["position"]]])
             state["position"] = (state["position"] + 1) % len(order)
             if state["position"] == 0:
-                state["epoch_seed"] += 1
+                state["epoch_seed"], order = state["epoch_seed"] + 1, None
         prompts = prompts[distributed.rank()::distributed.world_size()]  # this rank's share
         r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens)
         started = time.perf_counter()
@@ -223,6 +225,8 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
         state["update"] = update + 1
         if p.eval_every_updates and state["update"] % p.eval_every_updates == 0 and state["update"] < p.updates:
             evaluate(state["update"])
+        if stop.requested():  # SIGTERM / SIGUSR1: checkpoint this update, then exit
+            stop.stop(str(save_checkpoint(cfg.stage_dir / "checkpoints", roles, kl_ctl, state)))
         if p.save_every_updates and state["update"] % p.save_every_updates == 0:
             save_checkpoint(cfg.stage_dir / "checkpoints", roles, kl_ctl, state)
         run.metrics["last_update"] = stats

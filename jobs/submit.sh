@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Submit stages as a chain of Slurm jobs, each starting only when the one before succeeded
+# (afterok); a failed stage cancels the ones after it. Prints "<stage>: <job id>" per stage.
+#   jobs/submit.sh [--dry-run] [--stages "sft rm ppo compare"] [--sbatch "<sbatch options>"] [overrides]
+# e.g. jobs/submit.sh --sbatch "--nodes 2 --partition gpu" experiment=llama3_1_8b_hh_zero3
+# GPUS_PER_NODE (default 8; 0 on CPU-only nodes) sets --gpus-per-node and torchrun's ranks per node.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+stages="sft rm ppo compare"
+dry_run=0
+extra=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) dry_run=1; shift ;;
+        --stages) stages=$2; shift 2 ;;
+        --sbatch) extra=$2; shift 2 ;;
+        -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+        *) break ;;
+    esac
+done
+gpus=${GPUS_PER_NODE:-8}
+resources=()
+[ "$gpus" -gt 0 ] && resources+=(--gpus-per-node "$gpus")
+previous=""
+for stage in $stages; do
+    after=()
+    [ -n "$previous" ] && after=(--dependency "afterok:$previous" --kill-on-invalid-dep=yes)
+    # shellcheck disable=SC2206  # $extra is a list of options, split on purpose
+    cmd=(sbatch --parsable --job-name "rlhf-$stage" "${resources[@]}" "${after[@]}" $extra
+         "$here/stage.sbatch" "stage=$stage" "$@")
+    if [ "$dry_run" = 1 ]; then
+        echo "${cmd[*]}"
+        previous="<job id of $stage>"
+        continue
+    fi
+    id=$(GPUS_PER_NODE=$gpus "${cmd[@]}")
+    id=${id%%;*}  # --parsable prints "<id>[;<cluster>]"
+    echo "$stage: $id"
+    previous=$id
+done

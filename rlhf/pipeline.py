@@ -1,0 +1,67 @@
+"""Running stages: one (`rlhf stage=sft`) or a chain (`rlhf stage=pipeline`, by default
+sft -> rm -> ppo -> compare in one run directory, `stages=[rm,ppo]` for a part of it).
+
+Every stage's manifest records its fingerprint (rlhf/lineage.py: the settings that shape its
+result and the content hashes of what it read) and the hash of what it wrote. The pipeline skips
+a stage whose output exists under the same fingerprint and says so; a changed setting or input
+reruns it, and its new output hash changes the fingerprints of the stages after it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import importlib
+import logging
+import shutil
+
+from omegaconf import DictConfig, open_dict
+
+from rlhf import lineage
+from rlhf.artifacts import StageRun
+from rlhf.config import RLHFConfig, StageConfig
+from rlhf.distributed import barrier, is_main_process
+
+log = logging.getLogger("rlhf")
+
+# stage name -> module with `run(cfg: RLHFConfig, run: StageRun)`; imported on demand so that
+# `rlhf stage=prepare` does not pay for importing trainers it does not use.
+STAGE_MODULES = {"prepare": "rlhf.prepare", "sft": "rlhf.sft", "rm": "rlhf.reward", "ppo": "rlhf.ppo.trainer",
+                 "compare": "rlhf.compare", "generate": "rlhf.generate"}
+
+
+def run_stages(cfg: RLHFConfig, composed: DictConfig) -> None:
+    pipeline = cfg.stage.name == "pipeline"
+    for name in cfg.stages if pipeline else [cfg.stage.name]:
+        stage_cfg = dataclasses.replace(cfg, stage=StageConfig(name=name))
+        stage_composed = copy.deepcopy(composed)
+        with open_dict(stage_composed):
+            stage_composed.stage.name = name
+        fingerprint = lineage.fingerprint(stage_cfg, name) if name in lineage.OUTPUTS else None
+        if pipeline and fingerprint:
+            if lineage.up_to_date(stage_cfg, name, fingerprint["sha256"]):
+                log.info("%s: up to date (same settings and inputs as %s), skipped", name, stage_cfg.stage_dir)
+                continue
+            _drop_stale_checkpoints(stage_cfg, name, fingerprint["sha256"])
+        log.info("stage %s -> %s", name, stage_cfg.stage_dir)
+        with StageRun(stage_cfg.stage_dir, stage_composed) as run:
+            if fingerprint:
+                run.manifest.update(fingerprint=fingerprint["sha256"], lineage=fingerprint["inputs"])
+            importlib.import_module(STAGE_MODULES[name]).run(stage_cfg, run)
+            if fingerprint and is_main_process():
+                run.manifest["outputs"] = {"path": str(stage_cfg.stage_dir / lineage.OUTPUTS[name]),
+                                           "sha256": lineage.output_hash(stage_cfg, name)}
+        gc.collect()  # the stage's models, before the next stage loads its own
+
+
+def _drop_stale_checkpoints(cfg: RLHFConfig, name: str, expected: str) -> None:
+    """A stage rerun because its settings or inputs changed starts afresh; one interrupted under
+    the same fingerprint (preempted, killed) keeps its checkpoints and resumes from them."""
+    before = lineage.recorded(cfg, name).get("fingerprint")
+    checkpoints = cfg.stage_dir / "checkpoints"
+    if before not in (None, expected) and checkpoints.exists():
+        log.info("%s: settings or inputs changed since %s was written; starting afresh", name, checkpoints)
+        if is_main_process():
+            shutil.rmtree(checkpoints)
+    barrier()
