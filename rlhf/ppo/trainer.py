@@ -159,10 +159,10 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
                               "reward_from": reward_from, "value_from": value_from}
     run.manifest["data"] = bundle.summary()
 
-    # Dropout off in all four roles: it would make the sampling policy and the one being
-    # optimised differ, and the PPO ratio would no longer start at 1.
     ds_config = cfg.deepspeed.config if cfg.deepspeed.name != "none" else {}
     policy_config = AutoConfig.from_pretrained(policy_from, trust_remote_code=cfg.model.trust_remote_code)
+    # Dropout off in all four roles: it would make the sampling policy and the one being
+    # optimised differ, and the PPO ratio would no longer start at 1.
     with distributed.sharded_loading(ds_config, policy_config, cfg.model.dtype):
         roles = build_roles(cfg, policy=load_causal_lm(cfg.model, tokenizer, policy_from),
                             value=load_reward_model(cfg.model, tokenizer, value_from),
