@@ -3,6 +3,7 @@ with afterok, a failed stage cancels the rest, --dry-run submits nothing, a stag
 ranks through srun, and a stage signalled with USR1 checkpoints, is requeued and resumes."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -99,10 +100,11 @@ def test_usr1_checkpoints_requeues_and_the_job_resumes_from_that_checkpoint(slur
     states = slurm.wait([job], timeout=1200)
     log = log_of(slurm, "ppo", job)
     assert states[job] == "COMPLETED", log[-3000:]
-    assert "USR1, asking the stage to checkpoint" in log and "checkpoint written; requeueing job" in log
-    assert "stopped by SIGTERM" in log
-    resumed = [line for line in log.splitlines() if "resumed from" in line]
-    assert resumed and "update_" in resumed[0], log[-3000:]
+    assert "USR1, asking the stage to checkpoint" in log and f"requeueing job {job}" in log
+    written = re.search(r"stopped by SIGTERM after writing \S*update_(\d+)", log)
+    resumed = re.search(r"resumed from \S*update_(\d+)", log)
+    assert written and resumed, log[-3000:]
+    assert resumed.group(1) == written.group(1)  # from the checkpoint the signal wrote
     assert "start 2," in log  # the second start of the job
     manifest = json.loads((runs / "preempted" / "ppo" / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["metrics"]["updates"] == 12
