@@ -197,15 +197,18 @@ def _flatten(d: dict, prefix: str = ""):
 
 
 @contextlib.contextmanager
-def sharded_loading(ds_config: dict, model_config, dtype: str):
+def sharded_loading(ds_config: dict, model_path: str, dtype: str, trust_remote_code: bool = False):
     """Under ZeRO-3, models loaded inside come out sharded (transformers' zero.Init integration):
     each rank reads only its share, rather than every rank holding whole copies of every model
-    until DeepSpeed partitions them. Elsewhere a no-op."""
+    until DeepSpeed partitions them. Elsewhere a no-op. `model_path`: a checkpoint whose config
+    sizes the ZeRO-3 buckets as the engines will."""
     if not ds_config or zero_stage(ds_config) != 3:
         yield
         return
+    from transformers import AutoConfig
     from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
+    model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     config = engine_config(ds_config, model_config, batch_size=world_size(), micro_batch_size_per_device=1,
                            max_grad_norm=1.0, dtype=dtype, train=False)
     active = HfDeepSpeedConfig(config)  # transformers keeps only a weak reference to it

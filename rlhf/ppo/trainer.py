@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig
 
 from rlhf import distributed
 from rlhf.artifacts import StageRun, save_final
@@ -160,10 +159,9 @@ def run(cfg: RLHFConfig, run: StageRun) -> None:
     run.manifest["data"] = bundle.summary()
 
     ds_config = cfg.deepspeed.config if cfg.deepspeed.name != "none" else {}
-    policy_config = AutoConfig.from_pretrained(policy_from, trust_remote_code=cfg.model.trust_remote_code)
     # Dropout off in all four roles: it would make the sampling policy and the one being
     # optimised differ, and the PPO ratio would no longer start at 1.
-    with distributed.sharded_loading(ds_config, policy_config, cfg.model.dtype):
+    with distributed.sharded_loading(ds_config, policy_from, cfg.model.dtype, cfg.model.trust_remote_code):
         roles = build_roles(cfg, policy=load_causal_lm(cfg.model, tokenizer, policy_from),
                             value=load_reward_model(cfg.model, tokenizer, value_from),
                             reward=load_reward_model(cfg.model, tokenizer, reward_from),
