@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """PPO throughput of rlhf's trainer on the peer benchmark's workload; prints one JSON line.
 
-Same flags and meaning as trl 1.12's peer script (a copy lives outside this repository): tiny
+Same flags and meaning as trl 1.12's peer script `trl112_ppo.py` (not in this repository;
+docs/development.md says how to get trl 1.12 beside our trl and run it): tiny
 Llama policy, reference, reward and value built from LlamaConfig(vocab, hidden, intermediate,
 layers, heads) with random weights from --seed; `batch` random prompts of `prompt-len` tokens per
 update; exactly `response-len` sampled tokens per episode (EOS held back), temperature 1, top_k 0,
@@ -21,9 +22,11 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
+from rlhf.algos.rewards import shape_scores
 from rlhf.config import PPOStageConfig
-from rlhf.ppo.engines import local_engine
-from rlhf.ppo.trainer import Roles, optimise, rollout
+from rlhf.stages.online_rl.loop import advantages_of, optimise
+from rlhf.stages.online_rl.roles import Roles, local_engine
+from rlhf.stages.online_rl.rollout import rollout
 
 p = argparse.ArgumentParser()
 p.add_argument("--vocab", type=int, default=512)
@@ -68,7 +71,7 @@ cfg = PPOStageConfig(rollout_batch_size=a.batch, mini_batch_size=a.batch // a.mi
                      micro_batch_size=a.micro_batch_size or None, learning_rate=1e-5, temperature=1.0)
 roles = Roles(policy=local_engine(policy, torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5), cfg),
               ref=ref.eval().requires_grad_(False), reward=reward.eval().requires_grad_(False),
-              value=local_engine(value, torch.optim.AdamW(value.parameters(), lr=cfg.learning_rate, eps=1e-5), cfg))
+              critic=local_engine(value, torch.optim.AdamW(value.parameters(), lr=cfg.learning_rate, eps=1e-5), cfg))
 
 g = torch.Generator().manual_seed(a.seed)
 prompts = torch.randint(2, a.vocab, (a.batch * a.updates, a.prompt_len), generator=g).tolist()
@@ -80,7 +83,9 @@ for update in range(a.updates):
     phases["generate_s"] += r.seconds["generate"]
     phases["score_s"] += r.seconds["score"]
     t = time.perf_counter()
-    optimise(roles, r, cfg, cfg.beta, tok, [], train_policy=True)
+    scores = shape_scores(r.raw_scores, r.ended, bias=0.0, clip=cfg.score_clip, no_eos_score=cfg.no_eos_score)
+    _, advantages, returns = advantages_of(r, scores, cfg, cfg.beta)
+    optimise(roles, r, advantages, returns, cfg, [], tok.pad_token_id)
     phases["train_s"] += time.perf_counter() - t
 wall = time.perf_counter() - t0
 n = a.batch * a.updates

@@ -4,7 +4,7 @@ prints one JSON line.
 
 Two ranks (torchrun, gloo; no GPU needed) train the tiny model one step per stage with the
 project's own DeepSpeed settings (conf/deepspeed/zero2.yaml, zero3.yaml, filled in by
-rlhf.distributed.engine_config; stage 0 is a plain engine) and a client AdamW. `--dtype bfloat16`
+rlhf.core.distributed.engine_config; stage 0 is a plain engine) and a client AdamW. `--dtype bfloat16`
 (the default) is mixed precision as GPU training runs it: bf16 weights and gradients, fp32 master
 weights and Adam moments (the ZeRO paper's 2+2+12 bytes a parameter); `--dtype float32` trains in
 fp32, where DeepSpeed still keeps an fp32 master partition at stage 2/3. Every number is read
@@ -54,7 +54,7 @@ def held_bytes(tensors, exclude=()) -> int:
 
 
 def ds_config(stage: int, model, dtype: str) -> dict:
-    from rlhf import distributed
+    from rlhf.core import distributed
 
     base = ({"zero_optimization": {"stage": 0}} if stage == 0 else
             OmegaConf.to_container(OmegaConf.load(ROOT / f"conf/deepspeed/zero{stage}.yaml").config))
@@ -127,7 +127,7 @@ def measure(stage: int, tok, dtype: str) -> dict:
 
 
 def worker(dtype: str) -> None:
-    from rlhf import distributed
+    from rlhf.core import distributed
     from rlhf.config import ModelConfig
     from rlhf.models import build_tiny_model, build_tiny_tokenizer
 

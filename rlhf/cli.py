@@ -1,4 +1,8 @@
-"""`rlhf`: compose the Hydra config, validate it, run one stage in runs/<run>/<stage>/."""
+"""`rlhf`: compose the Hydra config, validate it, run one stage in runs/<run>/<stage>/.
+
+`rlhf --list-stages` prints the stages `stage=pipeline` runs, in order (jobs/ reads it);
+`rlhf --list-stages=all` every stage with what it does.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,26 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from rlhf import distributed
+from rlhf import stages
 from rlhf.config import ConfigError, RLHFConfig
-from rlhf.config_check import check, register_schemas, to_config
+from rlhf.config.check import check, register_schemas, to_config
+from rlhf.core import distributed
+from rlhf.core.preemption import EXIT_PREEMPTED, Preempted
 from rlhf.pipeline import run_stages
-from rlhf.preemption import EXIT_PREEMPTED, Preempted
 
 log = logging.getLogger("rlhf")
 
-# conf/ sits beside the package in the checkout (the layout is fixed); an absolute path, because
-# Hydra would read a relative one as a Python package next to rlhf.cli.
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+def _conf_dir() -> Path:
+    """The Hydra configs: rlhf/conf/ when installed from a wheel (setup.py ships the top-level
+    conf/ as the package rlhf.conf), else conf/ beside the package, in a checkout and under an
+    editable install, so edits there show without a reinstall. An absolute path, because Hydra
+    would read a relative one as a Python package next to rlhf.cli."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return installed if (installed / "config.yaml").is_file() else package.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 register_schemas()
 
@@ -35,7 +48,7 @@ def _main(composed: DictConfig) -> None:
         cfg: RLHFConfig = to_config(composed)
         check(cfg)
         if cfg.model.gguf_package and not cfg.model.name_or_path:
-            from rlhf.offline import converted
+            from rlhf.models.offline import converted
 
             cfg.model.name_or_path = str(converted(cfg.model))
         if cfg.deepspeed.name != "none" and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true":
@@ -70,7 +83,20 @@ def _quiet_this_rank() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def list_stages(which: str) -> str:
+    if which == "all":
+        width = max(map(len, stages.STAGES))
+        rows = [f"{s.name:<{width}}  {s.summary}" + ("" if s.in_pipeline else "  (not in the pipeline)")
+                for s in stages.STAGES.values()]
+        return "\n".join([*rows, f"{stages.CHAIN:<{width}}  runs {' -> '.join(stages.pipeline_stages())}"])
+    return " ".join(stages.pipeline_stages())
+
+
 def main() -> None:
+    for arg in sys.argv[1:]:
+        if arg.split("=", 1)[0] == "--list-stages":
+            print(list_stages(arg.split("=", 1)[1] if "=" in arg else "pipeline"))
+            return
     sys.argv[:] = distributed.adopt_launcher_env(sys.argv)
     _main()
 

@@ -14,33 +14,18 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from rlhf.artifacts import sha256_of
+from rlhf.core.artifacts import sha256_of
 from rlhf.config import RLHFConfig
 from rlhf.data import describe_source
-
-# What each stage's result is (its existence is the first condition for skipping it).
-OUTPUTS = {"sft": "final", "rm": "final", "ppo": "final", "compare": "report.md"}
+from rlhf.stages import STAGES, output_path, resolve_inputs
 
 
 def upstream(cfg: RLHFConfig, stage: str) -> dict[str, str]:
-    """The models a stage reads, by role (None where a setting picks the default below)."""
-    run_dir = cfg.run_dir
-    if stage == "sft":
-        return {"init_from": cfg.sft.init_from or cfg.model.name_or_path or "tiny model"}
-    if stage == "rm":
-        return {"init_from": cfg.rm.init_from or str(run_dir / "sft" / "final")}
-    if stage == "ppo":
-        reward = cfg.ppo.reward_from or str(run_dir / "rm" / "final")
-        return {"policy_from": cfg.ppo.policy_from or str(run_dir / "sft" / "final"), "reward_from": reward,
-                "value_from": cfg.ppo.value_from or reward}
-    if stage == "compare":
-        c = cfg.compare
-        found = {"reward_from": c.reward_from or str(run_dir / "rm" / "final"),
-                 "reference_from": c.reference_from or str(run_dir / "sft" / "final")}
-        policies = c.policies or {"sft": str(run_dir / "sft" / "final"), "ppo": str(run_dir / "ppo" / "final")}
-        found.update({f"policy:{k}": v for k, v in sorted(policies.items())})
-        return found
-    return {}
+    """The models a stage reads, by role, as the stage registry resolves them (defaults included,
+    whether or not they exist yet)."""
+    found = {role: path or "tiny model" for role, path in resolve_inputs(cfg, stage, require=False).items()}
+    dynamic = STAGES[stage].dynamic_inputs
+    return {**found, **(dynamic(cfg) if dynamic else {})}
 
 
 def content_id(path: str) -> str:
@@ -60,7 +45,7 @@ def content_id(path: str) -> str:
 def fingerprint(cfg: RLHFConfig, stage: str) -> dict:
     """{"sha256": ..., "inputs": {...}}: the hash over the stage's settings and inputs."""
     settings = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
-    relevant = {k: settings[k] for k in ("seed", "model", "data", stage) if k in settings}
+    relevant = {k: settings[k] for k in ("seed", "model", "data", STAGES[stage].section) if k in settings}
     inputs = {"data": describe_source(cfg.data),
               **{role: {"path": path, "content": content_id(path)} for role, path in upstream(cfg, stage).items()}}
     blob = json.dumps({"settings": relevant, "inputs": inputs}, sort_keys=True, default=str)
@@ -68,7 +53,7 @@ def fingerprint(cfg: RLHFConfig, stage: str) -> dict:
 
 
 def output_hash(cfg: RLHFConfig, stage: str) -> str | None:
-    out = cfg.run_dir / stage / OUTPUTS[stage]
+    out = output_path(cfg, stage)
     return sha256_of(out) if out.exists() else None
 
 
@@ -79,5 +64,5 @@ def recorded(cfg: RLHFConfig, stage: str) -> dict:
 
 def up_to_date(cfg: RLHFConfig, stage: str, expected: str) -> bool:
     found = recorded(cfg, stage)
-    return ((cfg.run_dir / stage / OUTPUTS[stage]).exists() and found.get("status") == "completed"
+    return (output_path(cfg, stage).exists() and found.get("status") == "completed"
             and found.get("fingerprint") == expected)

@@ -1,5 +1,6 @@
-"""Running stages: one (`rlhf stage=sft`) or a chain (`rlhf stage=pipeline`, by default
-sft -> rm -> ppo -> compare in one run directory, `stages=[rm,ppo]` for a part of it).
+"""Running stages: one (`rlhf stage=sft`) or a chain (`rlhf stage=pipeline`: by default every
+pipeline stage of the registry in rlhf/stages/, sft -> rm -> ppo -> compare, in one run
+directory; `stages=[rm,ppo]` for a part of it).
 
 Every stage's manifest records its fingerprint (rlhf/lineage.py: the settings that shape its
 result and the content hashes of what it read) and the hash of what it wrote. The pipeline skips
@@ -18,27 +19,23 @@ import shutil
 
 from omegaconf import DictConfig, open_dict
 
-from rlhf import lineage
-from rlhf.artifacts import StageRun
+from rlhf import lineage, stages
 from rlhf.config import RLHFConfig, StageConfig
-from rlhf.distributed import barrier, is_main_process
+from rlhf.core.artifacts import StageRun
+from rlhf.core.distributed import barrier, is_main_process
 
 log = logging.getLogger("rlhf")
 
-# stage name -> module with `run(cfg: RLHFConfig, run: StageRun)`; imported on demand so that
-# `rlhf stage=prepare` does not pay for importing trainers it does not use.
-STAGE_MODULES = {"prepare": "rlhf.prepare", "sft": "rlhf.sft", "rm": "rlhf.reward", "ppo": "rlhf.ppo.trainer",
-                 "compare": "rlhf.compare", "generate": "rlhf.generate"}
-
 
 def run_stages(cfg: RLHFConfig, composed: DictConfig) -> None:
-    pipeline = cfg.stage.name == "pipeline"
-    for name in cfg.stages if pipeline else [cfg.stage.name]:
+    pipeline = cfg.stage.name == stages.CHAIN
+    for name in (cfg.stages or stages.pipeline_stages()) if pipeline else [cfg.stage.name]:
+        stage = stages.get(name)
         stage_cfg = dataclasses.replace(cfg, stage=StageConfig(name=name))
         stage_composed = copy.deepcopy(composed)
         with open_dict(stage_composed):
             stage_composed.stage.name = name
-        fingerprint = lineage.fingerprint(stage_cfg, name) if name in lineage.OUTPUTS else None
+        fingerprint = lineage.fingerprint(stage_cfg, name) if stage.output else None
         if pipeline and fingerprint:
             if lineage.up_to_date(stage_cfg, name, fingerprint["sha256"]):
                 log.info("%s: up to date (same settings and inputs as %s), skipped", name, stage_cfg.stage_dir)
@@ -48,9 +45,10 @@ def run_stages(cfg: RLHFConfig, composed: DictConfig) -> None:
         with StageRun(stage_cfg.stage_dir, stage_composed) as run:
             if fingerprint:
                 run.manifest.update(fingerprint=fingerprint["sha256"], lineage=fingerprint["inputs"])
-            importlib.import_module(STAGE_MODULES[name]).run(stage_cfg, run)
+            # imported here: `rlhf stage=prepare` does not pay for the trainers it does not use
+            importlib.import_module(stage.module).run(stage_cfg, run)
             if fingerprint and is_main_process():
-                run.manifest["outputs"] = {"path": str(stage_cfg.stage_dir / lineage.OUTPUTS[name]),
+                run.manifest["outputs"] = {"path": str(stages.output_path(stage_cfg, name)),
                                            "sha256": lineage.output_hash(stage_cfg, name)}
         gc.collect()  # the stage's models, before the next stage loads its own
 

@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,37 @@ EXAMPLES = ROOT / "data" / "examples"
 # Tests never reach a hub: fail fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def cli_command(*args: str, ranks: int = 1, master_port: int | None = None) -> list[str]:
+    """The command line of `rlhf ARGS` (`python -m rlhf.cli`, this interpreter); with ranks > 1,
+    under torchrun (`python -m torch.distributed.run --nproc_per_node RANKS`). For tests that
+    start the process themselves (Popen, to signal it mid-run); the others use run_cli."""
+    if ranks == 1:
+        return [sys.executable, "-m", "rlhf.cli", *args]
+    port = ["--master_port", str(master_port)] if master_port is not None else []
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), *port,
+            "-m", "rlhf.cli", *args]
+
+
+def run_cli(*args: str, cwd, expect: int = 0, timeout: float = 600, env: dict | None = None,
+            input: str | None = None, ranks: int = 1) -> subprocess.CompletedProcess:
+    """Runs `rlhf ARGS` in `cwd` and returns the finished process (text stdout and stderr); an
+    exit code other than `expect` fails the test with the tail of both streams. Also the
+    `run_cli` fixture (session scope, so fixtures of any scope can use it); module-level helpers
+    import it from here."""
+    __tracebackhide__ = True  # a failure points at the caller's line
+    out = subprocess.run(cli_command(*args, ranks=ranks), cwd=cwd, env=env, input=input, capture_output=True,
+                         text=True, timeout=timeout)
+    if out.returncode != expect:
+        pytest.fail(f"`rlhf {' '.join(args)}` in {cwd} exited {out.returncode}, expected {expect}:\n"
+                    f"--- stdout (tail)\n{out.stdout[-3000:]}\n--- stderr (tail)\n{out.stderr[-3000:]}")
+    return out
+
+
+@pytest.fixture(scope="session", name="run_cli")
+def run_cli_fixture():
+    return run_cli
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +69,17 @@ def write_lines(path: Path, lines: list) -> Path:
     """Writes each item as one line: dicts as JSON, strings verbatim (to plant bad JSON)."""
     path.write_text("".join((json.dumps(x) if not isinstance(x, str) else x) + "\n" for x in lines))
     return path
+
+
+def ppo_update(roles, r, p, beta: float) -> dict:
+    """One stage-3 update on rollout `r` as the loop runs it (scores, rewards, advantages,
+    optimise), returning the loop's stats."""
+    from rlhf.algos.rewards import shape_scores
+    from rlhf.models import reward_bias
+    from rlhf.stages.online_rl.loop import advantages_of, optimise, rollout_stats
+
+    scores = shape_scores(r.raw_scores, r.ended, bias=reward_bias(roles.reward), clip=p.score_clip,
+                          no_eos_score=p.no_eos_score)
+    kl, advantages, returns = advantages_of(r, scores, p, beta)
+    stats = optimise(roles, r, advantages, returns, p, [], pad_id=0, train_policy=True)
+    return {**stats, **rollout_stats(r, scores, kl, returns, beta)}

@@ -93,7 +93,7 @@ class DataBundle:
 def describe_source(cfg: DataConfig) -> dict:
     """What the records came from, for manifests: a content hash where it is a local file."""
     if cfg.path:
-        from rlhf.artifacts import sha256_of
+        from rlhf.core.artifacts import sha256_of
 
         return {"path": cfg.path, "sha256": sha256_of(Path(cfg.path)), "format": cfg.format.value}
     if cfg.hub_id:

@@ -1,0 +1,196 @@
+"""From Hydra's composed config to a checked `RLHFConfig` (the schema lives in schema.py):
+registering the schema, refusing keys it does not define, and the cross-field rules a type
+cannot express. The rules read the registries (stages, stage-3 algorithms, toy tasks), so this
+module sits above them, at the entry point's level; the schema itself imports nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from rlhf.config.schema import SPLITS, ConfigError, DataFormat, RLHFConfig
+
+
+def register_schemas() -> None:
+    ConfigStore.instance().store(name="rlhf_schema", node=RLHFConfig)
+
+
+def to_config(composed: DictConfig) -> RLHFConfig:
+    """The typed config. Hydra already rejects unknown keys and wrong types, except keys added
+    with `+key=value`, which pass into structured nodes silently; those are refused here."""
+    unknown = _unknown_keys(composed, RLHFConfig, "")
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}. Check the spelling; every "
+                          "field is defined and documented in rlhf/config/schema.py")
+    return OmegaConf.to_object(composed)
+
+
+def _unknown_keys(node: DictConfig, schema: type, prefix: str) -> list[str]:
+    hints = typing.get_type_hints(schema)
+    found = []
+    for key in node.keys():
+        if key not in hints:
+            found.append(prefix + str(key))
+        elif dataclasses.is_dataclass(hints[key]):
+            found += _unknown_keys(node[key], hints[key], f"{prefix}{key}.")
+    return found
+
+
+def check(cfg: RLHFConfig) -> None:
+    """Cross-field rules; raises one ConfigError listing every problem found."""
+    from rlhf import stages  # the registry: which stages exist, and the pipeline's order
+    from rlhf.algos import advantages, kl, policy_loss  # the stage-3 registries (imports torch)
+
+    problems: list[str] = []
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.run):
+        problems.append(f"run={cfg.run!r}: use letters, digits, '.', '_' or '-' (it names a folder)")
+    if cfg.stage.name not in (*stages.STAGES, stages.CHAIN):
+        problems.append(f"stage.name={cfg.stage.name!r}: choose one of {', '.join([*stages.STAGES, stages.CHAIN])}")
+
+    d = cfg.data
+    fractions = {name: getattr(d.splits, name) for name in SPLITS}
+    for name, value in fractions.items():
+        if not 0.0 <= value <= 1.0:
+            problems.append(f"data.splits.{name}={value}: a fraction must lie in [0, 1]")
+    unknown_shared = [s for s in d.splits.shared if s not in SPLITS]
+    if unknown_shared:
+        problems.append(f"data.splits.shared={d.splits.shared}: unknown split(s) {unknown_shared}; "
+                        f"choose from {list(SPLITS)}")
+    elif len(d.splits.shared) == 1:
+        problems.append("data.splits.shared needs two or more splits to share (or none)")
+    elif len({fractions[s] for s in d.splits.shared}) > 1:
+        shown = ", ".join(f"data.splits.{s}={fractions[s]}" for s in d.splits.shared)
+        problems.append(f"data.splits.shared={d.splits.shared}: shared splits get the same prompts, "
+                        f"so their fractions must be equal ({shown})")
+    total = _bucket_total(fractions, [] if unknown_shared else d.splits.shared)
+    if total > 1.0 + 1e-9:
+        problems.append(f"data.splits: the fractions {fractions} use {total:.3f} of the prompts "
+                        f"(more than 1); lower some of data.splits.sft/rm/ppo/eval")
+    if total <= 0.0:
+        problems.append("data.splits: every fraction is 0, so no prompt would be used")
+
+    if d.format is DataFormat.toy:
+        if d.path or d.hub_id:
+            problems.append(f"data.format=toy generates its data; data.path={d.path!r} and "
+                            f"data.hub_id={d.hub_id!r} must be null (or pick another data.format)")
+        t = d.toy
+        if not 1 <= t.min_items <= t.max_items:
+            problems.append(f"data.toy.min_items={t.min_items} and data.toy.max_items={t.max_items}: "
+                            "need 1 <= min_items <= max_items")
+        if t.responses_per_comparison < 2:
+            problems.append(f"data.toy.responses_per_comparison={t.responses_per_comparison}: "
+                            "a comparison needs K >= 2")
+        for name in ("flawed_fraction", "label_noise"):
+            if not 0.0 <= getattr(t, name) <= 1.0:
+                problems.append(f"data.toy.{name}={getattr(t, name)}: must lie in [0, 1]")
+        from rlhf.data.toy import TASKS
+
+        bad_tasks = [x for x in t.tasks if x not in TASKS]
+        if bad_tasks or not t.tasks:
+            problems.append(f"data.toy.tasks={t.tasks}: choose one or more of {sorted(TASKS)}")
+    elif not d.path and not d.hub_id:
+        problems.append(f"data.format={d.format.value} reads records: set data.path (a local file) "
+                        "or data.hub_id (a Hugging Face dataset)")
+    if d.max_records is not None and d.max_records < 1:
+        problems.append(f"data.max_records={d.max_records}: must be >= 1 (or null for all)")
+    for name in ("max_prompt_tokens", "max_response_tokens"):
+        if getattr(d, name) < 1:
+            problems.append(f"data.{name}={getattr(d, name)}: must be >= 1")
+
+    m = cfg.model
+    if m.dtype not in ("float32", "bfloat16", "float16"):
+        problems.append(f"model.dtype={m.dtype!r}: choose float32, bfloat16 or float16")
+    if m.name_or_path is None:
+        t = m.tiny
+        if t.hidden_size % t.num_attention_heads:
+            problems.append(f"model.tiny.hidden_size={t.hidden_size} must be divisible by "
+                            f"model.tiny.num_attention_heads={t.num_attention_heads}")
+        if d.max_prompt_tokens + d.max_response_tokens > t.max_position_embeddings:
+            problems.append(f"data.max_prompt_tokens + data.max_response_tokens = "
+                            f"{d.max_prompt_tokens + d.max_response_tokens} exceeds "
+                            f"model.tiny.max_position_embeddings={t.max_position_embeddings}")
+
+    for name in ("sft", "rm"):
+        t = getattr(cfg, name)
+        for key in ("per_device_batch_size", "gradient_accumulation_steps"):
+            if getattr(t, key) < 1:
+                problems.append(f"{name}.{key}={getattr(t, key)}: must be >= 1")
+        if t.max_steps <= 0 and t.epochs <= 0:
+            problems.append(f"{name}.epochs={t.epochs} and {name}.max_steps={t.max_steps}: set one of them > 0")
+        if not 0.0 <= t.dropout < 1.0:
+            problems.append(f"{name}.dropout={t.dropout}: must lie in [0, 1)")
+        if t.learning_rate <= 0:
+            problems.append(f"{name}.learning_rate={t.learning_rate}: must be > 0")
+
+    p = cfg.ppo
+    if p.mini_batch_size < 1 or p.rollout_batch_size % p.mini_batch_size:
+        problems.append(f"ppo.rollout_batch_size={p.rollout_batch_size} must be divisible by "
+                        f"ppo.mini_batch_size={p.mini_batch_size}")
+    if p.micro_batch_size is not None and (p.micro_batch_size < 1 or p.mini_batch_size % p.micro_batch_size):
+        problems.append(f"ppo.mini_batch_size={p.mini_batch_size} must be divisible by "
+                        f"ppo.micro_batch_size={p.micro_batch_size} (or set it to null)")
+    if (cfg.model.gguf_package is None) != (cfg.model.gguf_file is None):
+        problems.append("model.gguf_package and model.gguf_file go together: set both, or neither")
+    lora = cfg.model.lora
+    if lora.enabled and (lora.r < 1 or lora.alpha <= 0):
+        problems.append(f"model.lora.r={lora.r}, model.lora.alpha={lora.alpha}: both must be positive")
+    c = cfg.compare
+    bad_modes = [m for m in c.modes if m not in ("sampled", "greedy")]
+    if bad_modes or not c.modes:
+        problems.append(f"compare.modes={list(c.modes)}: choose from sampled, greedy")
+    if not 0.0 < c.confidence < 1.0:
+        problems.append(f"compare.confidence={c.confidence}: must lie in (0, 1)")
+    if c.policies is not None and not (isinstance(c.policies, dict) and all(
+            isinstance(v, str) for v in c.policies.values())):
+        problems.append(f"compare.policies={c.policies!r}: give a dict of name -> folder, hub id or bon:<n>, e.g. "
+                        "compare.policies='{sft: runs/a/sft/final, bon4: \"bon:4\"}'")
+    for name, spec in (c.policies if isinstance(c.policies, dict) else {}).items():
+        if spec.startswith("bon:") and not (spec[4:].isdigit() and int(spec[4:]) >= 1):
+            problems.append(f"compare.policies.{name}={spec!r}: write bon:<n> with n >= 1, e.g. bon:4")
+    if isinstance(c.policies, dict) and c.policies and c.baseline not in c.policies:
+        problems.append(f"compare.baseline={c.baseline!r} is not one of compare.policies ({', '.join(c.policies)})")
+    for registry, name in ((advantages.ADVANTAGES, p.advantage), (policy_loss.POLICY_LOSSES, p.policy_loss),
+                           (kl.KL_ESTIMATORS, p.kl_estimator)):
+        if registry.problem(name):
+            problems.append(registry.problem(name))
+    if p.samples_per_prompt < 1 or p.rollout_batch_size % p.samples_per_prompt:
+        problems.append(f"ppo.rollout_batch_size={p.rollout_batch_size} counts responses, so it must be divisible "
+                        f"by ppo.samples_per_prompt={p.samples_per_prompt} (>= 1)")
+    if p.ema_decay is not None and not 0.0 < p.ema_decay < 1.0:
+        problems.append(f"ppo.ema_decay={p.ema_decay}: must lie in (0, 1), or null for no EMA")
+    if p.temperature <= 0:
+        problems.append(f"ppo.temperature={p.temperature}: must be > 0")
+    if p.max_new_tokens is not None and p.max_new_tokens > cfg.data.max_response_tokens:
+        problems.append(f"ppo.max_new_tokens={p.max_new_tokens} exceeds data.max_response_tokens="
+                        f"{cfg.data.max_response_tokens}, the longest response the SFT and RM saw")
+    chain = stages.pipeline_stages()
+    if cfg.stages is not None:
+        order = [s for s in chain if s in cfg.stages]
+        if not cfg.stages or list(cfg.stages) != order:
+            problems.append(f"stages={list(cfg.stages)}: choose from {chain}, each once, in that order")
+    ds = cfg.deepspeed
+    if ds.name != "none":
+        stage = (ds.config or {}).get("zero_optimization", {}).get("stage")
+        if stage not in (0, 1, 2, 3):
+            problems.append(f"deepspeed={ds.name}: deepspeed.config.zero_optimization.stage={stage!r}; choose 0-3")
+        elif stage == 3 and lora.enabled:
+            problems.append("model.lora.enabled=true with ZeRO-3 is not supported yet (the adapter merge needs the "
+                            "whole weights on one rank): use deepspeed=zero2, whose parameters are whole on every rank")
+        elif stage == 3 and p.ema_decay is not None:
+            problems.append("ppo.ema_decay with ZeRO-3 is not supported (the EMA would average weight shards): "
+                            "use deepspeed=zero2, or ppo.ema_decay=null")
+
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _bucket_total(fractions: dict[str, float], shared: list[str]) -> float:
+    """Share of the prompt space the splits use; shared splits use one bucket together."""
+    if len(shared) < 2:
+        return sum(fractions.values())
+    return sum(v for k, v in fractions.items() if k not in shared) + max(fractions[s] for s in shared)

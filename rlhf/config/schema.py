@@ -1,0 +1,355 @@
+"""Structured configs: the one place where every option is defined and documented.
+
+Hydra composes `conf/config.yaml` on top of `RLHFConfig` (registered as the schema
+`rlhf_schema`), so an unknown key or a value of the wrong type fails at composition with the
+full key named. `rlhf/config/check.py` registers the schema, turns the composed config into
+these dataclasses and adds the cross-field rules that a type cannot express. The YAML files
+under conf/ only hold choices that differ from the defaults below. The stages themselves, and
+the order the pipeline runs them in, are listed once, in the stage registry (rlhf/stages/).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+SPLITS = ("sft", "rm", "ppo", "eval")
+
+
+class ConfigError(ValueError):
+    """A config that composes but cannot run; the message names every field involved."""
+
+
+class DataFormat(enum.Enum):
+    """How the rows of a data source map onto records (see data/README.md for each format)."""
+
+    toy = "toy"  # the built-in generator; no file
+    demonstration = "demonstration"  # prompt, response -> Demonstration
+    messages = "messages"  # chat messages ending in an assistant turn -> Demonstration
+    pairwise = "pairwise"  # prompt, chosen, rejected (+ margin) -> Comparison with K=2
+    ranked = "ranked"  # prompt, responses ranked best-first (OASST-style) -> K-wise Comparison
+    hh_rlhf = "hh_rlhf"  # Anthropic HH-RLHF chosen/rejected transcripts -> Comparison
+    oasst = "oasst"  # OpenAssistant message trees (one message a row) -> K-wise Comparisons of ranked replies
+    prompt = "prompt"  # prompt only -> Prompt (PPO / eval prompts)
+
+
+# What to do with a bad record. raise: stop at the first one with an error naming it;
+# skip: drop bad records, count them by reason and report the counts. (Built with the functional
+# API because OmegaConf matches enum *names* and `raise` is a Python keyword.)
+OnError = enum.Enum("OnError", {"raise": "raise", "skip": "skip"})
+
+
+@dataclass
+class FieldMap:
+    """Column names in the source rows (`data.fields.prompt=question` for a dataset that calls
+    its prompt column `question`). Dotted names reach into nested objects (`meta.question`)."""
+
+    prompt: str = "prompt"
+    response: str = "response"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    margin: str = "margin"  # optional column; absent or null means no margin
+    responses: str = "responses"  # ranked format: list of strings best-first, or of objects
+    response_text: str = "text"  # ranked format, object elements: the text key
+    response_rank: str = "rank"  # ranked format, object elements: rank key (0 = best; equal = tie)
+    messages: str = "messages"  # messages format
+    message_id: str = "message_id"  # oasst format: the message's id, its parent's, and its author
+    parent_id: str = "parent_id"
+    role: str = "role"  # "prompter" or "assistant"
+
+
+@dataclass
+class SplitConfig:
+    """Fractions of prompts per split, assigned by a hash of the prompt (not its position), so a
+    prompt lands in the same split on every run, rank and machine."""
+
+    sft: float = 0.4
+    rm: float = 0.3
+    ppo: float = 0.2
+    eval: float = 0.1
+    salt: str = "rlhf-v1"  # changing it reshuffles every prompt; keep it fixed across stages
+    # Splits listed here get the same prompts (e.g. [sft, rm] trains SFT and RM on one set of
+    # prompts, as many public recipes do); their fractions must be equal. Empty: no prompt lands
+    # in two splits.
+    shared: List[str] = field(default_factory=list)
+
+
+@dataclass
+class ToyConfig:
+    """The built-in task (data/README.md): sort a short list of digits as instructed."""
+
+    seed: int = 0
+    num_prompts: int = 12000
+    tasks: List[str] = field(default_factory=lambda: ["ascending", "descending"])  # or "reverse"
+    min_items: int = 3
+    max_items: int = 6
+    flawed_fraction: float = 0.3  # share of demonstrations with one deliberate flaw
+    responses_per_comparison: int = 4  # K of each K-wise comparison
+    label_noise: float = 0.1  # chance that a comparison's ranking has one adjacent pair swapped
+
+
+@dataclass
+class DataConfig:
+    name: str = "toy"  # label used in manifests and per-source metrics
+    format: DataFormat = DataFormat.toy
+    # Where records come from: `path` (a local jsonl/json/parquet/csv file, .gz allowed, or a
+    # folder of such files) or `hub_id` (datasets.load_dataset). `path` wins when both are set
+    # so that a hub dataset config can be pointed at a local copy with data.path=...
+    path: Optional[str] = None
+    hub_id: Optional[str] = None
+    hub_name: Optional[str] = None  # the dataset's config name (load_dataset's `name`)
+    hub_data_dir: Optional[str] = None  # a folder inside the dataset repo (HH: harmless-base)
+    hub_split: str = "train"
+    hub_revision: Optional[str] = None
+    fields: FieldMap = field(default_factory=FieldMap)
+    on_error: OnError = OnError["raise"]
+    max_records: Optional[int] = None  # read at most this many rows (quick trials); null = all
+    # Comparisons also give their best (untied) response as a demonstration, so that preference
+    # data alone can feed SFT ("SFT on chosen"). Off for data that has its own demonstrations.
+    demonstrations_from_comparisons: bool = False
+    max_prompt_tokens: int = 256  # formatted prompt, chat template included
+    max_response_tokens: int = 128  # response tokens including the closing EOS
+    splits: SplitConfig = field(default_factory=SplitConfig)
+    toy: ToyConfig = field(default_factory=ToyConfig)
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the built-in Llama-style model, built from this config (no download)."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 2048  # rotary positions: no parameters, so generous is free
+    seed: int = 0  # initial weights
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft) instead of full fine-tuning, in every training stage. The RM's and the
+    critic's score head trains in full; PPO's reference is the policy with its adapter switched
+    off (no second copy). A stage's `final/` is the merged plain checkpoint the next stage
+    loads; the adapter alone goes to `final_adapter/`."""
+
+    enabled: bool = False
+    r: int = 16  # adapter rank
+    alpha: int = 32  # scaling numerator: updates are scaled by alpha / r
+    dropout: float = 0.0
+    target_modules: Any = "all-linear"  # peft's name, or a list of module names such as [q_proj, v_proj]
+
+
+@dataclass
+class ModelConfig:
+    # A hub id or local folder in Hugging Face format; null builds the tiny model.
+    name_or_path: Optional[str] = None
+    revision: Optional[str] = None
+    # Off by default: loading a model must not run code from its repository unless asked.
+    trust_remote_code: bool = False
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    # Jinja chat template that replaces the tokenizer's own; null keeps the tokenizer's, and a
+    # tokenizer without one uses the plain template of rlhf/data/formatting.py.
+    chat_template: Optional[str] = None
+    # A GGUF file shipped inside a pip package (model=smollm2_135m_offline): converted once into
+    # a Hugging Face folder in ~/.cache/rlhf/models ($RLHF_CACHE), which becomes name_or_path.
+    gguf_package: Optional[str] = None
+    gguf_file: Optional[str] = None
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class DeepSpeedConfig:
+    name: str = "none"
+    # The DeepSpeed JSON config as a mapping ("auto" where the HF integration fills a value).
+    config: Dict[str, Any] = field(default_factory=dict)
+
+
+class LoggerBackend(enum.Enum):
+    tensorboard = "tensorboard"  # event files in runs/<run>/<stage>/logs (tensorboard --logdir runs)
+    wandb = "wandb"  # Weights & Biases (pip install wandb; WANDB_MODE=offline works without network)
+    none = "none"  # metrics only in the console, rlhf.log and manifest.json
+
+
+@dataclass
+class LoggerConfig:
+    backend: LoggerBackend = LoggerBackend.tensorboard
+    wandb_project: str = "rlhf"  # wandb only; the wandb run is named <run>/<stage>
+    every_steps: int = 10  # optimizer steps between logged training metrics
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by the trainer-based stages (SFT, RM)."""
+
+    # Start from this checkpoint (local folder or hub id); null = the stage's default (see stage).
+    init_from: Optional[str] = None
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 stops after this many optimizer steps, overriding epochs
+    per_device_batch_size: int = 32  # examples per device per micro-step (RM: comparisons)
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-5
+    lr_scheduler: str = "cosine"  # any transformers scheduler name (linear, constant, ...)
+    warmup: float = 0.05  # < 1: fraction of the steps; >= 1: a number of steps
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # global gradient clipping
+    dropout: float = 0.0  # every dropout probability the model config has (InstructGPT SFT: 0.2)
+    eval_every_steps: int = 100  # eval-split loss every N optimizer steps (0: only at the end)
+    save_every_steps: int = 500  # checkpoints in <stage>/checkpoints every N steps (0: none)
+    save_total_limit: int = 2  # keep only the newest N checkpoints
+
+
+@dataclass
+class SFTStageConfig(TrainConfig):
+    """Stage 1. init_from null = model.name_or_path (the tiny model: freshly built)."""
+
+    packing: bool = False  # concatenate examples into full sequences (trl's BFD packing)
+    # Toy task only: gold score of generations on this many eval prompts after training.
+    gold_eval_prompts: int = 256
+    max_new_tokens: Optional[int] = None  # gold evaluation's generation length; null = data.max_response_tokens
+
+
+@dataclass
+class RMStageConfig(TrainConfig):
+    """Stage 2. init_from null = runs/<run>/sft/final."""
+
+    # After training, shift scores so the sft split's demonstrations score mean 0 (InstructGPT).
+    normalize: bool = True
+    normalize_max_demonstrations: int = 2048  # demonstrations scored to estimate mean and std
+
+
+@dataclass
+class PPOStageConfig:
+    """Stage 3 (rlhf/stages/online_rl/): online RL against the reward model. The algorithm is
+    the registered pieces named here (conf/algo/ picks a coherent set: `algo=ppo` is InstructGPT's
+    PPO); names follow InstructGPT and Huang et al. 2024."""
+
+    # --- the algorithm (registries in rlhf/algos/; an unknown name lists the valid ones)
+    advantage: str = "gae"  # advantage estimator; "gae" trains a critic (value model), critic-free ones none
+    policy_loss: str = "ppo_clip"  # clipped surrogate
+    # --- inputs (null = this run's outputs, from the stage registry)
+    policy_from: Optional[str] = None  # null = runs/<run>/sft/final; also the frozen reference
+    reward_from: Optional[str] = None  # null = runs/<run>/rm/final (with its normalisation)
+    value_from: Optional[str] = None  # null = reward_from: the critic starts as the reward model
+    # --- rollout
+    updates: int = 100  # rollout-then-optimise rounds
+    rollout_batch_size: int = 64  # responses sampled per update (prompts x samples_per_prompt), all ranks
+    samples_per_prompt: int = 1  # responses per prompt; they share a group id (group baselines use it)
+    temperature: float = 1.0  # sampling: top_k 0, top_p 1, the policy's own distribution as PPO's math assumes
+    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
+    no_eos_score: float = -5.0  # RM score given to a response that never emitted EOS (normalised units)
+    score_clip: Optional[float] = None  # clip RM scores to +-this before use
+    # --- reward = RM score on the last token - beta * KL per token
+    kl_estimator: str = "k1"  # k1 | k3 (rlhf/algos/kl.py)
+    beta: float = 0.02  # InstructGPT's KL coefficient
+    kl_target: Optional[float] = None  # set (e.g. 6.0 nats) for Ziegler's adaptive beta
+    kl_horizon: int = 10000
+    whiten_rewards: bool = False  # normalise the per-token rewards of each batch (mean kept)
+    # --- optimisation
+    mini_batch_size: int = 32  # responses per optimizer step; must divide rollout_batch_size
+    # responses per forward (rollout scoring) and forward/backward pass (training); null =
+    # mini_batch_size. Lower it to save activation memory: gradients accumulate, so the optimizer
+    # step is the same. Must divide mini_batch_size.
+    micro_batch_size: Optional[int] = None
+    ppo_epochs: int = 4  # passes over each rollout batch
+    learning_rate: float = 1e-5  # policy
+    max_grad_norm: float = 1.0  # global clipping, policy and critic each
+    gamma: float = 1.0  # discount (GAE)
+    lam: float = 0.95  # GAE's lambda
+    clip: float = 0.2  # policy ratio clip
+    entropy_coef: float = 0.0
+    # PPO-ptx: + ptx_coef x LM loss on the sft split's demonstrations (InstructGPT: 27.8); 0 = off
+    ptx_coef: float = 0.0
+    ptx_batch_size: int = 16
+    ema_decay: Optional[float] = None  # e.g. 0.992 (InstructGPT): save an EMA of the policy weights
+    # --- the critic (only with an estimator that uses one)
+    value_learning_rate: Optional[float] = None  # null = learning_rate
+    value_clip: float = 0.2
+    vf_coef: float = 0.1
+    critic_warmup_updates: int = 0  # train only the critic for the first N updates
+    # --- evaluation and checkpoints
+    eval_every_updates: int = 10  # gold score / RM score on eval prompts (0: start and end only)
+    eval_prompts: int = 256
+    save_every_updates: int = 50  # resumable checkpoint in <stage>/checkpoints (0: only at the end)
+
+
+@dataclass
+class CompareConfig:
+    """`rlhf stage=compare`: policies side by side on held-out prompts (rlhf/compare.py)."""
+
+    # name -> checkpoint folder, hub id, or "bon:<n>": the best of n samples of `bon_from`, picked
+    # by the reward model. null = this run's sft and ppo policies (those that exist), bon:4, and
+    # the base model when model.name_or_path names one. On the command line:
+    # compare.policies='{sft: runs/a/sft/final, ppo_b: runs/b/ppo/final, bon8: "bon:8"}'
+    policies: Any = None  # a dict, or null (typed Any: Hydra cannot merge a new dict into a typed one)
+    baseline: str = "sft"  # win rates are each policy's against this one
+    reward_from: Optional[str] = None  # the judging RM; null = runs/<run>/rm/final
+    reference_from: Optional[str] = None  # KL is measured to this policy; null = runs/<run>/sft/final
+    bon_from: Optional[str] = None  # the policy bon:<n> samples from; null = reference_from
+    prompts: int = 256  # held-out prompts, the first of the eval split
+    samples_per_prompt: int = 4  # sampled answers per prompt and policy (seeds seed, seed+1, ...)
+    modes: List[str] = field(default_factory=lambda: ["sampled", "greedy"])
+    temperature: float = 1.0  # of the sampled mode
+    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
+    batch_size: int = 64  # prompts per generation batch
+    bootstrap_resamples: int = 1000  # confidence intervals: resampling prompts with replacement
+    confidence: float = 0.95
+    examples: int = 3  # prompts shown side by side in report.md
+    ppo_logs: Optional[str] = None  # TensorBoard logs for training curves; null = runs/<run>/ppo/logs
+    from_results: Optional[str] = None  # a results.json: rebuild report.md and plots, no sampling
+
+
+@dataclass
+class GenerateConfig:
+    """`rlhf stage=generate`: print a policy's answers (rlhf/generate.py)."""
+
+    policy: Optional[str] = None  # folder or hub id; null = runs/<run>/ppo/final, else sft/final
+    prompt: Optional[str] = None  # one prompt; with neither this nor prompts_file, read prompts from stdin
+    prompts_file: Optional[str] = None  # a text file, one prompt per line
+    num_samples: int = 1  # answers per prompt
+    greedy: bool = False
+    temperature: float = 1.0
+    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
+
+
+@dataclass
+class StageConfig:
+    name: str = "prepare"  # which stage `rlhf` runs: a name of the stage registry (`rlhf --list-stages`) or pipeline
+
+
+@dataclass
+class PrepareConfig:
+    examples_per_split: int = 1  # formatted examples printed per split, to eyeball the template
+
+
+@dataclass
+class RLHFConfig:
+    run: str = "default"  # run name: outputs go to <runs_dir>/<run>/<stage>/
+    runs_dir: str = "runs"
+    seed: int = 0
+    stage: StageConfig = field(default_factory=StageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    rm: RMStageConfig = field(default_factory=RMStageConfig)
+    ppo: PPOStageConfig = field(default_factory=PPOStageConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    # stage=pipeline: the stages it runs, in the registry's order (`rlhf --list-stages`; null = all
+    # of them); each is skipped when its output exists with the same settings and inputs
+    # (rlhf/lineage.py).
+    stages: Optional[List[str]] = None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.run
+
+    @property
+    def stage_dir(self) -> Path:
+        """runs/<run>/<stage>: the same on every rank, as it holds no timestamp."""
+        return self.run_dir / self.stage.name

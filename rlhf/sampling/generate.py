@@ -1,0 +1,149 @@
+"""Sampling from a policy: the one sampler every stage calls (SFT's gold evaluation, stage 3's
+rollouts, compare, best-of-n, generate), and the log-probabilities of given responses.
+
+Prompts are formatted by the data layer and left-padded, so every sequence in a batch ends at
+the same column and generation continues each prompt flush. A response ends at its first EOS;
+what a batch generates after that is padding and is cut off here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from rlhf.core.ops import entropy_from_logits, pad_right, positions
+from rlhf.data import encode_prompts
+from rlhf.data.records import PromptLike
+from rlhf.models import unwrap
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt: PromptLike
+    text: str  # decoded response, special tokens removed
+    token_ids: tuple[int, ...]  # response tokens, up to and including the first EOS
+    ended: bool  # an EOS closed it within max_new_tokens
+    logprob: float  # sum of log pi(token) over token_ids at the sampling temperature, kept as sampled
+
+
+@torch.no_grad()
+def sample(model, input_ids, attention_mask, *, max_new_tokens: int, temperature: float, eos_id: int,
+           pad_id: int, min_new_tokens: int = 0, greedy: bool = False):
+    """Pure sampling (top_k 0, top_p 1) with a KV cache, or greedy decoding, keeping each token's
+    log-prob and the step's entropy as it goes: PPO's rollout forward pass is the sampling itself,
+    not a second pass over the finished sequences. Only one position's logits exist at a time.
+    Returns (responses, logprobs, entropy), each [B, <= max_new_tokens]; PAD after a row's EOS."""
+    # transformers renamed past_key_values to cache (5.x); accept either
+    # (read from the transformers model inside a peft wrapper, whose forward takes **kwargs)
+    cache_arg = "cache" if "cache" in inspect.signature(unwrap(model).forward).parameters else "past_key_values"
+    cache = DynamicCache(config=model.config)
+    attention_mask = attention_mask.clone()
+    position = positions(attention_mask)[:, -1:]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
+                   use_cache=True, logits_to_keep=1, **{cache_arg: cache}).logits[:, -1]
+    finished = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+    tokens, logprobs, entropies = [], [], []
+    for step in range(max_new_tokens):
+        scaled = logits.float() / temperature
+        if step < min_new_tokens:
+            scaled[:, eos_id] = float("-inf")
+        logp = torch.log_softmax(scaled, -1)
+        token = logp.argmax(-1) if greedy else _draw(logp)
+        token = torch.where(finished, pad_id, token)
+        tokens.append(token)
+        logprobs.append(logp.gather(1, token[:, None]).squeeze(1))
+        entropies.append(-(logp.exp() * logp).nan_to_num().sum(-1))
+        finished |= token == eos_id
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        # a finished row goes on reading PAD; what it computes there is masked out later
+        attention_mask = torch.cat([attention_mask, torch.ones_like(token)[:, None]], 1)
+        position = position + 1
+        logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position,
+                       use_cache=True, **{cache_arg: cache}).logits[:, -1]
+    return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(entropies, 1)
+
+
+def response_logprobs(model, sequences, attention_mask, prompt_len: int, temperature: float,
+                      with_entropy: bool = False):
+    """Log-probabilities of the response tokens under `model` at `temperature`, from one forward
+    pass over the response positions' logits only (no full-sequence log-softmax kept)."""
+    # logits_to_keep: the LM head runs on the response positions only, not on the prompt's
+    response_len = sequences.shape[1] - prompt_len
+    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=positions(attention_mask),
+                   logits_to_keep=response_len + 1).logits[:, :-1].float()
+    if temperature != 1.0:  # skip a full copy of the logits when there is nothing to divide
+        logits = logits / temperature
+    targets = sequences[:, prompt_len:]
+    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+    return (logprobs, entropy_from_logits(logits)) if with_entropy else (logprobs, None)
+
+
+@torch.no_grad()
+def response_logprob_sums(model, tokenizer, samples: Sequence[Sample], temperature: float,
+                          batch_size: int = 64) -> torch.Tensor:
+    """[len(samples)] sum of log pi(token) over each sample's response tokens (to and including
+    its EOS) at `temperature`: one term of a sampled KL estimate between two policies."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums = []
+    try:
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start:start + batch_size]
+            prompts = tokenizer.pad({"input_ids": encode_prompts(tokenizer, [s.prompt for s in chunk])},
+                                    padding_side="left", return_tensors="pt")
+            responses, mask = pad_right([s.token_ids for s in chunk], tokenizer.pad_token_id)
+            sequences = torch.cat([prompts["input_ids"], responses], 1).to(device)
+            attention = torch.cat([prompts["attention_mask"], mask], 1).to(device)
+            logprobs, _ = response_logprobs(model, sequences, attention, prompts["input_ids"].shape[1], temperature)
+            sums.append((logprobs * mask.to(device)).sum(1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(sums) if sums else torch.zeros(0)
+
+
+def _draw(logp: torch.Tensor) -> torch.Tensor:
+    """One token per row from exp(logp), by inverse CDF: one uniform number per row. As exact as
+    torch.multinomial, which on CPU draws far more random numbers (measured at 64 x 4096 on
+    2 cores: 8.0 ms a call vs 0.48 ms, in a decoding step of ~30 ms)."""
+    cdf = logp.exp().cumsum(-1)
+    u = torch.rand(len(cdf), 1, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[PromptLike], *, max_new_tokens: int,
+             greedy: bool = False, temperature: float = 1.0, batch_size: int = 64,
+             seed: int | None = None) -> list[Sample]:
+    """Pure sampling (top_k 0, top_p 1) at `temperature`, or greedy decoding."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator_state = None
+    if seed is not None:
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+    samples: list[Sample] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start:start + batch_size])
+            batch = tokenizer.pad({"input_ids": encode_prompts(tokenizer, chunk)}, padding_side="left",
+                                  return_tensors="pt").to(device)
+            responses, logprobs, _ = sample(model, batch["input_ids"], batch["attention_mask"],
+                                     max_new_tokens=max_new_tokens, temperature=temperature,
+                                     eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, greedy=greedy)
+            for prompt, row, row_logprobs in zip(chunk, responses.tolist(), logprobs):
+                ended = tokenizer.eos_token_id in row
+                ids = row[: row.index(tokenizer.eos_token_id) + 1] if ended else row
+                samples.append(Sample(prompt, tokenizer.decode(ids, skip_special_tokens=True), tuple(ids), ended,
+                                      row_logprobs[: len(ids)].sum().item()))
+    finally:
+        if generator_state is not None:
+            torch.random.set_rng_state(generator_state)
+        model.train(was_training)
+    return samples

@@ -1,0 +1,159 @@
+"""The stage registry: every stage's name, module, inputs (with their defaults) and output, in
+the order the pipeline runs them. The pipeline, lineage, the config checks, compare's and
+generate's default policies, the "run stage X first" errors and jobs/ (through `rlhf
+--list-stages`) all read it. Adding a stage means an entry below, its module (a function
+`run(cfg, stage_run)`) and conf/stage/<name>.yaml.
+
+Imports nothing heavy: `rlhf --list-stages` and the config checks read it before any model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from rlhf.config import ConfigError, RLHFConfig
+
+CHAIN = "pipeline"  # stage=pipeline runs the registered pipeline stages in order (rlhf/pipeline.py)
+
+
+@dataclass(frozen=True)
+class Input:
+    """A model a stage reads, set by `<section>.<field>`; when that is null, the default is
+    the output of `produced_by` in this run, or the value of another input (`same_as`), or the
+    configured base model (`base_model`: model.name_or_path, the tiny model when null)."""
+
+    field: str
+    produced_by: Optional[str] = None
+    same_as: Optional[str] = None
+    base_model: bool = False
+    needed: Optional[Callable[[RLHFConfig], bool]] = None  # null: always read
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    module: str  # holds `run(cfg: RLHFConfig, stage_run: StageRun)`
+    summary: str  # one line for `rlhf --list-stages -v` and the docs
+    section: str  # the config section with its options: cfg.<section>
+    inputs: tuple[Input, ...] = ()
+    output: Optional[str] = None  # under runs/<run>/<name>/: what later stages read; its existence means done
+    produces_policy: bool = False  # compare and generate default to the policies of such stages
+    in_pipeline: bool = False  # stage=pipeline may run it (in the registry's order)
+    # extra inputs resolved at run time, by role (compare's policies); merged into the lineage
+    dynamic_inputs: Optional[Callable[[RLHFConfig], dict[str, str]]] = None
+
+
+def _uses_critic(cfg: RLHFConfig) -> bool:
+    from rlhf.algos.advantages import needs_critic  # (torch: only when a stage-3 config is read)
+
+    return needs_critic(cfg.ppo.advantage)
+
+
+def _compare_policies(cfg: RLHFConfig) -> dict[str, str]:
+    return {f"policy:{name}": spec for name, spec in sorted(compare_policies(cfg, require=False).items())}
+
+
+_REGISTERED = (
+    Stage("prepare", "rlhf.stages.prepare", "load, validate, split and tokenize the data; print the summary",
+          "prepare"),
+    Stage("sft", "rlhf.stages.sft", "stage 1: supervised fine-tuning on demonstrations", "sft",
+          inputs=(Input("init_from", base_model=True),), output="final", produces_policy=True, in_pipeline=True),
+    Stage("rm", "rlhf.stages.reward_model", "stage 2: reward model on pairwise and K-wise comparisons", "rm",
+          inputs=(Input("init_from", produced_by="sft"),), output="final", in_pipeline=True),
+    Stage("ppo", "rlhf.stages.online_rl.loop", "stage 3: online RL against the reward (PPO by default, algo=...)",
+          "ppo", inputs=(Input("policy_from", produced_by="sft"), Input("reward_from", produced_by="rm"),
+                         Input("value_from", same_as="reward_from", needed=_uses_critic)),
+          output="final", produces_policy=True, in_pipeline=True),
+    Stage("compare", "rlhf.stages.compare", "the policies side by side on held-out prompts", "compare",
+          inputs=(Input("reward_from", produced_by="rm"), Input("reference_from", produced_by="sft"),
+                  Input("bon_from", same_as="reference_from")),
+          output="report.md", in_pipeline=True, dynamic_inputs=_compare_policies),
+    Stage("generate", "rlhf.stages.generate", "print a policy's answers to prompts", "generate"),
+)
+STAGES: dict[str, Stage] = {s.name: s for s in _REGISTERED}
+
+
+def get(name: str) -> Stage:
+    if name not in STAGES:
+        raise ConfigError(f"stage={name!r}: choose one of {', '.join([*STAGES, CHAIN])}")
+    return STAGES[name]
+
+
+def pipeline_stages() -> list[str]:
+    """What stage=pipeline runs by default, in order."""
+    return [s.name for s in STAGES.values() if s.in_pipeline]
+
+
+def stage_dir(cfg: RLHFConfig, name: str) -> Path:
+    """runs/<run>/<name>: where a stage of this run writes."""
+    return cfg.run_dir / name
+
+
+def output_path(cfg: RLHFConfig, name: str) -> Path:
+    return stage_dir(cfg, name) / STAGES[name].output
+
+
+def resolve_inputs(cfg: RLHFConfig, name: str, *, require: bool = True) -> dict[str, Optional[str]]:
+    """field -> the folder or hub id the stage reads (None: the tiny model, built fresh). With
+    `require`, a default that another stage should have written but has not is an error that
+    says which stage to run."""
+    stage = STAGES[name]
+    section = getattr(cfg, stage.section)
+    found: dict[str, Optional[str]] = {}
+    for item in stage.inputs:
+        if item.needed is not None and not item.needed(cfg):
+            continue
+        given = getattr(section, item.field)
+        if given is not None:
+            found[item.field] = given
+        elif item.same_as:
+            found[item.field] = found[item.same_as]
+        elif item.base_model:
+            found[item.field] = cfg.model.name_or_path
+        else:
+            path = output_path(cfg, item.produced_by)
+            if require and not path.exists():
+                raise ConfigError(f"{stage.section}.{item.field} is null, so {name} reads {path}, which does not "
+                                  f"exist: run `rlhf stage={item.produced_by} run={cfg.run}` first, or set "
+                                  f"{stage.section}.{item.field}=<folder or hub id>")
+            found[item.field] = str(path)
+    return found
+
+
+def policy_stages() -> list[str]:
+    return [s.name for s in STAGES.values() if s.produces_policy]
+
+
+def compare_policies(cfg: RLHFConfig, *, require: bool = True) -> dict[str, str]:
+    """compare.policies, or by default: the base model (when model.name_or_path names one), this
+    run's policies that exist (every stage that produces one), and bon:4."""
+    c = cfg.compare
+    if c.policies:
+        return dict(c.policies)
+    policies = {"base": cfg.model.name_or_path} if cfg.model.name_or_path else {}
+    for name in policy_stages():
+        if output_path(cfg, name).exists():
+            policies[name] = str(output_path(cfg, name))
+    if require and "sft" not in policies:
+        raise ConfigError(f"compare.policies is empty, so compare uses this run's stages, but "
+                          f"{output_path(cfg, 'sft')} does not exist: run `rlhf stage=sft run={cfg.run}` first, or "
+                          "set compare.policies")
+    policies["bon:4"] = "bon:4"
+    if require and c.baseline not in policies:
+        raise ConfigError(f"compare.baseline={c.baseline!r} is not among the default policies {list(policies)}")
+    return policies
+
+
+def latest_policy(cfg: RLHFConfig) -> str:
+    """generate's default: the policy of the last stage (in pipeline order) that wrote one in this
+    run, else the base model."""
+    for name in reversed(policy_stages()):
+        if output_path(cfg, name).exists():
+            return str(output_path(cfg, name))
+    if cfg.model.name_or_path:
+        return cfg.model.name_or_path  # the base model, before any stage ran
+    written = " or ".join(f"{n}/{STAGES[n].output}" for n in reversed(policy_stages()))
+    raise ConfigError(f"generate.policy is null and run {cfg.run!r} has no {written} in {cfg.run_dir}: "
+                      f"set generate.policy=<folder or hub id>, or train with `rlhf stage=sft run={cfg.run}`")

@@ -1,0 +1,161 @@
+"""`rlhf stage=compare`: the policies each stage produced, side by side on held-out prompts.
+
+    policies  named checkpoints or hub ids (default: this run's sft and ppo), and bon:<n>, the
+              best of n samples of a base policy picked by the reward model: the classic
+              baseline PPO must beat
+    answers   the eval split's first `compare.prompts` prompts; in sampled mode
+              `samples_per_prompt` answers each with seeds seed, seed+1, ... (the same prompts and
+              seeds for every policy), in greedy mode one
+    measures  RM score (normalised), gold score (toy task), KL to the reference (sampled
+              estimate of sum log pi/pi_ref per answer; for bon:<n> the analytic
+              log n - (n-1)/n), answer length, EOS rate, distinct-1/2; win rates against
+              `compare.baseline` by RM and by gold, ties as halves, with bootstrap confidence
+              intervals over prompts
+    outputs   runs/<run>/compare/: report.md, results.json, samples.jsonl, *.png
+
+report.md and the plots are drawn from results.json alone, so `compare.from_results=<file>`
+redraws them without sampling. Under torchrun the prompts are shared out across ranks and rank
+0 gathers the answers and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from rlhf.config import ConfigError, RLHFConfig
+from rlhf.core import distributed
+from rlhf.core.artifacts import StageRun, write_atomic, write_json
+from rlhf.core.distributed import is_main_process
+from rlhf.data import load_data
+from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
+from rlhf.sampling import Sample, best_of_n, generate, response_logprob_sums, score
+from rlhf.stages import compare_policies, resolve_inputs, stage_dir
+from rlhf.stages.compare.report import training_curves, write_report
+from rlhf.stages.compare.stats import bon_kl, summarise
+
+log = logging.getLogger(__name__)
+
+BON_SEED_OFFSET = 1_000_003  # bon:<n>'s candidates use seeds apart from the sampled mode's
+
+
+def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
+    c = cfg.compare
+    out = cfg.stage_dir
+    if c.from_results:
+        path = Path(c.from_results)
+        if not path.is_file():
+            raise ConfigError(f"compare.from_results={path}: no such file (a results.json of an earlier compare)")
+        results = json.loads(path.read_text())
+        write_report(results, out)
+        stage_run.metrics["from_results"] = str(path)
+        return
+
+    policies = compare_policies(cfg)
+    inputs = resolve_inputs(cfg, "compare")
+    reward_from, reference_from, bon_from = inputs["reward_from"], inputs["reference_from"], inputs["bon_from"]
+    tokenizer = load_tokenizer(cfg.model)
+    bundle = load_data(cfg.data, tokenizer)
+    prompts = [x.prompt for x in bundle.require("eval", "prompts")][: c.prompts]
+    max_new_tokens = c.max_new_tokens or cfg.data.max_response_tokens
+    mine = list(range(distributed.rank(), len(prompts), distributed.world_size()))  # this rank's share of the prompts
+    stage_run.manifest["inputs"] = {"policies": policies, "reward_from": reward_from, "reference_from": reference_from,
+                              "bon_from": bon_from, "prompts": len(prompts)}
+
+    rm = load_reward_model(cfg.model, tokenizer, reward_from).eval()
+    reference = load_causal_lm(cfg.model, tokenizer, reference_from).eval()
+    records: list[dict] = []
+    from tqdm.auto import tqdm
+
+    # one step per batch of answers: samples_per_prompt (+1 greedy) per policy, n per bon:<n> sample
+    steps = sum(c.samples_per_prompt * int(spec[4:]) * ("sampled" in c.modes) if spec.startswith("bon:") else
+                c.samples_per_prompt * ("sampled" in c.modes) + ("greedy" in c.modes) for spec in policies.values())
+    progress = tqdm(total=steps, desc="compare", unit="pass", disable=not is_main_process())
+    for name, spec in policies.items():
+        log.info("compare: answering with %s (%s)", name, spec)
+        progress.set_postfix(policy=name)
+        if spec.startswith("bon:"):
+            if "sampled" not in c.modes:
+                continue
+            base = reference if bon_from == reference_from else load_causal_lm(cfg.model, tokenizer, bon_from).eval()
+            records += _best_of_n(name, int(spec[4:]), base, bon_from == reference_from, rm, tokenizer,
+                                  bundle.gold_scorer, prompts, mine, cfg, max_new_tokens)
+            progress.update(c.samples_per_prompt * int(spec[4:]))
+            continue
+        policy = _load_policy(cfg, tokenizer, name, spec)
+        for mode in c.modes:
+            seeds = [cfg.seed + j for j in range(c.samples_per_prompt)] if mode == "sampled" else [cfg.seed]
+            for j, seed in enumerate(seeds):
+                answers = generate(policy, tokenizer, [prompts[i] for i in mine], max_new_tokens=max_new_tokens,
+                                   greedy=mode == "greedy", temperature=c.temperature, batch_size=c.batch_size,
+                                   seed=seed)
+                kl = None
+                if mode == "sampled":  # the policy's log-probs come from sampling; the reference's need a pass
+                    kl = (torch.tensor([a.logprob for a in answers])
+                          - response_logprob_sums(reference, tokenizer, answers, c.temperature, c.batch_size))
+                records += _records(name, mode, j, mine, answers, rm, tokenizer, bundle.gold_scorer, kl, "sampled")
+                progress.update(1)
+        del policy
+    progress.close()
+
+    records = distributed.gather_objects(records)
+    if not is_main_process():
+        return
+    records.sort(key=lambda r: (r["policy"], r["mode"], r["prompt_index"], r["sample"]))
+    write_atomic(out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    results = summarise(records, cfg, policies, prompts)
+    results["training_curves"] = training_curves(Path(c.ppo_logs) if c.ppo_logs else stage_dir(cfg, "ppo") / "logs")
+    write_json(out / "results.json", results)
+    write_report(results, out)
+    stage_run.metrics.update({f"{mode}/{name}/{k}": v.get("mean", v.get("value")) if isinstance(v, dict) else v
+                        for mode, table in results["modes"].items() for name, row in table.items()
+                        for k, v in row.items() if k in ("rm_score", "gold_score", "win_rate_rm", "win_rate_gold")
+                        and v is not None})
+    log.info("compare: %s", out / "report.md")
+
+
+def _load_policy(cfg: RLHFConfig, tokenizer, name: str, spec: str):
+    try:
+        return load_causal_lm(cfg.model, tokenizer, spec).eval()
+    except OSError as e:  # what transformers raises for a folder or hub id it cannot find
+        raise ConfigError(f"compare.policies.{name}={spec!r}: cannot load it ({e}); give a Hugging Face folder "
+                          "(e.g. runs/<run>/ppo/final), a hub id, or bon:<n>") from e
+
+
+def _records(name, mode, sample, indices, answers: list[Sample], rm, tokenizer, gold_scorer, kl, kl_method,
+             rm_scores=None):
+    if rm_scores is None:
+        rm_scores = score(rm, tokenizer, [a.prompt for a in answers], [a.text for a in answers])
+    rows = []
+    for k, (i, a) in enumerate(zip(indices, answers)):
+        rows.append({"policy": name, "mode": mode, "prompt_index": i, "sample": sample, "prompt": a.prompt,
+                     "response": a.text, "rm_score": float(rm_scores[k]),
+                     "gold_score": float(gold_scorer(a.prompt, a.text)) if gold_scorer else None,
+                     "kl": float(kl[k]) if kl is not None else None, "kl_method": kl_method if kl is not None else None,
+                     "tokens": len(a.token_ids), "ended": a.ended})
+    return rows
+
+
+def _best_of_n(name, n, base, base_is_reference, rm, tokenizer, gold_scorer, prompts, mine, cfg,
+               max_new_tokens) -> list[dict]:
+    """Sampled mode only: best-of-n of greedy answers would be the greedy answer."""
+    c = cfg.compare
+    rows = []
+    for j in range(c.samples_per_prompt):
+        picks = best_of_n(base, rm, tokenizer, [prompts[i] for i in mine],
+                          seeds=[cfg.seed + BON_SEED_OFFSET + j * n + k for k in range(n)],
+                          max_new_tokens=max_new_tokens, temperature=c.temperature, batch_size=c.batch_size)
+        kl = torch.full((len(picks.best),), bon_kl(n)) if base_is_reference else None
+        chosen = _records(name, "sampled", j, mine, picks.best, rm, tokenizer, gold_scorer, kl, "analytic",
+                          picks.best_scores)
+        for i, row in enumerate(chosen):  # the n candidates stay in samples.jsonl, beside the pick
+            row["candidates"] = [{"response": cand[i].text, "rm_score": float(picks.scores[k, i])}
+                                 for k, cand in enumerate(picks.candidates)]
+        rows += chosen
+    return rows
+
+
+

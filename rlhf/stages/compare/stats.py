@@ -1,0 +1,102 @@
+"""Compare's statistics, pure functions of the per-answer records (tested against hand-computed
+cases): win rates, bootstrap intervals, distinct-n, best-of-n's analytic KL, and the summary that
+results.json holds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rlhf.config import RLHFConfig
+
+
+def per_prompt_wins(scores: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """[prompts, samples] scores of a policy and the baseline, sample j against sample j ->
+    [prompts] share won, a tie counting one half."""
+    return ((scores > baseline) + 0.5 * (scores == baseline)).mean(1)
+
+
+def bootstrap_ci(values: np.ndarray, resamples: int, confidence: float, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-prompt `values`, resampling prompts."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct n-grams over all n-grams of the answers (whitespace words): low = repetitive."""
+    grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def bon_kl(n: int) -> float:
+    """KL of best-of-n to its base policy: the analytic value Stiennon et al. (2020) and Gao et al.
+    (2022) use (exact with no ties among the n samples, an upper bound otherwise)."""
+    return math.log(n) - (n - 1) / n
+
+
+def summarise(records: list[dict], cfg: RLHFConfig, policies: dict[str, str], prompts: list) -> dict:
+    """Everything report.md and the plots show, from the per-answer records alone."""
+    c = cfg.compare
+    ci = dict(resamples=c.bootstrap_resamples, confidence=c.confidence, seed=cfg.seed)
+    modes: dict[str, dict] = {}
+    for mode in c.modes:
+        rows = {name: [r for r in records if r["policy"] == name and r["mode"] == mode] for name in policies}
+        rows = {name: rs for name, rs in rows.items() if rs}
+        if not rows:
+            continue
+        table = {}
+        base = rows.get(c.baseline)
+        for name, rs in rows.items():
+            entry: dict = {"answers": len(rs)}
+            for metric in ("rm_score", "gold_score", "kl"):
+                if rs[0][metric] is None:
+                    entry[metric] = None
+                    continue
+                per_prompt = _matrix(rs, metric, len(prompts)).mean(1)
+                low, high = bootstrap_ci(per_prompt, **ci)
+                entry[metric] = {"mean": float(per_prompt.mean()), "low": low, "high": high}
+            entry["kl_method"] = rs[0]["kl_method"]
+            entry["tokens"] = float(np.mean([r["tokens"] for r in rs]))
+            entry["eos_rate"] = float(np.mean([r["ended"] for r in rs]))
+            entry["distinct_1"] = distinct_n([r["response"] for r in rs], 1)
+            entry["distinct_2"] = distinct_n([r["response"] for r in rs], 2)
+            for metric, key in (("rm_score", "win_rate_rm"), ("gold_score", "win_rate_gold")):
+                entry[key] = None
+                if base is None or name == c.baseline or rs[0][metric] is None:
+                    continue
+                mine, theirs = _matrix(rs, metric, len(prompts)), _matrix(base, metric, len(prompts))
+                samples = min(mine.shape[1], theirs.shape[1])
+                wins = per_prompt_wins(mine[:, :samples], theirs[:, :samples])
+                low, high = bootstrap_ci(wins, **ci)
+                entry[key] = {"value": float(wins.mean()), "low": low, "high": high}
+            table[name] = entry
+        modes[mode] = table
+    examples = []
+    for i in range(min(c.examples, len(prompts))):
+        found = {r["policy"]: r["response"] for r in records
+                 if r["prompt_index"] == i and r["sample"] == 0 and r["mode"] == c.modes[0]}
+        answers = {name: found[name] for name in policies if name in found}
+        examples.append({"prompt": _prompt_text(prompts[i]), "mode": c.modes[0], "answers": answers})
+    return {"run": cfg.run, "policies": policies, "baseline": c.baseline, "prompts": len(prompts),
+            "samples_per_prompt": c.samples_per_prompt, "temperature": c.temperature, "seed": cfg.seed,
+            "confidence": c.confidence, "bootstrap_resamples": c.bootstrap_resamples, "modes": modes,
+            "examples": examples}
+
+
+def _matrix(rows: list[dict], metric: str, prompts: int) -> np.ndarray:
+    """[prompts, samples] of one policy and mode."""
+    samples = 1 + max(r["sample"] for r in rows)
+    out = np.full((prompts, samples), np.nan)
+    for r in rows:
+        out[r["prompt_index"], r["sample"]] = r[metric]
+    if np.isnan(out).any():
+        raise ValueError(f"{rows[0]['policy']}/{rows[0]['mode']}: missing answers for some prompts or samples")
+    return out
+
+
+def _prompt_text(prompt) -> str:
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]

@@ -1,0 +1,297 @@
+"""Stage 3, `rlhf stage=ppo`: online RL against the reward model (InstructGPT's objective).
+
+    for each update:
+        prompts     the next rollout_batch_size / samples_per_prompt prompts of the ppo split
+        rollout     samples_per_prompt responses each, with reference log-probs, the critic's
+                    values (when there is one) and reward-model scores (rollout.py)
+        rewards     the normalised score on the last token (no_eos_score for an unfinished
+                    response), -beta * KL to the reference on every token (rlhf/algos/rewards.py)
+        advantages  the registered estimator `ppo.advantage` (gae: GAE, whitened over all ranks)
+        optimise    ppo_epochs x minibatches of the registered `ppo.policy_loss` (+ vf_coef x the
+                    critic's clipped value loss, + ptx_coef x LM loss on demonstrations: PPO-ptx),
+                    each minibatch's gradients accumulated over micro-batches into one step
+        log, evaluate, checkpoint
+
+PPO is the default set of pieces (conf/algo/ppo.yaml): a critic, `gae`, `ppo_clip`. trl 1.16 has
+no PPO trainer (removed in 1.13), so this loop is ours. The roles are built in roles.py, with or
+without DeepSpeed; the loop is the same either way. With several ranks each samples its share
+of the prompts (whole groups), and statistics that need the whole batch are taken over all ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Optional
+
+import torch
+
+from rlhf.algos.advantages import ADVANTAGES, AdvantageInput, needs_critic
+from rlhf.algos.critic import explained_variance, value_loss
+from rlhf.algos.kl import KLController, kl_per_token
+from rlhf.algos.policy_loss import POLICY_LOSSES
+from rlhf.algos.rewards import shape_scores, token_rewards
+from rlhf.config import ConfigError, RLHFConfig
+from rlhf.core import distributed
+from rlhf.core.artifacts import StageRun, save_final
+from rlhf.core.distributed import full_weights, is_main_process, module_of
+from rlhf.core.ops import masked_mean, masked_whiten, pad_right
+from rlhf.core.preemption import stop_request
+from rlhf.core.tracking import Tracker
+from rlhf.data import describe_source, encode_prompts, encode_responses, load_data
+from rlhf.data.stream import Stream
+from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer, reward_bias
+from rlhf.sampling import gold_evaluation, response_logprobs
+from rlhf.stages import resolve_inputs
+from rlhf.stages.online_rl.checkpoint import load_latest, save_checkpoint
+from rlhf.stages.online_rl.roles import Roles, build_roles, micro_rows
+from rlhf.stages.online_rl.rollout import Rollout, rollout, token_values
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
+    p = cfg.ppo
+    check_batch_sizes(p)
+    inputs = resolve_inputs(cfg, "ppo")
+    max_new_tokens = p.max_new_tokens or cfg.data.max_response_tokens
+    torch.manual_seed(cfg.seed + distributed.rank())  # ranks draw different samples
+    random.seed(cfg.seed)
+
+    tokenizer = load_tokenizer(cfg.model)
+    data = load_data(cfg.data, tokenizer)
+    prompts = Stream([x.prompt for x in data.require("ppo", "prompts")], seed=cfg.seed)
+    eval_prompts = [x.prompt for x in data.require("eval", "prompts")][: p.eval_prompts]
+    ptx_examples = encode_demonstrations(tokenizer, data.require("sft", "demonstrations")) if p.ptx_coef > 0 else []
+    stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), **inputs}
+    stage_run.manifest["data"] = data.summary()
+
+    roles = load_roles(cfg, tokenizer, inputs)
+    kl_ctl = KLController(p.beta, p.kl_target, p.kl_horizon)
+    ema = EMA(module_of(roles.policy), p.ema_decay) if p.ema_decay else None
+    start = 0
+    resumed = load_latest(cfg.stage_dir / "checkpoints", roles)
+    if resumed:
+        path, saved = resumed
+        start = saved["update"]
+        kl_ctl.load_state_dict(saved["kl"])
+        prompts.load_state_dict(saved["prompts"])
+        log.info("resumed from %s at update %d", path, start)
+    tracker = Tracker(cfg.logger, cfg.stage_dir, "ppo")
+    stop = stop_request()
+
+    def checkpoint(update: int):
+        return save_checkpoint(cfg.stage_dir / "checkpoints", roles, update,
+                               {"kl": kl_ctl.state_dict(), "prompts": prompts.state_dict()})
+
+    def evaluate(step: int) -> dict:
+        metrics = evaluate_policy(roles, tokenizer, eval_prompts, data.gold_scorer, max_new_tokens, cfg.seed)
+        tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
+        return metrics
+
+    if start == 0:
+        stage_run.metrics.update({f"start_{k}": v for k, v in evaluate(0).items()})
+    from tqdm.auto import tqdm
+
+    bias = reward_bias(module_of(roles.reward))
+    progress = tqdm(range(start, p.updates), desc="ppo", disable=not is_main_process(), initial=start,
+                    total=p.updates)
+    for update in progress:
+        batch_prompts, groups = next_prompts(prompts, p)
+        r = rollout(roles, tokenizer, encode_prompts(tokenizer, batch_prompts), p, max_new_tokens, groups)
+        scores = shape_scores(r.raw_scores, r.ended, bias=bias, clip=p.score_clip, no_eos_score=p.no_eos_score)
+        kl, advantages, returns = advantages_of(r, scores, p, kl_ctl.beta)
+
+        started = time.perf_counter()
+        stats = optimise(roles, r, advantages, returns, p, ptx_examples, tokenizer.pad_token_id,
+                         train_policy=update >= p.critic_warmup_updates)
+        stats.update(rollout_stats(r, scores, kl, returns, kl_ctl.beta))
+        stats.update({f"time_{k}_s": v for k, v in r.seconds.items()}, time_train_s=time.perf_counter() - started)
+        if data.gold_scorer is not None:
+            stats["gold_score"] = sum(data.gold_scorer(q, t) for q, t in zip(batch_prompts, r.texts)) / len(r.texts)
+        stats = distributed.mean_over_ranks(stats)
+
+        kl_ctl.update(stats["kl"], p.rollout_batch_size)
+        if ema is not None:
+            ema.update()
+        stats["beta"] = kl_ctl.beta
+        tracker.log(stats, update + 1)
+        progress.set_postfix(score=f"{stats['score']:.2f}", kl=f"{stats['kl']:.2f}",
+                             gold=f"{stats.get('gold_score', float('nan')):.3f}")
+        stage_run.metrics["last_update"] = stats
+        done = update + 1
+        if p.eval_every_updates and done % p.eval_every_updates == 0 and done < p.updates:
+            evaluate(done)
+        if stop.requested():  # SIGTERM / SIGUSR1: checkpoint this update, then exit
+            stop.stop(str(checkpoint(done)))
+        if p.save_every_updates and done % p.save_every_updates == 0:
+            checkpoint(done)
+
+    if ema is not None:
+        ema.apply()
+    stage_run.metrics.update({f"final_{k}": v for k, v in evaluate(p.updates).items()})
+    stage_run.metrics["updates"] = p.updates
+    tracker.close()
+    checkpoint(p.updates)
+    stage_run.manifest["distributed"] = {role: distributed.describe(model, cfg) for role, model in roles.all().items()}
+    save_final(roles.policy, tokenizer, cfg.stage_dir / "final")
+    log.info("stage 3 (%s) done: %s", p.advantage, {k: v for k, v in stage_run.metrics.items() if k != "last_update"})
+    log.info("final policy: %s", cfg.stage_dir / "final")
+
+
+# ---- set-up ----
+
+def check_batch_sizes(p) -> None:
+    """Batch sizes count responses across all ranks; each rank needs whole groups of them, and
+    whole shares of a minibatch."""
+    world = distributed.world_size()
+    prompts_per_update = p.rollout_batch_size // p.samples_per_prompt
+    if prompts_per_update % world or p.mini_batch_size % world or (p.mini_batch_size // world) % micro_rows(p):
+        raise ConfigError(f"with {world} ranks, the prompts of an update (ppo.rollout_batch_size="
+                          f"{p.rollout_batch_size} / ppo.samples_per_prompt={p.samples_per_prompt}) and "
+                          f"ppo.mini_batch_size={p.mini_batch_size} must be divisible by {world}, and each rank's "
+                          f"share of a minibatch ({p.mini_batch_size // world}) by ppo.micro_batch_size="
+                          f"{p.micro_batch_size}; change one of them")
+
+
+def load_roles(cfg: RLHFConfig, tokenizer, inputs: dict[str, str]) -> Roles:
+    """Policy, critic (when the advantage estimator uses one), reward model and reference.
+    Dropout is off in all of them: it would make the sampling policy and the one being optimised
+    differ, and the PPO ratio would no longer start at 1."""
+    ds_config = cfg.deepspeed.config if cfg.deepspeed.name != "none" else {}
+    with distributed.sharded_loading(ds_config, inputs["policy_from"], cfg.model.dtype, cfg.model.trust_remote_code):
+        # (keyword order is load order)
+        return build_roles(cfg, policy=load_causal_lm(cfg.model, tokenizer, inputs["policy_from"]),
+                           critic=(load_reward_model(cfg.model, tokenizer, inputs["value_from"])
+                                   if needs_critic(cfg.ppo.advantage) else None),
+                           reward=load_reward_model(cfg.model, tokenizer, inputs["reward_from"]),
+                           ref=None if cfg.model.lora.enabled else load_causal_lm(cfg.model, tokenizer,
+                                                                                  inputs["policy_from"]))
+
+
+def encode_demonstrations(tokenizer, demos) -> list[tuple[list[int], list[int]]]:
+    """PPO-ptx's examples, tokenized once as SFT saw them: (prompt ids, response ids)."""
+    return list(zip(encode_prompts(tokenizer, [d.prompt for d in demos]),
+                    encode_responses(tokenizer, [d.response for d in demos])))
+
+
+def next_prompts(stream: Stream, p) -> tuple[list, torch.Tensor]:
+    """This rank's prompts of the next update, each repeated samples_per_prompt times, and the
+    group id (the prompt's index in the update) of every copy."""
+    drawn = stream.take(p.rollout_batch_size // p.samples_per_prompt)
+    mine = range(distributed.rank(), len(drawn), distributed.world_size())
+    groups = [i for i in mine for _ in range(p.samples_per_prompt)]
+    return [drawn[i] for i in groups], torch.tensor(groups)
+
+
+def evaluate_policy(roles: Roles, tokenizer, prompts, gold_scorer, max_new_tokens: int, seed: int) -> dict:
+    if gold_scorer is None:
+        return {}
+    # Every rank evaluates all prompts (same seed, same result): simpler than sharing them out.
+    with full_weights(roles.policy) as policy:
+        return gold_evaluation(policy, tokenizer, prompts, gold_scorer, max_new_tokens=max_new_tokens, seed=seed)
+
+
+class EMA:
+    """An exponential moving average of the policy's weights (InstructGPT: 0.992), saved as the
+    final policy in place of the last weights."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.module, self.decay = module, decay
+        self.weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for k, v in self.module.state_dict().items():
+            self.weights[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+
+    def apply(self) -> None:
+        self.module.load_state_dict(self.weights)
+
+
+# ---- the algorithm ----
+
+def advantages_of(r: Rollout, scores: torch.Tensor, p, beta: float):
+    """(kl [B, R], advantages [B, R], returns [B, R] or None) from the registered estimator."""
+    kl = kl_per_token(r.logprobs, r.ref_logprobs, p.kl_estimator) * r.mask
+    rewards = token_rewards(kl, scores, r.mask, beta)
+    total = distributed.sum_over_ranks  # batch statistics over every rank's responses
+    if p.whiten_rewards:
+        rewards = masked_whiten(rewards, r.mask, shift_mean=False, total=total)
+    advantages, returns = ADVANTAGES[p.advantage](
+        AdvantageInput(rewards=rewards, scores=scores, values=r.values, mask=r.mask, groups=r.groups, total=total), p)
+    return kl, advantages, returns
+
+
+def optimise(roles: Roles, r: Rollout, advantages: torch.Tensor, returns: Optional[torch.Tensor], p,
+             ptx_examples: list, pad_id: int, train_policy: bool = True) -> dict[str, float]:
+    """ppo_epochs passes over the rollout in shuffled minibatches; returns the mean losses."""
+    policy_loss = POLICY_LOSSES[p.policy_loss]
+    sums: dict[str, float] = {}
+    steps = 0
+    for _ in range(p.ppo_epochs):
+        for idx in torch.randperm(len(r.mask)).split(p.mini_batch_size // distributed.world_size()):
+            step: dict[str, float] = {}
+            tokens = r.mask[idx].sum().clamp(min=1)
+            # Micro-batches accumulate gradients into one optimizer step: the same update as one
+            # pass over the minibatch (each loss weighted by its share of the minibatch's
+            # response tokens, so token means stay exact), with a fraction of the activations.
+            # The engines step after every micro-batch and apply the update (clipped) on the last.
+            micros = idx.split(micro_rows(p))
+            for i, micro in enumerate(micros):
+                seq, att, m = r.sequences[micro], r.attention_mask[micro], r.mask[micro]
+                weight = m.sum() / tokens
+                parts: dict[str, torch.Tensor] = {}
+                if roles.critic is not None:
+                    values = token_values(roles.critic, seq, att, r.prompt_len)
+                    v_loss, v_clip = value_loss(values, r.values[micro], returns[micro], m, p.value_clip)
+                    roles.critic.backward(weight * p.vf_coef * v_loss, scale_wrt_gas=False)
+                    roles.critic.step()
+                    parts.update(value_loss=v_loss, value_clipfrac=v_clip)
+                if train_policy:
+                    logprobs, entropy = response_logprobs(roles.policy, seq, att, r.prompt_len, p.temperature,
+                                                          with_entropy=p.entropy_coef > 0)
+                    pg_loss, pg_stats = policy_loss(logprobs, r.logprobs[micro], advantages[micro], m, p)
+                    loss = pg_loss
+                    if entropy is not None:
+                        loss = loss - p.entropy_coef * masked_mean(entropy, m)
+                    loss = weight * loss
+                    if ptx_examples and i == len(micros) - 1:  # PPO-ptx, in the minibatch's last backward
+                        chosen = random.sample(ptx_examples, min(p.ptx_batch_size, len(ptx_examples)))
+                        ptx = ptx_loss(roles.policy, chosen, pad_id)
+                        loss = loss + p.ptx_coef * ptx
+                        step["ptx_loss"] = ptx.item()
+                    roles.policy.backward(loss, scale_wrt_gas=False)
+                    roles.policy.step()
+                    parts.update(policy_loss=pg_loss, **pg_stats)
+                for k, v in parts.items():
+                    step[k] = step.get(k, 0.0) + (weight * v).item()
+            for k, v in step.items():
+                sums[k] = sums.get(k, 0.0) + v
+            steps += 1
+    return {k: v / steps for k, v in sums.items()}
+
+
+def ptx_loss(policy, examples: list[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:
+    """Mean LM loss on demonstrations' response tokens (prompt ids, response ids), as SFT saw them."""
+    input_ids, attention_mask = pad_right([p + r for p, r in examples], pad_id)
+    labels, _ = pad_right([[-100] * len(p) + r for p, r in examples], -100)
+    return policy(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+
+
+def rollout_stats(r: Rollout, scores: torch.Tensor, kl: torch.Tensor, returns: Optional[torch.Tensor],
+                  beta: float) -> dict[str, float]:
+    """What to watch together: score up with length up and KL running away is reward hacking."""
+    stats = {
+        "score": scores.mean().item(),
+        "score_raw": r.raw_scores.mean().item(),
+        "kl": kl.sum(1).mean().item(),  # per sequence, nats
+        "non_score_reward": (-beta * kl).sum(1).mean().item(),
+        "entropy": masked_mean(r.entropy, r.mask).item(),
+        "response_length": r.mask.sum(1).mean().item(),
+        "eos_rate": r.ended.float().mean().item(),
+    }
+    if r.values is not None and returns is not None:
+        stats["explained_variance"] = explained_variance(r.values, returns, r.mask).item()
+    return stats

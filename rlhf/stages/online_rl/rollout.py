@@ -1,0 +1,102 @@
+"""Stage 3's rollout: prompts in, scored responses out.
+
+Each prompt is answered `samples_per_prompt` times (the copies share a group id); every
+response is sampled from the policy (temperature T, top_k 0, top_p 1) and cut after its first
+EOS, keeping each token's log-prob as it is sampled; then one forward pass each of the reference,
+the critic (when there is one) and the reward model, in chunks of micro-batch rows to bound the
+memory of the reference's logits. Turning scores into rewards is the loop's business, not this.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from rlhf.core.distributed import full_weights, module_of
+from rlhf.core.ops import positions
+from rlhf.models import unwrap
+from rlhf.sampling import response_logprobs, sample
+from rlhf.stages.online_rl.roles import Roles, micro_rows
+
+
+@dataclass
+class Rollout:
+    sequences: torch.Tensor  # [B, P + R] left-padded prompt, then the response, then padding
+    attention_mask: torch.Tensor  # [B, P + R]
+    mask: torch.Tensor  # [B, R] 1 on response tokens up to and including the first EOS
+    logprobs: torch.Tensor  # [B, R] under the policy that sampled them (logits / T)
+    ref_logprobs: torch.Tensor  # [B, R] under the frozen reference
+    values: Optional[torch.Tensor]  # [B, R] the critic's, before each token; None without a critic
+    raw_scores: torch.Tensor  # [B] the reward model's output, before normalisation
+    ended: torch.Tensor  # [B] bool: the response emitted EOS
+    entropy: torch.Tensor  # [B, R]
+    groups: torch.Tensor  # [B] the prompt each response answers
+    texts: list[str]  # decoded responses
+    seconds: dict[str, float]  # wall time of this rollout's phases: generate, score
+
+    @property
+    def prompt_len(self) -> int:
+        return self.sequences.shape[1] - self.mask.shape[1]
+
+
+def eos_mask(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, ended): mask is 1 up to and including the first EOS (all ones if none)."""
+    is_eos = responses == eos_id
+    ended = is_eos.any(1)
+    first = torch.where(ended, is_eos.float().argmax(1), torch.full_like(ended, responses.shape[1], dtype=torch.long))
+    idx = torch.arange(responses.shape[1], device=responses.device)
+    return (idx[None, :] <= first[:, None]).long(), ended
+
+
+def token_values(critic, sequences, attention_mask, prompt_len: int) -> torch.Tensor:
+    """The critic's value before each response token: the score head on every position's
+    hidden state (a sequence classifier reads only the last one)."""
+    model = unwrap(module_of(critic))  # with LoRA: the adapters stay active, the score head is peft's copy
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=sequences, attention_mask=attention_mask,
+                      position_ids=positions(attention_mask)).last_hidden_state
+    return model.score(hidden[:, prompt_len - 1:-1]).squeeze(-1).float()
+
+
+@torch.no_grad()
+def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tokens: int,
+            groups: Optional[torch.Tensor] = None, min_new_tokens: int = 0) -> Rollout:
+    """`prompt_ids` are formatted prompts (rlhf.data.encode_prompts), one row per response;
+    `groups` their prompt ids (default: each its own). min_new_tokens > 0 holds EOS back until
+    then (the throughput benchmark samples fixed-length responses)."""
+    roles.policy.eval()
+    start = time.perf_counter()
+    batch = tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt")
+    prompt_len = batch["input_ids"].shape[1]
+    with full_weights(roles.policy) as policy:  # ZeRO-3: gathered once per rollout, not per token
+        responses, logprobs, entropy = sample(policy, batch["input_ids"], batch["attention_mask"],
+                                              max_new_tokens=max_new_tokens, temperature=p.temperature,
+                                              eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                                              min_new_tokens=min_new_tokens)
+    mask, ended = eos_mask(responses, tokenizer.eos_token_id)
+    responses = torch.where(mask.bool(), responses, tokenizer.pad_token_id)  # tokens after EOS -> PAD
+    logprobs, entropy = logprobs * mask, entropy * mask
+    sequences = torch.cat([batch["input_ids"], responses], 1)
+    attention_mask = torch.cat([batch["attention_mask"], mask], 1)
+
+    generated = time.perf_counter()
+
+    parts: dict[str, list[torch.Tensor]] = {"ref": [], "values": [], "raw": []}
+    # (under ZeRO-3 each of these forward passes is a collective: every rank runs as many chunks)
+    for rows in torch.arange(len(sequences)).split(micro_rows(p)):
+        seq, att = sequences[rows], attention_mask[rows]
+        parts["ref"].append(response_logprobs(roles.ref, seq, att, prompt_len, p.temperature)[0])
+        if roles.critic is not None:
+            parts["values"].append(token_values(roles.critic, seq, att, prompt_len))
+        # The RM reads the last non-pad token: the EOS of an ended response.
+        parts["raw"].append(roles.reward(input_ids=seq, attention_mask=att, position_ids=positions(att)).logits[:, 0])
+    ref_logprobs, raw = (torch.cat(parts[k]).float() for k in ("ref", "raw"))
+    values = torch.cat(parts["values"]).float() * mask if parts["values"] else None
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    roles.policy.train()
+    seconds = {"generate": generated - start, "score": time.perf_counter() - generated}
+    return Rollout(sequences, attention_mask, mask.float(), logprobs, ref_logprobs, values, raw, ended, entropy,
+                   groups if groups is not None else torch.arange(len(sequences)), texts, seconds)

@@ -1,0 +1,25 @@
+"""The one packaging option setup.cfg cannot express; all else (metadata, dependencies, the
+entry point) lives in setup.cfg, and pyproject.toml only names the build backend.
+
+The Hydra configs must ship inside the package, or a non-editable install (`pip install .`, a
+wheel, `pip install git+...`) gives a command without them; yet the top-level conf/ stays their
+one source (no copy under rlhf/). So conf/ is mapped onto the package `rlhf.conf` (package_dir)
+and its YAML files, at any depth, are that package's data: a wheel holds rlhf/conf/**/*.yaml.
+setup.cfg cannot say this, because `packages = find:` there cannot be extended by one more name,
+and discovery names a package after its directory (conf/ would become a top-level `conf`);
+listing every package by hand instead would go stale as subpackages are added. Here discovery
+stays (find_packages, so new rlhf.* subpackages need no edit) and rlhf.conf is appended.
+
+An editable install (`pip install -e .`, what `make setup` does) keeps reading the checkout's
+conf/ directly: rlhf/cli.py takes rlhf/conf/ when it exists (installed from a wheel) and else
+conf/ beside the package.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    packages=find_packages(include=["rlhf", "rlhf.*"]) + ["rlhf.conf"],
+    package_dir={"rlhf.conf": "conf"},
+    # `**` matches any depth, zero included: conf/config.yaml and conf/hydra/launcher/slurm.yaml.
+    package_data={"rlhf.conf": ["**/*.yaml"]},
+)

@@ -1,0 +1,140 @@
+"""SFT, RM and PPO under DeepSpeed ZeRO-2 and ZeRO-3 on 2 CPU ranks (torchrun, gloo), as a
+cluster runs them: `torchrun --nproc_per_node 2 -m rlhf.cli stage=... deepspeed=zero3`.
+
+Each launch has a timeout, after which torchrun is stopped with its ranks, so a rank that
+crashes or hangs cannot stall the suite (torchrun itself stops every rank when one fails)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import cli_command
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+DATA = ["data.toy.num_prompts=3000", "logger.every_steps=1"]
+SFT = ["stage=sft", "sft.max_steps=2", "sft.eval_every_steps=0", "sft.gold_eval_prompts=8", "sft.save_every_steps=1",
+       "sft.warmup=0", "sft.lr_scheduler=constant", "sft.learning_rate=1e-3"]
+RM = ["stage=rm", "rm.max_steps=2", "rm.per_device_batch_size=4", "rm.eval_every_steps=0", "rm.save_every_steps=0",
+      "rm.normalize_max_demonstrations=32"]
+PPO = ["stage=ppo", "ppo.updates=2", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.micro_batch_size=1",
+       "ppo.ppo_epochs=1", "ppo.eval_prompts=8", "ppo.save_every_updates=1", "ppo.critic_warmup_updates=0",
+       "ppo.learning_rate=1e-3"]
+
+
+def launch(cwd, *args, ranks=2, timeout=300):
+    cmd = cli_command(*DATA, *args, ranks=ranks, master_port=29500 + os.getpid() % 1000)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # torchrun passes SIGTERM on to its ranks (each in a session of its own)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        pytest.fail(f"{' '.join(args)} did not finish in {timeout} s:\n{out[-3000:]}")
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def manifest(root, run, stage):
+    return json.loads((root / "runs" / run / stage / "manifest.json").read_text())
+
+
+def weights(root, run, stage):
+    return load_file(root / "runs" / run / stage / "final" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """zero2 and zero3: SFT -> RM -> PPO, 2 steps each on 2 ranks; and SFT alone in one process
+    on the same global batch (8 = 2 ranks x 4)."""
+    root = tmp_path_factory.mktemp("deepspeed")
+    for zero in ("zero2", "zero3"):
+        for stage in (SFT + ["sft.per_device_batch_size=4"], RM, PPO):
+            launch(root, f"run={zero}", f"deepspeed={zero}", *stage)
+    launch(root, "run=single", *SFT, "sft.per_device_batch_size=8", ranks=1)
+    return root
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_sft_first_steps_equal_a_single_process_run_on_the_same_global_batch(root, zero):
+    single, sharded = weights(root, "single", "sft"), weights(root, zero, "sft")
+    from rlhf.config import ModelConfig
+    from rlhf.models import build_tiny_model, build_tiny_tokenizer
+
+    init = build_tiny_model(ModelConfig(), build_tiny_tokenizer()).state_dict()
+    moved = max((single[k] - init[k]).abs().max().item() for k in single)
+    differ = max((single[k] - sharded[k]).abs().max().item() for k in single)
+    assert moved > 1e-3  # two steps really moved the weights...
+    assert differ < 0.01 * moved  # ...and the 2-rank run moved them the same way (within 1% of the move)
+    assert set(single) == set(sharded)
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_state_is_really_sharded_across_the_two_ranks(root, zero):
+    reports = [manifest(root, zero, "sft")["distributed"], manifest(root, zero, "rm")["distributed"],
+               *manifest(root, zero, "ppo")["distributed"].values()]
+    for report in reports:
+        assert report["zero_stage"] == int(zero[-1]) and report["world_size"] == 2
+        ranks = report["ranks"]
+        assert [r["rank"] for r in ranks] == [0, 1]
+        for r in ranks:
+            if r["trainable_numel"]:  # Adam keeps 2 values per parameter; each rank holds about half
+                assert 0.4 * 2 * r["trainable_numel"] < r["optimizer_state_numel"] < 0.6 * 2 * r["trainable_numel"]
+            if zero == "zero3":  # parameters too, frozen reference and reward included
+                assert r["param_numel_held"] < 0.6 * r["param_numel_total"]
+            else:
+                assert r["param_numel_held"] == r["param_numel_total"]
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_every_stage_learns_and_its_consolidated_final_loads_in_a_fresh_process(root, zero):
+    sft, rm, ppo = (manifest(root, zero, s) for s in ("sft", "rm", "ppo"))
+    assert all(m["status"] == "completed" for m in (sft, rm, ppo))
+    assert sft["metrics"]["steps"] == 2 and rm["metrics"]["steps"] == 2 and ppo["metrics"]["updates"] == 2
+    # PPO moved the policy away from SFT
+    before, after = weights(root, zero, "sft"), weights(root, zero, "ppo")
+    assert max((before[k] - after[k]).abs().max().item() for k in before) > 1e-5
+    code = f"""
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+runs = {str(root / "runs" / zero)!r}
+for cls, stage in ((AutoModelForCausalLM, "sft"), (AutoModelForSequenceClassification, "rm"), (AutoModelForCausalLM, "ppo")):
+    model = cls.from_pretrained(f"{{runs}}/{{stage}}/final")
+    saved = load_file(f"{{runs}}/{{stage}}/final/model.safetensors")
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items()), stage
+    assert all(v.numel() > 0 and torch.isfinite(v).all() for v in saved.values()), stage
+    out = model(input_ids=torch.tensor([[5, 6, 7]]))
+    assert torch.isfinite(out.logits).all()
+print("loaded")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "loaded" in out.stdout, out.stderr[-3000:]
+
+
+def test_zero3_checkpoints_resume_sft_and_ppo(root):
+    out = launch(root, "run=zero3", "deepspeed=zero3", *SFT, "sft.per_device_batch_size=4", "sft.max_steps=3")
+    assert "resuming from" in out and "checkpoint-2" in out
+    assert manifest(root, "zero3", "sft")["metrics"]["steps"] == 3
+    out = launch(root, "run=zero3", "deepspeed=zero3", *PPO, "ppo.updates=3")
+    assert "resumed from" in out and "update_2 at update 2" in out
+    assert manifest(root, "zero3", "ppo")["metrics"]["updates"] == 3
+    # DeepSpeed's own checkpoint: every rank's shard of the optimizer state
+    shards = sorted(p.name for p in (root / "runs" / "zero3" / "ppo" / "checkpoints" / "update_3" / "policy").iterdir())
+    assert any("rank_0" in s and "optim" in s for s in shards) and any("rank_1" in s and "optim" in s for s in shards)
+
+
+def test_a_checkpoint_from_another_zero_stage_is_refused_by_name(root, run_cli):
+    proc = run_cli(*DATA, "run=zero3", "deepspeed=none", *PPO, "ppo.updates=9", cwd=root, expect=2, timeout=300)
+    assert "written with DeepSpeed ZeRO setting 'zero3'" in proc.stdout + proc.stderr

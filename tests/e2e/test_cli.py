@@ -1,0 +1,66 @@
+"""The `rlhf` command as a user runs it: prepare on the default, errors, --cfg job."""
+
+import gzip
+import json
+
+import yaml
+
+from tests.conftest import EXAMPLES, ROOT
+
+HH = EXAMPLES / "hh_rlhf.jsonl"
+TIMEOUT = 300
+
+
+def test_prepare_on_the_default_writes_run_dir_and_prints_summary(tmp_path, run_cli):
+    out = run_cli("data.toy.num_prompts=400", "run=t", cwd=tmp_path, timeout=TIMEOUT)
+    assert "data: toy" in out.stdout and "response tokens" in out.stdout
+    stage_dir = tmp_path / "runs" / "t" / "prepare"
+    config = yaml.safe_load((stage_dir / "config.yaml").read_text())
+    assert config["data"]["toy"]["num_prompts"] == 400 and config["stage"]["name"] == "prepare"
+    manifest = json.loads((stage_dir / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    assert sum(s["prompts"] for s in manifest["data"]["splits"].values()) == 400
+    assert manifest["metrics"]["records"] == 800 and manifest["metrics"]["skipped"] == 0
+    assert manifest["versions"]["torch"] and manifest["versions"]["transformers"]
+    assert "commit" in manifest["git"]
+    assert not list(tmp_path.glob("outputs"))  # no timestamped Hydra folders
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path, run_cli):
+    out = run_cli("--cfg", "job", "data=hh_rlhf", cwd=tmp_path, timeout=TIMEOUT)
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["data"]["format"] == "hh_rlhf" and cfg["stage"]["name"] == "prepare"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_hh_file_with_one_corrupt_line_fails_naming_that_line(tmp_path, run_cli):
+    lines = HH.read_text().splitlines()
+    lines.insert(1, lines[0][:40])  # a truncated record on line 2
+    bad = tmp_path / "hh.jsonl.gz"
+    with gzip.open(bad, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    args = ("data=hh_rlhf", f"data.path={bad}", "data.splits.shared=[sft,rm,ppo,eval]",
+            *(f"data.splits.{s}=1" for s in ("sft", "rm", "ppo", "eval")))
+    out = run_cli(*args, cwd=tmp_path, expect=2, timeout=TIMEOUT)
+    assert f"{bad} line 2: field '(line)': invalid JSON" in out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    manifest = json.loads((tmp_path / "runs/default/prepare/manifest.json").read_text())
+    assert manifest["status"] == "failed" and "line 2" in manifest["error"]
+
+    out = run_cli(*args, "data.on_error=skip", cwd=tmp_path, timeout=TIMEOUT)
+    manifest = json.loads((tmp_path / "runs/default/prepare/manifest.json").read_text())
+    assert manifest["data"]["skipped"] == {"invalid_json": 1} and manifest["data"]["records_kept"] == 2
+    assert "invalid_json" in out.stdout
+
+
+def test_config_errors_exit_2_with_the_fields_named(tmp_path, run_cli):
+    out = run_cli("data.splits.sft=0.9", cwd=tmp_path, expect=2, timeout=TIMEOUT)
+    assert "data.splits" in out.stdout + out.stderr and "Traceback" not in out.stdout + out.stderr
+    out = run_cli("data.nope=1", cwd=tmp_path, expect=1, timeout=TIMEOUT)
+    assert "nope" in out.stderr
+
+
+def test_runs_from_any_directory(tmp_path, run_cli):
+    # conf/ is found beside the package, not relative to the working directory
+    assert (ROOT / "conf" / "config.yaml").exists()
+    run_cli("--cfg", "job", cwd=tmp_path / "..", expect=0, timeout=TIMEOUT)

@@ -1,0 +1,37 @@
+"""LoRA (model.lora.enabled) through the CLI: SFT, RM and PPO train adapters only, each stage's
+merged `final/` is a plain checkpoint (the RM's with its reward normalisation), and PPO resumes
+from the adapters of its last checkpoint. The in-process checks: unit/test_lora.py."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+from rlhf.models import REWARD_NORM_KEY
+
+
+@pytest.mark.slow
+def test_sft_rm_and_ppo_stages_run_with_lora(tmp_path, run_cli):
+    args = ["run=lora", "logger=none", "model.lora.enabled=true", "model.lora.r=4", "data.toy.num_prompts=1500"]
+
+    def rlhf(*extra):
+        run_cli(*args, *extra, cwd=tmp_path, timeout=600)
+
+    rlhf("stage=sft", "sft.max_steps=30", "sft.learning_rate=1e-2", "sft.gold_eval_prompts=0", "sft.eval_every_steps=0")
+    rlhf("stage=rm", "rm.max_steps=10", "rm.eval_every_steps=0")
+    rlhf("stage=ppo", "ppo.updates=3", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.eval_prompts=8",
+         "ppo.critic_warmup_updates=1", "ppo.save_every_updates=2")
+    runs = tmp_path / "runs" / "lora"
+    for stage in ("sft", "rm", "ppo"):
+        assert (runs / stage / "final" / "model.safetensors").exists()
+        keys = load_file(runs / stage / "final_adapter" / "adapter_model.safetensors").keys()
+        assert all("lora_" in k or "score" in k for k in keys), stage
+        assert any("score" in k for k in keys) == (stage == "rm"), stage
+    rm = AutoModelForSequenceClassification.from_pretrained(runs / "rm" / "final")
+    assert getattr(rm.config, REWARD_NORM_KEY)["raw_std"] > 0  # normalisation survived the merge
+    assert json.loads((runs / "ppo" / "manifest.json").read_text())["metrics"]["updates"] == 3
+    assert (runs / "ppo" / "checkpoints" / "update_2" / "policy" / "adapter_model.safetensors").exists()
+    rlhf("stage=ppo", "ppo.updates=4", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.eval_prompts=8",
+         "ppo.critic_warmup_updates=1", "ppo.save_every_updates=2")  # resumes from the adapters of update_3
+    assert json.loads((runs / "ppo" / "manifest.json").read_text())["metrics"]["updates"] == 4

@@ -1,0 +1,55 @@
+"""`rlhf stage=pipeline`: sft -> rm -> ppo -> compare in one run directory; a second run skips
+every stage; a changed PPO setting reruns PPO and what follows it, nothing before."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["data.toy.num_prompts=1000", "sft.max_steps=20", "sft.gold_eval_prompts=8", "rm.max_steps=10",
+         "rm.normalize_max_demonstrations=32", "ppo.updates=2", "ppo.eval_prompts=8", "ppo.critic_warmup_updates=0",
+         "compare.prompts=8", "compare.samples_per_prompt=1", "compare.bootstrap_resamples=50"]
+STAGES = ("sft", "rm", "ppo", "compare")
+
+
+def pipeline(cwd, *args):
+    out = run_cli("stage=pipeline", *SMALL, *args, cwd=cwd, timeout=900)
+    log = out.stdout + out.stderr
+    return {s for s in STAGES if f"stage {s} -> " in log}, {s for s in STAGES if f"{s}: up to date" in log}
+
+
+def manifest(root, stage):
+    return json.loads((root / "runs" / "default" / stage / "manifest.json").read_text())
+
+
+def test_pipeline_runs_every_stage_then_skips_what_is_up_to_date(tmp_path):
+    ran, skipped = pipeline(tmp_path)
+    assert ran == set(STAGES) and not skipped
+    first = {s: manifest(tmp_path, s) for s in STAGES}
+    for s in STAGES:  # lineage: inputs by path and content hash, and the output's hash
+        assert first[s]["status"] == "completed" and len(first[s]["fingerprint"]) == 64
+        assert first[s]["outputs"]["sha256"]
+    assert first["ppo"]["lineage"]["policy_from"]["content"] == first["sft"]["outputs"]["sha256"]
+    assert first["ppo"]["lineage"]["reward_from"]["content"] == first["rm"]["outputs"]["sha256"]
+
+    ran, skipped = pipeline(tmp_path)
+    assert not ran and skipped == set(STAGES)
+    assert {s: manifest(tmp_path, s) for s in STAGES} == first  # nothing rewritten
+
+    ran, skipped = pipeline(tmp_path, "ppo.learning_rate=3e-5")  # a PPO setting: PPO and compare rerun
+    assert ran == {"ppo", "compare"} and skipped == {"sft", "rm"}
+    assert manifest(tmp_path, "ppo")["outputs"]["sha256"] != first["ppo"]["outputs"]["sha256"]
+
+    ran, skipped = pipeline(tmp_path, "ppo.learning_rate=3e-5", "stages=[rm,ppo]")
+    assert not ran and skipped == {"rm", "ppo"}
+
+    ran, skipped = pipeline(tmp_path, "ppo.learning_rate=3e-5", "rm.learning_rate=2e-5")  # RM: all after it
+    assert ran == {"rm", "ppo", "compare"} and skipped == {"sft"}
+
+
+def test_pipeline_refuses_unknown_or_reordered_stages(tmp_path):
+    out = run_cli("stage=pipeline", "stages=[ppo,sft]", cwd=tmp_path, expect=2, timeout=300)
+    assert "stages=['ppo', 'sft']" in out.stdout + out.stderr

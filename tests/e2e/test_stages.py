@@ -1,0 +1,215 @@
+"""SFT then RM end to end on a small toy run, as `rlhf stage=sft` / `rlhf stage=rm` run them."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhf.config import ModelConfig
+from rlhf.models import build_tiny_model, build_tiny_tokenizer
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["run=small", "data.toy.num_prompts=3000", "logger.every_steps=5"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, run_cli):
+    root = tmp_path_factory.mktemp("stages")
+    run_cli(*SMALL, "stage=sft", "sft.epochs=6", "sft.gold_eval_prompts=64", "sft.save_every_steps=50", cwd=root)
+    run_cli(*SMALL, "stage=rm", "rm.epochs=2", "rm.eval_every_steps=20", cwd=root)
+    run_cli(*SMALL, "stage=ppo", *PPO, "ppo.updates=6", cwd=root)
+    run_cli(*SMALL, "stage=compare", "compare.prompts=24", "compare.samples_per_prompt=2",
+            "compare.bootstrap_resamples=200", cwd=root)
+    return root / "runs" / "small"
+
+
+PPO = ["ppo.rollout_batch_size=32", "ppo.mini_batch_size=16", "ppo.ppo_epochs=2", "ppo.eval_prompts=32",
+       "ppo.eval_every_updates=3", "ppo.save_every_updates=3", "ppo.learning_rate=1e-4", "ppo.critic_warmup_updates=2"]
+
+
+def manifest(runs, stage):
+    return json.loads((runs / stage / "manifest.json").read_text())
+
+
+def test_sft_loss_falls_and_every_parameter_changes(runs):
+    m = manifest(runs, "sft")
+    assert m["status"] == "completed"
+    assert m["metrics"]["train_loss_last"] < 0.5 * m["metrics"]["train_loss_first"]
+    assert m["metrics"]["eval_loss"] < m["metrics"]["train_loss_first"]
+    before = build_tiny_model(ModelConfig(), build_tiny_tokenizer()).state_dict()
+    after = load_file(runs / "sft" / "final" / "model.safetensors")
+    assert set(after) <= set(before)
+    unchanged = [name for name, tensor in after.items() if torch.equal(tensor, before[name])]
+    assert not unchanged
+
+
+def test_sft_reports_gold_scores_of_greedy_and_sampled_answers(runs):
+    metrics = manifest(runs, "sft")["metrics"]
+    for mode in ("greedy", "sampled"):
+        assert 0.0 <= metrics[f"gold_{mode}_perfect"] <= 1.0
+        assert 0.5 < metrics[f"gold_{mode}_mean"] <= 1.0  # far above an untrained model's ~0
+    assert (runs / "sft" / "checkpoints").is_dir()
+
+
+def test_rm_accuracy_rises_above_chance(runs):
+    metrics = manifest(runs, "rm")["metrics"]
+    assert metrics["eval_accuracy"] > 0.65
+    assert metrics["gold_accuracy"] > 0.65
+    assert metrics["eval_accuracy_k4"] == metrics["eval_accuracy"]  # all toy comparisons are K = 4
+    assert metrics["eval_score_best_mean"] > metrics["eval_score_worst_mean"]
+    assert metrics["train_loss_last"] < metrics["train_loss_first"]
+
+
+def test_final_models_load_with_plain_transformers_in_a_fresh_process(runs):
+    code = f"""
+import json, torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from rlhf.data import encode, load_data
+from rlhf.config import DataConfig, ToyConfig
+from rlhf.sampling import score
+policy = AutoModelForCausalLM.from_pretrained({str(runs / 'sft' / 'final')!r})
+rm = AutoModelForSequenceClassification.from_pretrained({str(runs / 'rm' / 'final')!r})
+tok = AutoTokenizer.from_pretrained({str(runs / 'rm' / 'final')!r})
+assert tok.pad_token_id != tok.eos_token_id and rm.config.pad_token_id == tok.pad_token_id
+data = load_data(DataConfig(toy=ToyConfig(num_prompts=3000), max_prompt_tokens=16, max_response_tokens=16), tok)
+demos = data.splits["sft"].demonstrations
+scores = score(rm, tok, [d.prompt for d in demos], [d.response for d in demos])
+prompt_ids, response_ids = encode(tok, demos[0].prompt, demos[0].response)
+ids, labels = torch.tensor([prompt_ids + response_ids]), torch.tensor([[-100] * len(prompt_ids) + response_ids])
+print(json.dumps({{"demo_mean": scores.mean().item(), "loss": policy(ids, labels=labels).loss.item(),
+                  "norm": rm.config.rlhf_reward_normalization}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # Normalisation: the sft split's demonstrations score mean 0 once the saved bias is applied.
+    assert abs(result["demo_mean"]) < 0.05
+    assert result["norm"]["raw_std"] > 0 and result["norm"]["bias"] == -result["norm"]["raw_mean"]
+    assert result["loss"] < 2.0  # the trained policy, not a fresh one (~5.6 = log of the vocabulary)
+
+
+def test_tensorboard_metrics_are_under_the_stage_prefix(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for stage, tag in (("sft", "sft/train/loss"), ("rm", "rm/eval/accuracy")):
+        events = EventAccumulator(str(runs / stage / "logs"))
+        events.Reload()
+        assert tag in events.Tags()["scalars"], events.Tags()["scalars"]
+
+
+def test_rm_without_sft_says_what_to_run(tmp_path, run_cli):
+    out = run_cli("stage=rm", "run=nothing", cwd=tmp_path, expect=2, timeout=120)
+    assert "rlhf stage=sft run=nothing" in out.stdout + out.stderr
+
+
+def test_ppo_runs_logs_its_metrics_and_saves_a_loadable_policy(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import AutoModelForCausalLM
+
+    m = manifest(runs, "ppo")
+    assert m["status"] == "completed" and m["metrics"]["updates"] == 6
+    for key in ("start_gold_sampled_mean", "final_gold_sampled_mean", "final_eos_sampled_rate"):
+        assert 0.0 <= m["metrics"][key] <= 1.0
+    events = EventAccumulator(str(runs / "ppo" / "logs"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for name in ("score", "score_raw", "kl", "beta", "non_score_reward", "entropy", "response_length", "eos_rate",
+                 "policy_clipfrac", "value_clipfrac", "approx_kl", "value_loss", "explained_variance", "gold_score"):
+        assert f"ppo/{name}" in tags, name
+    assert "ppo/eval/gold_sampled_mean" in tags
+    # the critic learns: its loss falls from the first update (it starts as the reward model)
+    value_loss = [x.value for x in events.Scalars("ppo/value_loss")]
+    assert value_loss[-1] < value_loss[0]
+    policy = AutoModelForCausalLM.from_pretrained(runs / "ppo" / "final")
+    assert policy.config.vocab_size == build_tiny_tokenizer().__len__()
+
+
+def test_ppo_resumes_from_its_latest_checkpoint(runs, run_cli):
+    assert sorted(p.name for p in (runs / "ppo" / "checkpoints").iterdir()) == ["update_3", "update_6"]
+    out = run_cli(*SMALL, "stage=ppo", *PPO, "ppo.updates=8", cwd=runs.parent.parent)
+    assert "resumed from" in out.stdout + out.stderr and "update_6" in out.stdout + out.stderr
+    m = manifest(runs, "ppo")
+    assert m["metrics"]["updates"] == 8 and "start_gold_sampled_mean" not in m["metrics"]
+
+
+def test_compare_report_agrees_with_its_samples_and_redraws_from_results(runs, tmp_path, run_cli):
+    import numpy as np
+    from PIL import Image
+
+    from rlhf.stages.compare import per_prompt_wins
+
+    out = runs / "compare"
+    results = json.loads((out / "results.json").read_text())
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert list(results["policies"]) == ["sft", "ppo", "bon:4"]
+    sampled = results["modes"]["sampled"]
+    bon = [s for s in samples if s["policy"] == "bon:4"]
+    assert len(bon) == 24 * 2
+    for s in bon:  # the pick is the candidate the RM scored highest
+        assert len(s["candidates"]) == 4
+        best = max(s["candidates"], key=lambda c: c["rm_score"])
+        assert s["rm_score"] == pytest.approx(best["rm_score"], abs=1e-4) and s["response"] == best["response"]
+    assert not any(s["mode"] == "greedy" and s["policy"] == "bon:4" for s in samples)
+
+    def matrix(policy, metric):
+        rows = [s for s in samples if s["policy"] == policy and s["mode"] == "sampled"]
+        m = np.zeros((24, 2))
+        for r in rows:
+            m[r["prompt_index"], r["sample"]] = r[metric]
+        return m
+
+    for policy in ("ppo", "bon:4"):
+        for metric, key in (("rm_score", "win_rate_rm"), ("gold_score", "win_rate_gold")):
+            expected = per_prompt_wins(matrix(policy, metric), matrix("sft", metric)).mean()
+            entry = sampled[policy][key]
+            assert entry["value"] == pytest.approx(expected)
+            assert entry["low"] <= entry["value"] <= entry["high"]
+        assert sampled[policy]["rm_score"]["mean"] == pytest.approx(matrix(policy, "rm_score").mean())
+    assert sampled["sft"]["kl"]["mean"] == pytest.approx(0.0, abs=1e-4)  # the reference itself
+    assert sampled["bon:4"]["kl_method"] == "analytic"
+    report = (out / "report.md").read_text()
+    assert "| ppo |" in report and "| bon:4 |" in report and "win rate by gold" in report
+    for png in ("scores.png", "rm_vs_kl.png", "training.png"):
+        with Image.open(out / png) as image:
+            image.load()  # decodes every pixel
+            assert image.format == "PNG" and min(image.size) > 100
+
+    # redraw from results.json alone, in another run: no samples, same report text
+    copy = tmp_path / "results.json"
+    copy.write_text((out / "results.json").read_text())
+    run_cli(*SMALL, "run=redraw", "stage=compare", f"compare.from_results={copy}", cwd=runs.parent.parent)
+    redrawn = runs.parent / "redraw" / "compare"
+    assert (redrawn / "report.md").read_text() == report
+    assert not (redrawn / "samples.jsonl").exists()
+
+
+def test_generate_prints_answers_from_argument_file_and_stdin(runs, tmp_path, run_cli):
+    out = run_cli(*SMALL, "stage=generate", "generate.prompt=sort ascending: 3 1 2", "generate.greedy=true",
+                  cwd=runs.parent.parent)
+    assert "> sort ascending: 3 1 2\n" in out.stdout
+    answer = out.stdout.split("> sort ascending: 3 1 2\n")[1].splitlines()[0]
+    assert answer.strip() and "policy: " in out.stdout + out.stderr and "ppo/final" in out.stdout + out.stderr
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("sort descending: 1 2\n\nsort ascending: 9 8 7\n")
+    out = run_cli(*SMALL, "stage=generate", f"generate.prompts_file={prompts}", "generate.num_samples=2",
+                  cwd=runs.parent.parent)
+    assert out.stdout.count("> sort descending: 1 2") == 2 and out.stdout.count("> sort ascending: 9 8 7") == 2
+    piped = run_cli(*SMALL, "stage=generate", cwd=runs.parent.parent, input="sort ascending: 5 4\n", timeout=300)
+    assert "> sort ascending: 5 4" in piped.stdout
+    missing = run_cli(*SMALL, "stage=generate", f"generate.prompts_file={tmp_path / 'nope.txt'}",
+                      cwd=runs.parent.parent, expect=2, timeout=300)
+    assert "nope.txt: no such file" in missing.stdout + missing.stderr
+
+
+@pytest.mark.distributed
+def test_compare_shares_prompts_across_two_ranks_and_gathers_every_answer(runs, run_cli):
+    run_cli(*SMALL, "run=small", "stage=compare", "compare.prompts=10", "compare.samples_per_prompt=2",
+            "compare.modes=[sampled]", "compare.bootstrap_resamples=50", cwd=runs.parent.parent, ranks=2)
+    samples = [json.loads(line) for line in (runs / "compare" / "samples.jsonl").read_text().splitlines()]
+    for policy in ("sft", "ppo", "bon:4"):
+        got = sorted((s["prompt_index"], s["sample"]) for s in samples if s["policy"] == policy)
+        assert got == [(i, j) for i in range(10) for j in range(2)], policy

@@ -1,0 +1,88 @@
+"""The compare stage's arithmetic against hand-computed cases and naive loops, and its report
+and plots drawn from a results dict alone."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from rlhf.stages.compare.report import write_report
+from rlhf.stages.compare.stats import bon_kl, bootstrap_ci, distinct_n, per_prompt_wins, summarise
+from rlhf.config import RLHFConfig
+
+
+def test_win_rate_counts_ties_as_halves_per_prompt():
+    mine = np.array([[1.0, 2.0], [3.0, 3.0], [0.0, 5.0]])
+    base = np.array([[0.0, 2.0], [4.0, 1.0], [1.0, 6.0]])
+    # prompt 0: win + tie = 0.75; prompt 1: loss + win = 0.5; prompt 2: two losses = 0
+    assert per_prompt_wins(mine, base).tolist() == [0.75, 0.5, 0.0]
+    assert per_prompt_wins(base, base).tolist() == [0.5, 0.5, 0.5]
+
+
+def test_bootstrap_ci_matches_a_naive_loop_and_behaves():
+    values = np.array([0.0, 1.0, 1.0, 0.5, 0.25, 1.0, 0.0, 0.75])
+    low, high = bootstrap_ci(values, resamples=2000, confidence=0.9, seed=3)
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, len(values), (2000, len(values)))
+    means = sorted(sum(values[j] for j in row) / len(row) for row in idx)
+    assert low == pytest.approx(np.quantile(means, 0.05)) and high == pytest.approx(np.quantile(means, 0.95))
+    assert low < values.mean() < high
+    assert bootstrap_ci(np.full(10, 0.3), 500, 0.95, 0) == pytest.approx((0.3, 0.3))
+    wider = bootstrap_ci(values, 2000, 0.99, 3)
+    assert wider[0] <= low and wider[1] >= high
+
+
+def test_distinct_n_and_best_of_n_kl():
+    assert distinct_n(["1 2 3", "1 2 2"], 1) == pytest.approx(3 / 6)
+    assert distinct_n(["1 2 3", "1 2 2"], 2) == pytest.approx(3 / 4)  # (1 2), (2 3), (2 2)
+    assert distinct_n(["7"], 2) == 0.0
+    assert bon_kl(1) == 0.0 and bon_kl(4) == pytest.approx(math.log(4) - 0.75)
+
+
+def records(policy, mode, rm, gold, samples=2):
+    """rm/gold: [prompts][samples] lists."""
+    return [{"policy": policy, "mode": mode, "prompt_index": i, "sample": j, "prompt": f"sort ascending: {i} 1",
+             "response": f"{j} {i}", "rm_score": rm[i][j], "gold_score": gold[i][j], "kl": 0.1 * i,
+             "kl_method": "sampled", "tokens": 3, "ended": j == 0}
+            for i in range(len(rm)) for j in range(samples)]
+
+
+def test_summary_report_and_plots_from_records(tmp_path):
+    cfg = RLHFConfig()
+    cfg.compare.modes = ["sampled"]
+    cfg.compare.bootstrap_resamples = 200
+    prompts = ["p0", "p1", "p2"]
+    rows = (records("sft", "sampled", [[0, 0], [1, 1], [2, 2]], [[0.5, 0.5], [1, 1], [0, 0]])
+            + records("ppo", "sampled", [[1, -1], [1, 2], [3, 3]], [[1, 0.5], [1, 0], [0, 1]]))
+    results = summarise(rows, cfg, {"sft": "a", "ppo": "b"}, prompts)
+    ppo = results["modes"]["sampled"]["ppo"]
+    # by RM: prompt 0 win+loss .5, prompt 1 tie+win .75, prompt 2 wins 1 -> 0.75
+    assert ppo["win_rate_rm"]["value"] == pytest.approx(0.75)
+    # by gold: prompt 0 win+tie .75, prompt 1 tie+loss .25, prompt 2 tie+win .75
+    assert ppo["win_rate_gold"]["value"] == pytest.approx((0.75 + 0.25 + 0.75) / 3)
+    assert ppo["rm_score"]["mean"] == pytest.approx(np.mean([0, 1.5, 3]))
+    assert ppo["eos_rate"] == 0.5 and results["modes"]["sampled"]["sft"]["win_rate_rm"] is None
+    write_report(json.loads(json.dumps(results)), tmp_path)  # what from_results does: JSON in, files out
+    report = (tmp_path / "report.md").read_text()
+    assert "| ppo | 1.500 [" in report and "0.750 [" in report
+    import matplotlib.image
+
+    for name in ("scores.png", "rm_vs_kl.png"):
+        image = matplotlib.image.imread(tmp_path / name)  # decodes the PNG
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+        assert f"({name})" in report
+
+
+def test_without_a_gold_scorer_the_gold_columns_are_empty_not_zero(tmp_path):
+    cfg = RLHFConfig()
+    cfg.compare.modes = ["sampled"]
+    cfg.compare.bootstrap_resamples = 50
+    rows = records("sft", "sampled", [[0, 0], [1, 1]], [[None, None], [None, None]]) + records(
+        "ppo", "sampled", [[1, 1], [0, 2]], [[None, None], [None, None]])
+    results = summarise(rows, cfg, {"sft": "a", "ppo": "b"}, ["p0", "p1"])
+    ppo = results["modes"]["sampled"]["ppo"]
+    assert ppo["gold_score"] is None and ppo["win_rate_gold"] is None
+    assert ppo["win_rate_rm"]["value"] == pytest.approx((1.0 + 0.5) / 2)
+    write_report(results, tmp_path)
+    assert "| ppo | 1.000 [" in (tmp_path / "report.md").read_text()
