@@ -4,9 +4,11 @@
 #   jobs/submit.sh [--dry-run] [--stages "sft rm ppo compare"] [--sbatch "<sbatch options>"] [overrides]
 # e.g. jobs/submit.sh --sbatch "--nodes 2 --partition gpu" experiment=llama3_1_8b_hh_zero3
 # GPUS_PER_NODE (default 8; 0 on CPU-only nodes) sets --gpus-per-node and torchrun's ranks per node.
+# --stages defaults to the pipeline's stages, in order, as the stage registry lists them
+# (`rlhf --list-stages`, run with $PYTHON, default the checkout's .venv/bin/python).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-stages="sft rm ppo compare"
+stages=""
 dry_run=0
 extra=""
 while [ $# -gt 0 ]; do
@@ -14,10 +16,11 @@ while [ $# -gt 0 ]; do
         --dry-run) dry_run=1; shift ;;
         --stages) stages=$2; shift 2 ;;
         --sbatch) extra=$2; shift 2 ;;
-        -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
+[ -n "$stages" ] || stages=$("${PYTHON:-$here/../.venv/bin/python}" -m rlhf.cli --list-stages)
 gpus=${GPUS_PER_NODE:-8}
 resources=()
 [ "$gpus" -gt 0 ] && resources+=(--gpus-per-node "$gpus")

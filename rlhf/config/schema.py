@@ -305,7 +305,7 @@ class CompareConfig:
 class GenerateConfig:
     """`rlhf stage=generate`: print a policy's answers (rlhf/generate.py)."""
 
-    policy: Optional[str] = None  # folder or hub id; null = runs/<run>/ppo/final, else sft/final
+    policy: Optional[str] = None  # folder or hub id; null = the last policy this run wrote (ppo, else sft), else the base model
     prompt: Optional[str] = None  # one prompt; with neither this nor prompts_file, read prompts from stdin
     prompts_file: Optional[str] = None  # a text file, one prompt per line
     num_samples: int = 1  # answers per prompt

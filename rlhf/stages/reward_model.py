@@ -96,7 +96,7 @@ class KWiseRewardTrainer(RewardTrainer):
 
 
 def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
-    r = cfg.rm
+    rm = cfg.rm
     init_from = resolve_inputs(cfg, "rm")["init_from"]
     tokenizer = load_tokenizer(cfg.model)
     bundle = load_data(cfg.data, tokenizer)
@@ -108,10 +108,10 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
 
     # The Trainer's arguments before the model: with a ZeRO-3 config they make from_pretrained
     # load each rank's shard only, not the whole model on every rank.
-    args = trainer_args(RewardConfig, r, cfg, disable_dropout=False, prediction_loss_only=True,
+    args = trainer_args(RewardConfig, rm, cfg, disable_dropout=False, prediction_loss_only=True,
                         remove_unused_columns=False, max_length=None)
     torch.manual_seed(cfg.seed)  # the new score head's initial weights
-    model = load_reward_model(cfg.model, tokenizer, init_from, dropout=r.dropout)
+    model = load_reward_model(cfg.model, tokenizer, init_from, dropout=rm.dropout)
     tracker = Tracker(cfg.logger, cfg.stage_dir, "rm")
     stop = stop_request()
     lora = peft_lora_config(cfg.model.lora, "score") if cfg.model.lora.enabled else None
@@ -130,7 +130,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     # Scoring below runs on every rank over all examples (same result everywhere): simpler than
     # sharing them out, and a small part of the stage.
     with full_weights(trained_model(trainer)) as model:
-        eval_metrics, histograms = _score_and_evaluate(r, model, tokenizer, bundle, evals, stage_run)
+        eval_metrics, histograms = _score_and_evaluate(rm, model, tokenizer, bundle, evals, stage_run)
     stage_run.metrics.update(eval_metrics)
     tracker.log({f"final/{k}": v for k, v in stage_run.metrics.items() if isinstance(v, (int, float))},
                 trainer.state.global_step)
@@ -142,9 +142,9 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     log.info("final model: %s", cfg.stage_dir / "final")
 
 
-def _score_and_evaluate(r, model, tokenizer, bundle, evals, stage_run):
-    if r.normalize:
-        demos = bundle.require("sft", "demonstrations")[: r.normalize_max_demonstrations]
+def _score_and_evaluate(rm, model, tokenizer, bundle, evals, stage_run):
+    if rm.normalize:
+        demos = bundle.require("sft", "demonstrations")[: rm.normalize_max_demonstrations]
         stage_run.metrics.update(normalize(model, tokenizer, demos))
         held_out = bundle.splits["eval"].demonstrations
         if held_out:

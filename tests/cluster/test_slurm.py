@@ -34,8 +34,10 @@ def runs(tmp_path_factory):
     return tmp_path_factory.mktemp("runs")
 
 
-def submit(slurm, *args, stages="sft rm ppo compare", sbatch=TWO_RANKS, dry_run=False):
-    cmd = ["jobs/submit.sh", "--stages", stages, "--sbatch", f"{sbatch} --output {slurm.root}/%x-%j.out"]
+def submit(slurm, *args, stages=None, sbatch=TWO_RANKS, dry_run=False):
+    """stages=None: submit.sh's default, the registry's pipeline (`rlhf --list-stages`)."""
+    cmd = ["jobs/submit.sh", *(["--stages", stages] if stages else []),
+           "--sbatch", f"{sbatch} --output {slurm.root}/%x-%j.out"]
     cmd += ["--dry-run"] if dry_run else []
     env = {**slurm.env, "GPUS_PER_NODE": "0", "RLHF_LAUNCHER": "srun"}
     out = subprocess.run([*cmd, *SMALL, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
