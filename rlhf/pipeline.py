@@ -42,13 +42,13 @@ def run_stages(cfg: RLHFConfig, composed: DictConfig) -> None:
                 continue
             _drop_stale_checkpoints(stage_cfg, name, fingerprint["sha256"])
         log.info("stage %s -> %s", name, stage_cfg.stage_dir)
-        with StageRun(stage_cfg.stage_dir, stage_composed) as run:
+        with StageRun(stage_cfg.stage_dir, stage_composed) as stage_run:
             if fingerprint:
-                run.manifest.update(fingerprint=fingerprint["sha256"], lineage=fingerprint["inputs"])
+                stage_run.manifest.update(fingerprint=fingerprint["sha256"], lineage=fingerprint["inputs"])
             # imported here: `rlhf stage=prepare` does not pay for the trainers it does not use
-            importlib.import_module(stage.module).run(stage_cfg, run)
+            importlib.import_module(stage.module).run(stage_cfg, stage_run)
             if fingerprint and is_main_process():
-                run.manifest["outputs"] = {"path": str(stages.output_path(stage_cfg, name)),
+                stage_run.manifest["outputs"] = {"path": str(stages.output_path(stage_cfg, name)),
                                            "sha256": lineage.output_hash(stage_cfg, name)}
         gc.collect()  # the stage's models, before the next stage loads its own
 
