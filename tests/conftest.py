@@ -82,4 +82,4 @@ def ppo_update(roles, r, p, beta: float) -> dict:
                           no_eos_score=p.no_eos_score)
     kl, advantages, returns = advantages_of(r, scores, p, beta)
     stats = optimise(roles, r, advantages, returns, p, [], pad_id=0, train_policy=True)
-    return {**stats, **rollout_stats(r, scores, kl, returns, beta)}
+    return {**stats, **rollout_stats(r, scores, kl, returns, p, beta)}

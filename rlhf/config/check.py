@@ -158,6 +158,13 @@ def check(cfg: RLHFConfig) -> None:
                            (kl.KL_ESTIMATORS, p.kl_estimator)):
         if registry.problem(name):
             problems.append(registry.problem(name))
+    compares = "ppo.group_baseline=true" if p.group_baseline else f"ppo.advantage={p.advantage}"
+    if p.samples_per_prompt < 2 and (p.group_baseline or (not advantages.ADVANTAGES.problem(p.advantage)
+                                                           and advantages.needs_groups(p.advantage))):
+        problems.append(f"{compares} compares the responses to one prompt: set ppo.samples_per_prompt >= 2 "
+                        f"(it is {p.samples_per_prompt}; the algo files set 4)")
+    if p.kl_loss_coef < 0:
+        problems.append(f"ppo.kl_loss_coef={p.kl_loss_coef}: must be >= 0")
     if p.samples_per_prompt < 1 or p.rollout_batch_size % p.samples_per_prompt:
         problems.append(f"ppo.rollout_batch_size={p.rollout_batch_size} counts responses, so it must be divisible "
                         f"by ppo.samples_per_prompt={p.samples_per_prompt} (>= 1)")

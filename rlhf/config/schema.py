@@ -247,6 +247,14 @@ class PPOStageConfig:
     kl_target: Optional[float] = None  # set (e.g. 6.0 nats) for Ziegler's adaptive beta
     kl_horizon: int = 10000
     whiten_rewards: bool = False  # normalise the per-token rewards of each batch (mean kept)
+    # Where the KL to the reference goes: into the per-token reward (PPO, RLOO, REINFORCE++), or
+    # (false) out of it, and then as kl_loss_coef x the mean per-token KL (kl_estimator, taken
+    # on the current policy) added to the policy loss (GRPO, with k3)
+    kl_in_reward: bool = True
+    kl_loss_coef: float = 0.0
+    # grpo: divide by the group's std (Shao et al.); false = Dr. GRPO (Liu et al. 2025)
+    scale_by_std: bool = True
+    group_baseline: bool = False  # reinforce_pp: subtract the group's mean score first (REINFORCE++-baseline)
     # --- optimisation
     mini_batch_size: int = 32  # responses per optimizer step; must divide rollout_batch_size
     # responses per forward (rollout scoring) and forward/backward pass (training); null =
@@ -268,7 +276,7 @@ class PPOStageConfig:
     value_learning_rate: Optional[float] = None  # null = learning_rate
     value_clip: float = 0.2
     vf_coef: float = 0.1
-    critic_warmup_updates: int = 0  # train only the critic for the first N updates
+    critic_warmup_updates: int = 0  # train only the critic for the first N updates (ignored without a critic)
     # --- evaluation and checkpoints
     eval_every_updates: int = 10  # gold score / RM score on eval prompts (0: start and end only)
     eval_prompts: int = 256

@@ -5,7 +5,8 @@
         rollout     samples_per_prompt responses each, with reference log-probs, the critic's
                     values (when there is one) and reward-model scores (rollout.py)
         rewards     the normalised score on the last token (no_eos_score for an unfinished
-                    response), -beta * KL to the reference on every token (rlhf/algos/rewards.py)
+                    response), -beta * KL to the reference on every token (rlhf/algos/rewards.py;
+                    with ppo.kl_in_reward=false the KL goes into the loss instead, as GRPO does)
         advantages  the registered estimator `ppo.advantage` (gae: GAE, whitened over all ranks)
         optimise    ppo_epochs x minibatches of the registered `ppo.policy_loss` (+ vf_coef x the
                     critic's clipped value loss, + ptx_coef x LM loss on demonstrations: PPO-ptx),
@@ -100,13 +101,12 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     for update in progress:
         batch_prompts, groups = next_prompts(prompts, p)
         r = rollout(roles, tokenizer, encode_prompts(tokenizer, batch_prompts), p, max_new_tokens, groups)
+        started = time.perf_counter()
         scores = shape_scores(r.raw_scores, r.ended, bias=bias, clip=p.score_clip, no_eos_score=p.no_eos_score)
         kl, advantages, returns = advantages_of(r, scores, p, kl_ctl.beta)
-
-        started = time.perf_counter()
         stats = optimise(roles, r, advantages, returns, p, ptx_examples, tokenizer.pad_token_id,
-                         train_policy=update >= p.critic_warmup_updates)
-        stats.update(rollout_stats(r, scores, kl, returns, kl_ctl.beta))
+                         train_policy=roles.critic is None or update >= p.critic_warmup_updates)
+        stats.update(rollout_stats(r, scores, kl, returns, p, kl_ctl.beta))
         stats.update({f"time_{k}_s": v for k, v in r.seconds.items()}, time_train_s=time.perf_counter() - started)
         if data.gold_scorer is not None:
             stats["gold_score"] = sum(data.gold_scorer(q, t) for q, t in zip(batch_prompts, r.texts)) / len(r.texts)
@@ -215,7 +215,7 @@ class EMA:
 def advantages_of(r: Rollout, scores: torch.Tensor, p, beta: float):
     """(kl [B, R], advantages [B, R], returns [B, R] or None) from the registered estimator."""
     kl = kl_per_token(r.logprobs, r.ref_logprobs, p.kl_estimator) * r.mask
-    rewards = token_rewards(kl, scores, r.mask, beta)
+    rewards = token_rewards(kl, scores, r.mask, beta if p.kl_in_reward else 0.0)
     total = distributed.sum_over_ranks  # batch statistics over every rank's responses
     if p.whiten_rewards:
         rewards = masked_whiten(rewards, r.mask, shift_mean=False, total=total)
@@ -254,6 +254,10 @@ def optimise(roles: Roles, r: Rollout, advantages: torch.Tensor, returns: Option
                                                           with_entropy=p.entropy_coef > 0)
                     pg_loss, pg_stats = policy_loss(logprobs, r.logprobs[micro], advantages[micro], m, p)
                     loss = pg_loss
+                    if p.kl_loss_coef > 0:  # KL to the reference in the loss, not the reward (GRPO)
+                        kl_loss = masked_mean(kl_per_token(logprobs, r.ref_logprobs[micro], p.kl_estimator), m)
+                        loss = loss + p.kl_loss_coef * kl_loss
+                        pg_stats = {**pg_stats, "kl_loss": kl_loss.detach()}
                     if entropy is not None:
                         loss = loss - p.entropy_coef * masked_mean(entropy, m)
                     loss = weight * loss
@@ -280,9 +284,10 @@ def ptx_loss(policy, examples: list[tuple[list[int], list[int]]], pad_id: int) -
     return policy(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
 
 
-def rollout_stats(r: Rollout, scores: torch.Tensor, kl: torch.Tensor, returns: Optional[torch.Tensor],
+def rollout_stats(r: Rollout, scores: torch.Tensor, kl: torch.Tensor, returns: Optional[torch.Tensor], p,
                   beta: float) -> dict[str, float]:
     """What to watch together: score up with length up and KL running away is reward hacking."""
+    beta = beta if p.kl_in_reward else 0.0  # the KL penalty's share of the reward
     stats = {
         "score": scores.mean().item(),
         "score_raw": r.raw_scores.mean().item(),
