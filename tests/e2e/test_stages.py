@@ -140,7 +140,7 @@ def test_compare_report_agrees_with_its_samples_and_redraws_from_results(runs, t
     import numpy as np
     from PIL import Image
 
-    from rlhf.stages.compare import per_prompt_wins
+    from rlhf.stages.compare.stats import per_prompt_wins
 
     out = runs / "compare"
     results = json.loads((out / "results.json").read_text())
