@@ -45,7 +45,8 @@ def content_id(path: str) -> str:
 def fingerprint(cfg: RLHFConfig, stage: str) -> dict:
     """{"sha256": ..., "inputs": {...}}: the hash over the stage's settings and inputs."""
     settings = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
-    relevant = {k: settings[k] for k in ("seed", "model", "data", STAGES[stage].section) if k in settings}
+    sections = ("seed", "model", "data", STAGES[stage].section, *STAGES[stage].also_reads)
+    relevant = {k: settings[k] for k in sections if k in settings}
     inputs = {"data": describe_source(cfg.data),
               **{role: {"path": path, "content": content_id(path)} for role, path in upstream(cfg, stage).items()}}
     blob = json.dumps({"settings": relevant, "inputs": inputs}, sort_keys=True, default=str)

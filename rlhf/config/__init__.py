@@ -17,6 +17,7 @@ from rlhf.config.schema import (  # noqa: F401  (the names every layer imports f
     OnError,
     PPOStageConfig,
     PrepareConfig,
+    RewardConfig,
     RLHFConfig,
     RMStageConfig,
     SFTStageConfig,

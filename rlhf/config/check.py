@@ -165,6 +165,12 @@ def check(cfg: RLHFConfig) -> None:
                         f"(it is {p.samples_per_prompt}; the algo files set 4)")
     if p.kl_loss_coef < 0:
         problems.append(f"ppo.kl_loss_coef={p.kl_loss_coef}: must be >= 0")
+    rw = cfg.reward
+    if rw.source not in ("model", "function"):
+        problems.append(f"reward.source={rw.source!r}: choose model or function")
+    elif rw.source == "function" and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", rw.function or ""):
+        problems.append(f"reward.function={rw.function!r}: with reward.source=function name a callable as "
+                        "package.module:name, e.g. reward.function=rlhf.data.toy:gold_score")
     if p.samples_per_prompt < 1 or p.rollout_batch_size % p.samples_per_prompt:
         problems.append(f"ppo.rollout_batch_size={p.rollout_batch_size} counts responses, so it must be divisible "
                         f"by ppo.samples_per_prompt={p.samples_per_prompt} (>= 1)")

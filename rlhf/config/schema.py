@@ -231,8 +231,8 @@ class PPOStageConfig:
     policy_loss: str = "ppo_clip"  # clipped surrogate
     # --- inputs (null = this run's outputs, from the stage registry)
     policy_from: Optional[str] = None  # null = runs/<run>/sft/final; also the frozen reference
-    reward_from: Optional[str] = None  # null = runs/<run>/rm/final (with its normalisation)
-    value_from: Optional[str] = None  # null = reward_from: the critic starts as the reward model
+    reward_from: Optional[str] = None  # null = runs/<run>/rm/final (with its normalisation); reward.source=model only
+    value_from: Optional[str] = None  # null = reward_from (the critic starts as the RM), or policy_from without an RM
     # --- rollout
     updates: int = 100  # rollout-then-optimise rounds
     rollout_batch_size: int = 64  # responses sampled per update (prompts x samples_per_prompt), all ranks
@@ -281,6 +281,18 @@ class PPOStageConfig:
     eval_every_updates: int = 10  # gold score / RM score on eval prompts (0: start and end only)
     eval_prompts: int = 256
     save_every_updates: int = 50  # resumable checkpoint in <stage>/checkpoints (0: only at the end)
+
+
+@dataclass
+class RewardConfig:
+    """Stage 3's reward source (conf/reward/). `model`: the reward model of ppo.reward_from with
+    its saved normalisation. `function`: a Python callable (prompt, response) -> float named
+    `module:name`, e.g. the toy task's gold scorer (reward=toy_gold) or an exact-match check;
+    no reward model is read, and a callable that raises or returns a non-finite number stops the
+    run naming the prompt. A function's code is imported, so name only code you trust."""
+
+    source: str = "model"  # model | function
+    function: Optional[str] = None  # source=function: "package.module:callable"
 
 
 @dataclass
@@ -346,6 +358,7 @@ class RLHFConfig:
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     rm: RMStageConfig = field(default_factory=RMStageConfig)
     ppo: PPOStageConfig = field(default_factory=PPOStageConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     # stage=pipeline: the stages it runs, in the registry's order (`rlhf --list-stages`; null = all

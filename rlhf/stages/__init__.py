@@ -21,12 +21,13 @@ CHAIN = "pipeline"  # stage=pipeline runs the registered pipeline stages in orde
 @dataclass(frozen=True)
 class Input:
     """A model a stage reads, set by `<section>.<field>`; when that is null, the default is
-    the output of `produced_by` in this run, or the value of another input (`same_as`), or the
-    configured base model (`base_model`: model.name_or_path, the tiny model when null)."""
+    the output of `produced_by` in this run, or the value of another input (the first of
+    `same_as` that is read), or the configured base model (`base_model`: model.name_or_path, the
+    tiny model when null)."""
 
     field: str
     produced_by: Optional[str] = None
-    same_as: Optional[str] = None
+    same_as: tuple[str, ...] = ()  # the first of these inputs that this stage reads
     base_model: bool = False
     needed: Optional[Callable[[RLHFConfig], bool]] = None  # null: always read
 
@@ -43,12 +44,17 @@ class Stage:
     in_pipeline: bool = False  # stage=pipeline may run it (in the registry's order)
     # extra inputs resolved at run time, by role (compare's policies); merged into the lineage
     dynamic_inputs: Optional[Callable[[RLHFConfig], dict[str, str]]] = None
+    also_reads: tuple[str, ...] = ()  # config sections besides its own that shape its result (lineage)
 
 
 def _uses_critic(cfg: RLHFConfig) -> bool:
     from rlhf.algos.advantages import needs_critic  # (torch: only when a stage-3 config is read)
 
     return needs_critic(cfg.ppo.advantage)
+
+
+def _reads_reward_model(cfg: RLHFConfig) -> bool:
+    return cfg.reward.source == "model"
 
 
 def _compare_policies(cfg: RLHFConfig) -> dict[str, str]:
@@ -63,12 +69,13 @@ _REGISTERED = (
     Stage("rm", "rlhf.stages.reward_model", "stage 2: reward model on pairwise and K-wise comparisons", "rm",
           inputs=(Input("init_from", produced_by="sft"),), output="final", in_pipeline=True),
     Stage("ppo", "rlhf.stages.online_rl.loop", "stage 3: online RL against the reward (PPO by default, algo=...)",
-          "ppo", inputs=(Input("policy_from", produced_by="sft"), Input("reward_from", produced_by="rm"),
-                         Input("value_from", same_as="reward_from", needed=_uses_critic)),
-          output="final", produces_policy=True, in_pipeline=True),
+          "ppo", inputs=(Input("policy_from", produced_by="sft"),
+                         Input("reward_from", produced_by="rm", needed=_reads_reward_model),
+                         Input("value_from", same_as=("reward_from", "policy_from"), needed=_uses_critic)),
+          output="final", produces_policy=True, in_pipeline=True, also_reads=("reward",)),
     Stage("compare", "rlhf.stages.compare", "the policies side by side on held-out prompts", "compare",
           inputs=(Input("reward_from", produced_by="rm"), Input("reference_from", produced_by="sft"),
-                  Input("bon_from", same_as="reference_from")),
+                  Input("bon_from", same_as=("reference_from",))),
           output="report.md", in_pipeline=True, dynamic_inputs=_compare_policies),
     Stage("generate", "rlhf.stages.generate", "print a policy's answers to prompts", "generate"),
 )
@@ -109,7 +116,7 @@ def resolve_inputs(cfg: RLHFConfig, name: str, *, require: bool = True) -> dict[
         if given is not None:
             found[item.field] = given
         elif item.same_as:
-            found[item.field] = found[item.same_as]
+            found[item.field] = next(found[name] for name in item.same_as if name in found)
         elif item.base_model:
             found[item.field] = cfg.model.name_or_path
         else:

@@ -12,7 +12,8 @@ from rlhf.config.check import check, register_schemas, to_config
 
 CONF = ROOT / "conf"
 # Options that need a value the file leaves for the user to give.
-NEEDS = {("data", "jsonl"): ["data.path=data/examples/pairwise.jsonl"]}
+NEEDS = {("data", "jsonl"): ["data.path=data/examples/pairwise.jsonl"],
+         ("reward", "function"): ["reward.function=rlhf.data.toy:gold_score"]}
 
 register_schemas()
 

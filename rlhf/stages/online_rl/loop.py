@@ -43,7 +43,7 @@ from rlhf.core.tracking import Tracker
 from rlhf.data import describe_source, encode_prompts, encode_responses, load_data
 from rlhf.data.stream import Stream
 from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer, reward_bias
-from rlhf.sampling import gold_evaluation, response_logprobs
+from rlhf.sampling import FunctionReward, gold_evaluation, response_logprobs
 from rlhf.stages import resolve_inputs
 from rlhf.stages.online_rl.checkpoint import load_latest, save_checkpoint
 from rlhf.stages.online_rl.roles import Roles, build_roles, micro_rows
@@ -95,12 +95,13 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
         stage_run.metrics.update({f"start_{k}": v for k, v in evaluate(0).items()})
     from tqdm.auto import tqdm
 
-    bias = reward_bias(module_of(roles.reward))
+    bias = reward_bias(module_of(roles.reward)) if cfg.reward.source == "model" else 0.0
     progress = tqdm(range(start, p.updates), desc="ppo", disable=not is_main_process(), initial=start,
                     total=p.updates)
     for update in progress:
         batch_prompts, groups = next_prompts(prompts, p)
-        r = rollout(roles, tokenizer, encode_prompts(tokenizer, batch_prompts), p, max_new_tokens, groups)
+        r = rollout(roles, tokenizer, encode_prompts(tokenizer, batch_prompts), p, max_new_tokens, groups,
+                    prompts=batch_prompts)
         started = time.perf_counter()
         scores = shape_scores(r.raw_scores, r.ended, bias=bias, clip=p.score_clip, no_eos_score=p.no_eos_score)
         kl, advantages, returns = advantages_of(r, scores, p, kl_ctl.beta)
@@ -134,7 +135,8 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     stage_run.metrics["updates"] = p.updates
     tracker.close()
     checkpoint(p.updates)
-    stage_run.manifest["distributed"] = {role: distributed.describe(model, cfg) for role, model in roles.all().items()}
+    stage_run.manifest["distributed"] = {role: distributed.describe(model, cfg) if isinstance(model, torch.nn.Module)
+                                         else {"function": model.spec} for role, model in roles.all().items()}
     save_final(roles.policy, tokenizer, cfg.stage_dir / "final")
     log.info("stage 3 (%s) done: %s", p.advantage, {k: v for k, v in stage_run.metrics.items() if k != "last_update"})
     log.info("final policy: %s", cfg.stage_dir / "final")
@@ -156,7 +158,8 @@ def check_batch_sizes(p) -> None:
 
 
 def load_roles(cfg: RLHFConfig, tokenizer, inputs: dict[str, str]) -> Roles:
-    """Policy, critic (when the advantage estimator uses one), reward model and reference.
+    """Policy, critic (when the advantage estimator uses one), reward model (or function) and
+    reference.
     Dropout is off in all of them: it would make the sampling policy and the one being optimised
     differ, and the PPO ratio would no longer start at 1."""
     ds_config = cfg.deepspeed.config if cfg.deepspeed.name != "none" else {}
@@ -165,7 +168,8 @@ def load_roles(cfg: RLHFConfig, tokenizer, inputs: dict[str, str]) -> Roles:
         return build_roles(cfg, policy=load_causal_lm(cfg.model, tokenizer, inputs["policy_from"]),
                            critic=(load_reward_model(cfg.model, tokenizer, inputs["value_from"])
                                    if needs_critic(cfg.ppo.advantage) else None),
-                           reward=load_reward_model(cfg.model, tokenizer, inputs["reward_from"]),
+                           reward=(load_reward_model(cfg.model, tokenizer, inputs["reward_from"])
+                                   if cfg.reward.source == "model" else FunctionReward(cfg.reward.function)),
                            ref=None if cfg.model.lora.enabled else load_causal_lm(cfg.model, tokenizer,
                                                                                   inputs["policy_from"]))
 

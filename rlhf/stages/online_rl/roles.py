@@ -38,7 +38,7 @@ class Roles:
 
     policy: torch.nn.Module
     ref: torch.nn.Module
-    reward: torch.nn.Module
+    reward: object  # a reward model (torch module), or a reward function (rlhf.sampling.FunctionReward)
     critic: Optional[torch.nn.Module] = None  # None: the advantage estimator needs no values
 
     def trained(self) -> dict[str, torch.nn.Module]:
@@ -134,7 +134,8 @@ def build_roles(cfg, policy, reward, critic=None, ref=None) -> Roles:
         ref = None  # after the policy's engine exists: the adapter-off view of its module
     else:
         ref = ref.eval().requires_grad_(False)
-    reward = reward.eval().requires_grad_(False)
+    is_model = isinstance(reward, torch.nn.Module)  # else a reward function (rlhf.sampling.FunctionReward)
+    reward = reward.eval().requires_grad_(False) if is_model else reward
     lrs = {"policy": p.learning_rate, "critic": p.value_learning_rate or p.learning_rate}
     engines = {}
     for name, model in (("policy", policy), ("critic", critic)):
@@ -160,6 +161,9 @@ def build_roles(cfg, policy, reward, critic=None, ref=None) -> Roles:
     if ds.name != "none" and distributed.zero_stage(ds.config) == 3:
         frozen = {}
         for name, model in (("ref", ref), ("reward", reward)):
+            if not isinstance(model, torch.nn.Module):
+                frozen[name] = model
+                continue
             config = distributed.engine_config(ds.config, model, batch_size=micro * world,
                                                micro_batch_size_per_device=micro, max_grad_norm=p.max_grad_norm,
                                                dtype=cfg.model.dtype, train=False)

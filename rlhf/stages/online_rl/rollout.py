@@ -30,7 +30,7 @@ class Rollout:
     logprobs: torch.Tensor  # [B, R] under the policy that sampled them (logits / T)
     ref_logprobs: torch.Tensor  # [B, R] under the frozen reference
     values: Optional[torch.Tensor]  # [B, R] the critic's, before each token; None without a critic
-    raw_scores: torch.Tensor  # [B] the reward model's output, before normalisation
+    raw_scores: torch.Tensor  # [B] the reward model's output before normalisation, or the reward function's
     ended: torch.Tensor  # [B] bool: the response emitted EOS
     entropy: torch.Tensor  # [B, R]
     groups: torch.Tensor  # [B] the prompt each response answers
@@ -63,10 +63,14 @@ def token_values(critic, sequences, attention_mask, prompt_len: int) -> torch.Te
 
 @torch.no_grad()
 def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tokens: int,
-            groups: Optional[torch.Tensor] = None, min_new_tokens: int = 0) -> Rollout:
+            groups: Optional[torch.Tensor] = None, min_new_tokens: int = 0, prompts: Optional[list] = None) -> Rollout:
     """`prompt_ids` are formatted prompts (rlhf.data.encode_prompts), one row per response;
-    `groups` their prompt ids (default: each its own). min_new_tokens > 0 holds EOS back until
-    then (the throughput benchmark samples fixed-length responses)."""
+    `groups` their prompt ids (default: each its own); `prompts` the prompts themselves, which a
+    reward function (rather than a model) scores with the decoded responses. min_new_tokens > 0
+    holds EOS back until then (the throughput benchmark samples fixed-length responses)."""
+    by_text = hasattr(roles.reward, "score_texts")  # a function of the text, not a model
+    if by_text and prompts is None:
+        raise ValueError("a reward function scores (prompt, response) texts: pass the prompts to rollout()")
     roles.policy.eval()
     start = time.perf_counter()
     batch = tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt")
@@ -91,11 +95,13 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
         parts["ref"].append(response_logprobs(roles.ref, seq, att, prompt_len, p.temperature)[0])
         if roles.critic is not None:
             parts["values"].append(token_values(roles.critic, seq, att, prompt_len))
-        # The RM reads the last non-pad token: the EOS of an ended response.
-        parts["raw"].append(roles.reward(input_ids=seq, attention_mask=att, position_ids=positions(att)).logits[:, 0])
-    ref_logprobs, raw = (torch.cat(parts[k]).float() for k in ("ref", "raw"))
+        if not by_text:  # the RM reads the last non-pad token: the EOS of an ended response
+            parts["raw"].append(roles.reward(input_ids=seq, attention_mask=att,
+                                             position_ids=positions(att)).logits[:, 0])
+    ref_logprobs = torch.cat(parts["ref"]).float()
     values = torch.cat(parts["values"]).float() * mask if parts["values"] else None
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    raw = roles.reward.score_texts(prompts, texts).float() if by_text else torch.cat(parts["raw"]).float()
     roles.policy.train()
     seconds = {"generate": generated - start, "score": time.perf_counter() - generated}
     return Rollout(sequences, attention_mask, mask.float(), logprobs, ref_logprobs, values, raw, ended, entropy,
