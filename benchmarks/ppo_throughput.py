@@ -13,59 +13,26 @@ top_p 1; `ppo-epochs` epochs over `mini-batches` minibatches per update; `update
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import time
-
 import torch
-from tokenizers import Tokenizer, models
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
-from rlhf.algos.rewards import shape_scores
+import workload  # benchmarks/workload.py, beside this script
 from rlhf.config import PPOStageConfig
-from rlhf.stages.online_rl.loop import advantages_of, optimise
 from rlhf.stages.online_rl.roles import Roles, local_engine
-from rlhf.stages.online_rl.rollout import rollout
 
-p = argparse.ArgumentParser()
-p.add_argument("--vocab", type=int, default=512)
-p.add_argument("--hidden", type=int, default=128)
-p.add_argument("--intermediate", type=int, default=256)
-p.add_argument("--layers", type=int, default=2)
-p.add_argument("--heads", type=int, default=4)
-p.add_argument("--batch", type=int, default=32)
-p.add_argument("--prompt-len", type=int, default=24)
-p.add_argument("--response-len", type=int, default=32)
-p.add_argument("--updates", type=int, default=4)
+p = workload.parser()
 p.add_argument("--ppo-epochs", type=int, default=1)
-p.add_argument("--mini-batches", type=int, default=2)
-p.add_argument("--micro-batch-size", type=int, default=0,
-               help="ours only (not in the peer script): episodes per forward/backward; 0 = the minibatch")
-p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
-p.add_argument("--seed", type=int, default=0)
 a = p.parse_args()
 if a.threads:
     torch.set_num_threads(a.threads)
-
-vocab = {"<pad>": 0, "<eos>": 1, **{f"t{i}": i for i in range(2, a.vocab)}}
-tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t2")),
-                              pad_token="<pad>", eos_token="<eos>")
-
-
-def config(**kw):
-    return LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
-                       num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.heads,
-                       max_position_embeddings=a.prompt_len + a.response_len + 8,
-                       pad_token_id=0, eos_token_id=1, tie_word_embeddings=False, **kw)
-
+tok = workload.tokenizer(a.vocab)
 
 torch.manual_seed(a.seed)
-policy = LlamaForCausalLM(config())
-ref = LlamaForCausalLM(config())
+policy = LlamaForCausalLM(workload.llama_config(a))
+ref = LlamaForCausalLM(workload.llama_config(a))
 ref.load_state_dict(policy.state_dict())
-reward = LlamaForSequenceClassification(config(num_labels=1))
-value = LlamaForSequenceClassification(config(num_labels=1))
+reward = LlamaForSequenceClassification(workload.llama_config(a, num_labels=1))
+value = LlamaForSequenceClassification(workload.llama_config(a, num_labels=1))
 value.load_state_dict(reward.state_dict())
 cfg = PPOStageConfig(rollout_batch_size=a.batch, mini_batch_size=a.batch // a.mini_batches, ppo_epochs=a.ppo_epochs,
                      micro_batch_size=a.micro_batch_size or None, learning_rate=1e-5, temperature=1.0)
@@ -75,23 +42,5 @@ roles = Roles(policy=local_engine(policy, torch.optim.AdamW(policy.parameters(),
 
 g = torch.Generator().manual_seed(a.seed)
 prompts = torch.randint(2, a.vocab, (a.batch * a.updates, a.prompt_len), generator=g).tolist()
-phases = {"generate_s": 0.0, "score_s": 0.0, "train_s": 0.0}
-t0 = time.perf_counter()
-for update in range(a.updates):
-    r = rollout(roles, tok, prompts[update * a.batch:(update + 1) * a.batch], cfg,
-                max_new_tokens=a.response_len, min_new_tokens=a.response_len)
-    phases["generate_s"] += r.seconds["generate"]
-    phases["score_s"] += r.seconds["score"]
-    t = time.perf_counter()
-    scores = shape_scores(r.raw_scores, r.ended, bias=0.0, clip=cfg.score_clip, no_eos_score=cfg.no_eos_score)
-    _, advantages, returns = advantages_of(r, scores, cfg, cfg.beta)
-    optimise(roles, r, advantages, returns, cfg, [], tok.pad_token_id)
-    phases["train_s"] += time.perf_counter() - t
-wall = time.perf_counter() - t0
-n = a.batch * a.updates
-print(json.dumps({"impl": "rlhf-ppo", "episodes": n, "updates": a.updates, "wall_s": round(wall, 3),
-                  "episodes_per_s": round(n / wall, 3),
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                  "gen_tokens_per_s": round(n * a.response_len / phases["generate_s"], 1),
-                  **{k: round(v, 3) for k, v in phases.items()},
-                  "torch_threads": torch.get_num_threads(), "settings": vars(a)}))
+phases, wall = workload.run_updates(roles, tok, cfg, a, [prompts[u * a.batch:(u + 1) * a.batch] for u in range(a.updates)])
+workload.report("rlhf-ppo", a, phases, wall)

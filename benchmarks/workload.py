@@ -1,0 +1,75 @@
+"""What benchmarks/ppo_throughput.py and grpo_throughput.py share: the peer scripts' flags, the
+tiny Llama and word-level tokenizer they build, the timed loop of updates, and the JSON line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+from tokenizers import Tokenizer, models
+from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+from rlhf.algos.rewards import shape_scores
+from rlhf.stages.online_rl.loop import advantages_of, optimise
+from rlhf.stages.online_rl.rollout import rollout
+
+
+def parser() -> argparse.ArgumentParser:
+    """The flags both peer scripts take; each benchmark adds its own."""
+    p = argparse.ArgumentParser()
+    for name, default in (("vocab", 512), ("hidden", 128), ("intermediate", 256), ("layers", 2), ("heads", 4)):
+        p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--batch", type=int, default=32, help="episodes per update")
+    p.add_argument("--prompt-len", type=int, default=24)
+    p.add_argument("--response-len", type=int, default=32)
+    p.add_argument("--updates", type=int, default=4)
+    p.add_argument("--mini-batches", type=int, default=2)
+    p.add_argument("--micro-batch-size", type=int, default=0,
+                   help="ours only (not in the peer scripts): episodes per forward/backward; 0 = the minibatch")
+    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def tokenizer(vocab: int) -> PreTrainedTokenizerFast:
+    ids = {"<pad>": 0, "<eos>": 1, **{f"t{i}": i for i in range(2, vocab)}}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(ids, unk_token="t2")),
+                                   pad_token="<pad>", eos_token="<eos>")
+
+
+def llama_config(a, **kw) -> LlamaConfig:
+    return LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
+                       num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.heads,
+                       max_position_embeddings=a.prompt_len + a.response_len + 8,
+                       pad_token_id=0, eos_token_id=1, tie_word_embeddings=False, **kw)
+
+
+def run_updates(roles, tok, cfg, a, batches, groups=None) -> tuple[dict[str, float], float]:
+    """One update per batch of prompt ids, exactly response-len tokens each, as the stage-3
+    loop runs it; returns (seconds by phase, wall seconds)."""
+    phases = {"generate_s": 0.0, "score_s": 0.0, "train_s": 0.0}
+    t0 = time.perf_counter()
+    for batch in batches:
+        r = rollout(roles, tok, batch, cfg, max_new_tokens=a.response_len, groups=groups,
+                    min_new_tokens=a.response_len)
+        phases["generate_s"] += r.seconds["generate"]
+        phases["score_s"] += r.seconds["score"]
+        t = time.perf_counter()
+        scores = shape_scores(r.raw_scores, r.ended, bias=0.0, clip=cfg.score_clip, no_eos_score=cfg.no_eos_score)
+        _, advantages, returns = advantages_of(r, scores, cfg, cfg.beta)
+        optimise(roles, r, advantages, returns, cfg, [], tok.pad_token_id)
+        phases["train_s"] += time.perf_counter() - t
+    return phases, time.perf_counter() - t0
+
+
+def report(impl: str, a, phases: dict[str, float], wall: float) -> None:
+    n = a.batch * a.updates
+    print(json.dumps({"impl": impl, "episodes": n, "updates": a.updates, "wall_s": round(wall, 3),
+                      "episodes_per_s": round(n / wall, 3),
+                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                      "gen_tokens_per_s": round(n * a.response_len / phases["generate_s"], 1),
+                      **{k: round(v, 3) for k, v in phases.items()},
+                      "torch_threads": torch.get_num_threads(), "settings": vars(a)}))
