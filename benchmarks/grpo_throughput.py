@@ -18,7 +18,7 @@ term in the loss with coefficient --beta; `mini-batches` optimizer steps per upd
 from __future__ import annotations
 
 import torch
-from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+from transformers import LlamaForSequenceClassification
 
 import workload  # benchmarks/workload.py, beside this script
 from rlhf.config import PPOStageConfig
@@ -27,16 +27,10 @@ from rlhf.stages.online_rl.roles import Roles, local_engine
 p = workload.parser()
 p.add_argument("--group", type=int, default=4, help="answers per prompt")
 p.add_argument("--beta", type=float, default=0.04)
-a = p.parse_args()
+a = workload.parse(p)
 assert a.batch % a.group == 0 and a.batch % a.mini_batches == 0
-if a.threads:
-    torch.set_num_threads(a.threads)
 tok = workload.tokenizer(a.vocab)
-
-torch.manual_seed(a.seed)
-policy = LlamaForCausalLM(workload.llama_config(a))
-ref = LlamaForCausalLM(workload.llama_config(a))
-ref.load_state_dict(policy.state_dict())
+policy, ref = workload.policy_and_reference(a)
 torch.manual_seed(a.seed + 1)
 reward = LlamaForSequenceClassification(workload.llama_config(a, num_labels=1))
 cfg = PPOStageConfig(advantage="grpo", samples_per_prompt=a.group, rollout_batch_size=a.batch,
@@ -44,7 +38,7 @@ cfg = PPOStageConfig(advantage="grpo", samples_per_prompt=a.group, rollout_batch
                      kl_loss_coef=a.beta, kl_estimator="k3", micro_batch_size=a.micro_batch_size or None,
                      learning_rate=1e-5, temperature=1.0)
 roles = Roles(policy=local_engine(policy, torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5), cfg),
-              ref=ref.eval().requires_grad_(False), reward=reward.eval().requires_grad_(False))
+              ref=ref, reward=reward.eval().requires_grad_(False))
 
 g = torch.Generator().manual_seed(a.seed)
 per_update = a.batch // a.group

@@ -14,7 +14,7 @@ top_p 1; `ppo-epochs` epochs over `mini-batches` minibatches per update; `update
 from __future__ import annotations
 
 import torch
-from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+from transformers import LlamaForSequenceClassification
 
 import workload  # benchmarks/workload.py, beside this script
 from rlhf.config import PPOStageConfig
@@ -22,22 +22,16 @@ from rlhf.stages.online_rl.roles import Roles, local_engine
 
 p = workload.parser()
 p.add_argument("--ppo-epochs", type=int, default=1)
-a = p.parse_args()
-if a.threads:
-    torch.set_num_threads(a.threads)
+a = workload.parse(p)
 tok = workload.tokenizer(a.vocab)
-
-torch.manual_seed(a.seed)
-policy = LlamaForCausalLM(workload.llama_config(a))
-ref = LlamaForCausalLM(workload.llama_config(a))
-ref.load_state_dict(policy.state_dict())
+policy, ref = workload.policy_and_reference(a)
 reward = LlamaForSequenceClassification(workload.llama_config(a, num_labels=1))
 value = LlamaForSequenceClassification(workload.llama_config(a, num_labels=1))
 value.load_state_dict(reward.state_dict())
 cfg = PPOStageConfig(rollout_batch_size=a.batch, mini_batch_size=a.batch // a.mini_batches, ppo_epochs=a.ppo_epochs,
                      micro_batch_size=a.micro_batch_size or None, learning_rate=1e-5, temperature=1.0)
 roles = Roles(policy=local_engine(policy, torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5), cfg),
-              ref=ref.eval().requires_grad_(False), reward=reward.eval().requires_grad_(False),
+              ref=ref, reward=reward.eval().requires_grad_(False),
               critic=local_engine(value, torch.optim.AdamW(value.parameters(), lr=cfg.learning_rate, eps=1e-5), cfg))
 
 g = torch.Generator().manual_seed(a.seed)

@@ -10,7 +10,7 @@ import time
 
 import torch
 from tokenizers import Tokenizer, models
-from transformers import LlamaConfig, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rlhf.algos.rewards import shape_scores
 from rlhf.stages.online_rl.loop import advantages_of, optimise
@@ -32,6 +32,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--seed", type=int, default=0)
     return p
+
+
+def parse(p: argparse.ArgumentParser):
+    """The flags, with torch's thread count set from --threads."""
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    return a
+
+
+def policy_and_reference(a) -> tuple[LlamaForCausalLM, LlamaForCausalLM]:
+    """The policy from --seed and its frozen reference, a copy of the same weights."""
+    torch.manual_seed(a.seed)
+    policy = LlamaForCausalLM(llama_config(a))
+    ref = LlamaForCausalLM(llama_config(a))
+    ref.load_state_dict(policy.state_dict())
+    return policy, ref.eval().requires_grad_(False)
 
 
 def tokenizer(vocab: int) -> PreTrainedTokenizerFast:
