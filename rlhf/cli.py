@@ -86,7 +86,9 @@ def _quiet_this_rank() -> None:
 def list_stages(which: str) -> str:
     if which == "all":
         width = max(map(len, stages.STAGES))
-        rows = [f"{s.name:<{width}}  {s.summary}" + ("" if s.in_pipeline else "  (not in the pipeline)")
+        rows = [f"{s.name:<{width}}  {s.summary}" + ("" if s.in_pipeline and s.by_default else
+                                                      "  (pipeline: only when named in stages=)" if s.in_pipeline
+                                                      else "  (not in the pipeline)")
                 for s in stages.STAGES.values()]
         return "\n".join([*rows, f"{stages.CHAIN:<{width}}  runs {' -> '.join(stages.pipeline_stages())}"])
     return " ".join(stages.pipeline_stages())

@@ -3,11 +3,13 @@ step from Hydra's composed config to a checked `RLHFConfig` (check.py)."""
 
 from rlhf.config.schema import (  # noqa: F401  (the names every layer imports from rlhf.config)
     SPLITS,
+    BonSFTStageConfig,
     CompareConfig,
     ConfigError,
     DataConfig,
     DataFormat,
     DeepSpeedConfig,
+    DPOStageConfig,
     FieldMap,
     GenerateConfig,
     LoggerBackend,

@@ -14,6 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf.config.schema import SPLITS, ConfigError, DataFormat, RLHFConfig
 
+PAIR_MODES = ("all", "best")  # dpo.pairs (rlhf.data.preference_pairs)
+# trl 1.16's DPOConfig.loss_type values for pairs (the unpaired and multi-loss ones left out)
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
+                  "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+
 
 def register_schemas() -> None:
     ConfigStore.instance().store(name="rlhf_schema", node=RLHFConfig)
@@ -115,7 +120,7 @@ def check(cfg: RLHFConfig) -> None:
                             f"{d.max_prompt_tokens + d.max_response_tokens} exceeds "
                             f"model.tiny.max_position_embeddings={t.max_position_embeddings}")
 
-    for name in ("sft", "rm"):
+    for name in ("sft", "rm", "dpo", "bon_sft"):
         t = getattr(cfg, name)
         for key in ("per_device_batch_size", "gradient_accumulation_steps"):
             if getattr(t, key) < 1:
@@ -126,6 +131,30 @@ def check(cfg: RLHFConfig) -> None:
             problems.append(f"{name}.dropout={t.dropout}: must lie in [0, 1)")
         if t.learning_rate <= 0:
             problems.append(f"{name}.learning_rate={t.learning_rate}: must be > 0")
+
+    o = cfg.dpo
+    if o.pairs not in PAIR_MODES:
+        problems.append(f"dpo.pairs={o.pairs!r}: choose {' or '.join(PAIR_MODES)}")
+    if o.loss_type not in DPO_LOSS_TYPES:
+        problems.append(f"dpo.loss_type={o.loss_type!r}: choose one of trl's {', '.join(DPO_LOSS_TYPES)}")
+    if o.sft_loss_coef < 0:
+        problems.append(f"dpo.sft_loss_coef={o.sft_loss_coef}: must be >= 0")
+    if o.beta <= 0:
+        problems.append(f"dpo.beta={o.beta}: must be > 0")
+    if not 0.0 <= o.label_smoothing < 0.5:
+        problems.append(f"dpo.label_smoothing={o.label_smoothing}: must lie in [0, 0.5)")
+    b = cfg.bon_sft
+    for key in ("n", "rounds", "generation_batch_size"):
+        if getattr(b, key) < 1:
+            problems.append(f"bon_sft.{key}={getattr(b, key)}: must be >= 1")
+    if b.prompts is not None and b.prompts < 1:
+        problems.append(f"bon_sft.prompts={b.prompts}: must be >= 1 (or null for the whole ppo split)")
+    if b.temperature <= 0:
+        problems.append(f"bon_sft.temperature={b.temperature}: must be > 0")
+    for name, value in (("bon_sft", b.max_new_tokens), ("dpo", o.max_new_tokens)):
+        if value is not None and value > cfg.data.max_response_tokens:
+            problems.append(f"{name}.max_new_tokens={value} exceeds data.max_response_tokens="
+                            f"{cfg.data.max_response_tokens}, the longest response the SFT and RM saw")
 
     p = cfg.ppo
     if p.mini_batch_size < 1 or p.rollout_batch_size % p.mini_batch_size:
@@ -181,7 +210,7 @@ def check(cfg: RLHFConfig) -> None:
     if p.max_new_tokens is not None and p.max_new_tokens > cfg.data.max_response_tokens:
         problems.append(f"ppo.max_new_tokens={p.max_new_tokens} exceeds data.max_response_tokens="
                         f"{cfg.data.max_response_tokens}, the longest response the SFT and RM saw")
-    chain = stages.pipeline_stages()
+    chain = stages.pipeline_stages(optional=True)
     if cfg.stages is not None:
         order = [s for s in chain if s in cfg.stages]
         if not cfg.stages or list(cfg.stages) != order:

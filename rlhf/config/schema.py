@@ -221,6 +221,46 @@ class RMStageConfig(TrainConfig):
 
 
 @dataclass
+class DPOStageConfig(TrainConfig):
+    """`rlhf stage=dpo` (rlhf/stages/dpo.py): trl's DPOTrainer on the rm split's comparisons.
+    init_from null = runs/<run>/sft/final, which is also the frozen reference."""
+
+    # How a K-wise ranking becomes pairs: all = every better-worse pair (C(K,2), ties dropped);
+    # best = the best response against each of the others (K - 1 pairs)
+    pairs: str = "all"
+    beta: float = 0.1  # strength of the pull towards the reference (IPO: its regularisation parameter)
+    loss_type: str = "sigmoid"  # trl's DPOConfig.loss_type: sigmoid (DPO), ipo, hinge, robust, ...
+    label_smoothing: float = 0.0  # robust / cDPO: the probability that a label is flipped
+    # + this x the chosen responses' LM loss (trl's "sft" loss beside loss_type; RPO, Pang et al.
+    # 2024): keeps the chosen answers likely while the margin grows; 0 = plain loss_type
+    sft_loss_coef: float = 0.0
+    learning_rate: float = 1e-6
+    # Implicit-reward accuracy on this many train pairs after training (0: skip)
+    train_accuracy_pairs: int = 256
+    # Toy task only: gold score of generations on this many eval prompts after training.
+    gold_eval_prompts: int = 256
+    max_new_tokens: Optional[int] = None  # gold evaluation's generation length; null = data.max_response_tokens
+
+
+@dataclass
+class BonSFTStageConfig(TrainConfig):
+    """`rlhf stage=bon_sft` (rlhf/stages/bon_sft.py): best-of-n distillation (rejection-sampling
+    fine-tuning): n answers per prompt of the ppo split from the policy, the one the reward source
+    (`reward=`) scores best kept, and the policy fine-tuned on those picks as SFT trains.
+    init_from null = runs/<run>/sft/final."""
+
+    reward_from: Optional[str] = None  # null = runs/<run>/rm/final; reward.source=model only
+    n: int = 4  # answers sampled per prompt
+    prompts: Optional[int] = None  # the ppo split's first N prompts; null = all of them
+    rounds: int = 1  # > 1: sample again from the last round's policy and fine-tune it on the new picks
+    temperature: float = 1.0
+    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
+    generation_batch_size: int = 64  # prompts per sampling batch
+    learning_rate: float = 1e-5
+    gold_eval_prompts: int = 256  # as sft.gold_eval_prompts
+
+
+@dataclass
 class PPOStageConfig:
     """Stage 3 (rlhf/stages/online_rl/): online RL against the reward model. The algorithm is
     the registered pieces named here (conf/algo/ picks a coherent set: `algo=ppo` is InstructGPT's
@@ -300,12 +340,13 @@ class CompareConfig:
     """`rlhf stage=compare`: policies side by side on held-out prompts (rlhf/compare.py)."""
 
     # name -> checkpoint folder, hub id, or "bon:<n>": the best of n samples of `bon_from`, picked
-    # by the reward model. null = this run's sft and ppo policies (those that exist), bon:4, and
-    # the base model when model.name_or_path names one. On the command line:
+    # by the reward model. null = this run's policies (sft, ppo, dpo, bon_sft: those that exist),
+    # bon:4 when a reward model judges, and the base model when model.name_or_path names one.
+    # On the command line:
     # compare.policies='{sft: runs/a/sft/final, ppo_b: runs/b/ppo/final, bon8: "bon:8"}'
     policies: Any = None  # a dict, or null (typed Any: Hydra cannot merge a new dict into a typed one)
     baseline: str = "sft"  # win rates are each policy's against this one
-    reward_from: Optional[str] = None  # the judging RM; null = runs/<run>/rm/final
+    reward_from: Optional[str] = None  # the judging RM; null = runs/<run>/rm/final, or none (gold scorer only) without one
     reference_from: Optional[str] = None  # KL is measured to this policy; null = runs/<run>/sft/final
     bon_from: Optional[str] = None  # the policy bon:<n> samples from; null = reference_from
     prompts: int = 256  # held-out prompts, the first of the eval split
@@ -325,7 +366,7 @@ class CompareConfig:
 class GenerateConfig:
     """`rlhf stage=generate`: print a policy's answers (rlhf/generate.py)."""
 
-    policy: Optional[str] = None  # folder or hub id; null = the last policy this run wrote (ppo, else sft), else the base model
+    policy: Optional[str] = None  # folder or hub id; null = this run's policy of the latest stage in pipeline order (bon_sft, dpo, ppo, sft), else the base model
     prompt: Optional[str] = None  # one prompt; with neither this nor prompts_file, read prompts from stdin
     prompts_file: Optional[str] = None  # a text file, one prompt per line
     num_samples: int = 1  # answers per prompt
@@ -358,6 +399,8 @@ class RLHFConfig:
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     rm: RMStageConfig = field(default_factory=RMStageConfig)
     ppo: PPOStageConfig = field(default_factory=PPOStageConfig)
+    dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
+    bon_sft: BonSFTStageConfig = field(default_factory=BonSFTStageConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)

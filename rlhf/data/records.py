@@ -60,6 +60,22 @@ class Comparison:
                     yield i, j
 
 
+def preference_pairs(comparisons: list[Comparison], mode: str = "all") -> list[tuple[PromptLike, str, str]]:
+    """(prompt, chosen, rejected) triples from K-wise comparisons, for trainers that know pairs
+    only (DPO). all: every better-worse pair, C(K,2) minus ties; best: each best-ranked response
+    against every response ranked below it (K - 1 pairs without ties). In comparison order, then
+    by (better, worse) index."""
+    if mode not in ("all", "best"):
+        raise ValueError(f"pairs mode {mode!r}: choose all or best")
+    triples = []
+    for c in comparisons:
+        top = min(c.ranks)
+        for i, j in c.pairs():
+            if mode == "all" or c.ranks[i] == top:
+                triples.append((c.prompt, c.responses[i], c.responses[j]))
+    return triples
+
+
 @dataclass(frozen=True)
 class Prompt:
     prompt: PromptLike

@@ -4,10 +4,10 @@
                  log-probabilities of given responses
     score.py     reward-model scores, normalised as the RM stage saved them; FunctionReward
     gold.py      gold-scorer evaluation of greedy and sampled answers (toy task)
-    best_of_n.py n samples per prompt, the best by the reward model kept
+    best_of_n.py n samples per prompt, the best by the reward source kept
 """
 
 from rlhf.sampling.generate import Sample, generate, response_logprob_sums, response_logprobs, sample  # noqa: F401
 from rlhf.sampling.best_of_n import BestOfN, best_of_n  # noqa: F401
 from rlhf.sampling.gold import gold_evaluation  # noqa: F401
-from rlhf.sampling.score import FunctionReward, score  # noqa: F401
+from rlhf.sampling.score import FunctionReward, reward_scores, score  # noqa: F401

@@ -75,3 +75,10 @@ class FunctionReward:
                                   f"{response!r}: a reward must be a finite number")
             scores.append(value)
         return torch.tensor(scores)
+
+
+def reward_scores(reward, tokenizer, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
+    """Scores from either reward source: a reward model (normalised) or a FunctionReward."""
+    if isinstance(reward, FunctionReward):
+        return reward.score_texts(prompts, responses)
+    return score(reward, tokenizer, prompts, responses)

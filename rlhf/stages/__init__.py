@@ -42,6 +42,7 @@ class Stage:
     output: Optional[str] = None  # under runs/<run>/<name>/: what later stages read; its existence means done
     produces_policy: bool = False  # compare and generate default to the policies of such stages
     in_pipeline: bool = False  # stage=pipeline may run it (in the registry's order)
+    by_default: bool = True  # in_pipeline: part of stage=pipeline without `stages=` (else opt in by naming it)
     # extra inputs resolved at run time, by role (compare's policies); merged into the lineage
     dynamic_inputs: Optional[Callable[[RLHFConfig], dict[str, str]]] = None
     also_reads: tuple[str, ...] = ()  # config sections besides its own that shape its result (lineage)
@@ -55,6 +56,12 @@ def _uses_critic(cfg: RLHFConfig) -> bool:
 
 def _reads_reward_model(cfg: RLHFConfig) -> bool:
     return cfg.reward.source == "model"
+
+
+def _compare_has_rm(cfg: RLHFConfig) -> bool:
+    """Compare judges by a reward model when one is given or this run trained one; without, by
+    the gold scorer alone (a run of DPO, which trains no RM, on the toy task)."""
+    return cfg.compare.reward_from is not None or output_path(cfg, "rm").exists()
 
 
 def _compare_policies(cfg: RLHFConfig) -> dict[str, str]:
@@ -73,8 +80,16 @@ _REGISTERED = (
                          Input("reward_from", produced_by="rm", needed=_reads_reward_model),
                          Input("value_from", same_as=("reward_from", "policy_from"), needed=_uses_critic)),
           output="final", produces_policy=True, in_pipeline=True, also_reads=("reward",)),
+    Stage("dpo", "rlhf.stages.dpo", "stage 3 offline: DPO (trl) on the comparisons, from the SFT policy", "dpo",
+          inputs=(Input("init_from", produced_by="sft"),), output="final", produces_policy=True, in_pipeline=True,
+          by_default=False),
+    Stage("bon_sft", "rlhf.stages.bon_sft", "stage 3 offline: fine-tune the policy on its best of n answers by the "
+          "reward", "bon_sft", inputs=(Input("init_from", produced_by="sft"),
+                                       Input("reward_from", produced_by="rm", needed=_reads_reward_model)),
+          output="final", produces_policy=True, in_pipeline=True, by_default=False, also_reads=("reward",)),
     Stage("compare", "rlhf.stages.compare", "the policies side by side on held-out prompts", "compare",
-          inputs=(Input("reward_from", produced_by="rm"), Input("reference_from", produced_by="sft"),
+          inputs=(Input("reward_from", produced_by="rm", needed=_compare_has_rm),
+                  Input("reference_from", produced_by="sft"),
                   Input("bon_from", same_as=("reference_from",))),
           output="report.md", in_pipeline=True, dynamic_inputs=_compare_policies),
     Stage("generate", "rlhf.stages.generate", "print a policy's answers to prompts", "generate"),
@@ -88,9 +103,10 @@ def get(name: str) -> Stage:
     return STAGES[name]
 
 
-def pipeline_stages() -> list[str]:
-    """What stage=pipeline runs by default, in order."""
-    return [s.name for s in STAGES.values() if s.in_pipeline]
+def pipeline_stages(*, optional: bool = False) -> list[str]:
+    """What stage=pipeline runs by default, in order; with `optional`, every stage it may run
+    (those named in `stages=` too)."""
+    return [s.name for s in STAGES.values() if s.in_pipeline and (s.by_default or optional)]
 
 
 def stage_dir(cfg: RLHFConfig, name: str) -> Path:
@@ -135,7 +151,8 @@ def policy_stages() -> list[str]:
 
 def compare_policies(cfg: RLHFConfig, *, require: bool = True) -> dict[str, str]:
     """compare.policies, or by default: the base model (when model.name_or_path names one), this
-    run's policies that exist (every stage that produces one), and bon:4."""
+    run's policies that exist (every stage that produces one), and bon:4 when a reward model
+    judges (it picks bon's answers)."""
     c = cfg.compare
     if c.policies:
         return dict(c.policies)
@@ -147,7 +164,8 @@ def compare_policies(cfg: RLHFConfig, *, require: bool = True) -> dict[str, str]
         raise ConfigError(f"compare.policies is empty, so compare uses this run's stages, but "
                           f"{output_path(cfg, 'sft')} does not exist: run `rlhf stage=sft run={cfg.run}` first, or "
                           "set compare.policies")
-    policies["bon:4"] = "bon:4"
+    if _compare_has_rm(cfg):
+        policies["bon:4"] = "bon:4"
     if require and c.baseline not in policies:
         raise ConfigError(f"compare.baseline={c.baseline!r} is not among the default policies {list(policies)}")
     return policies

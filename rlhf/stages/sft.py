@@ -12,27 +12,46 @@ import logging
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from rlhf.config import RLHFConfig
-from rlhf.core.artifacts import StageRun, save_final
-from rlhf.core.distributed import describe, full_weights
+from rlhf.config import RLHFConfig, TrainConfig
+from rlhf.core.artifacts import StageRun
 from rlhf.core.preemption import stop_request
 from rlhf.core.tracking import Tracker
 from rlhf.data import Demonstration, describe_source, encode_prompts, encode_responses, load_data
 from rlhf.models import load_causal_lm, load_tokenizer, peft_lora_config
-from rlhf.sampling import gold_evaluation
 from rlhf.stages import resolve_inputs
-from rlhf.stages.training import CheckpointCallback, TrackerCallback, last_checkpoint, loss_summary, trained_model, trainer_args
+from rlhf.stages.training import (CheckpointCallback, TrackerCallback, finish, gold_metrics, last_checkpoint, loss_summary,
+                                  trainer_args)
 
 log = logging.getLogger(__name__)
 
 
 def sft_dataset(tokenizer, demos: list[Demonstration]) -> Dataset:
-    prompts = encode_prompts(tokenizer, [d.prompt for d in demos])
-    responses = encode_responses(tokenizer, [d.response for d in demos])
+    return token_dataset(encode_prompts(tokenizer, [d.prompt for d in demos]),
+                         encode_responses(tokenizer, [d.response for d in demos]))
+
+
+def token_dataset(prompts: list[list[int]], responses: list[list[int]]) -> Dataset:
+    """prompt ids + response ids, the loss on the response's tokens only."""
     return Dataset.from_dict({
-        "input_ids": [p + r for p, r in zip(prompts, responses)],
+        "input_ids": [list(p) + list(r) for p, r in zip(prompts, responses)],
         "completion_mask": [[0] * len(p) + [1] * len(r) for p, r in zip(prompts, responses)],
     })
+
+
+def sft_trainer(cfg: RLHFConfig, t: TrainConfig, tokenizer, init_from, train_dataset: Dataset, eval_dataset: Dataset,
+                callbacks, checkpoints=None) -> SFTTrainer:
+    """trl's SFTTrainer on token datasets, starting from `init_from` (None: the base model); the
+    trainer of SFT and of best-of-n distillation."""
+    packing = getattr(t, "packing", False)
+    # The Trainer's arguments before the model: with a ZeRO-3 config they make from_pretrained
+    # load each rank's shard only, not the whole model on every rank.
+    args = trainer_args(SFTConfig, t, cfg, checkpoints, completion_only_loss=True, packing=packing,
+                        max_length=cfg.data.max_prompt_tokens + cfg.data.max_response_tokens if packing else None,
+                        dataset_num_proc=None)
+    model = load_causal_lm(cfg.model, tokenizer, path=init_from, dropout=t.dropout)  # null: the base model, pinned to model.revision
+    lora = peft_lora_config(cfg.model.lora, "causal") if cfg.model.lora.enabled else None
+    return SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora,
+                      train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
 
 
 def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
@@ -45,19 +64,10 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), "init_from": init_from or "tiny model, built fresh"}
     stage_run.manifest["data"] = bundle.summary()
 
-    # The Trainer's arguments before the model: with a ZeRO-3 config they make from_pretrained
-    # load each rank's shard only, not the whole model on every rank.
-    args = trainer_args(SFTConfig, s, cfg, completion_only_loss=True, packing=s.packing,
-                        max_length=cfg.data.max_prompt_tokens + cfg.data.max_response_tokens if s.packing else None,
-                        dataset_num_proc=None)
-    model = load_causal_lm(cfg.model, tokenizer, path=s.init_from, dropout=s.dropout)  # null: the base model, pinned to model.revision
     tracker = Tracker(cfg.logger, cfg.stage_dir, "sft")
     stop = stop_request()
-    lora = peft_lora_config(cfg.model.lora, "causal") if cfg.model.lora.enabled else None
-    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora,
-                         train_dataset=sft_dataset(tokenizer, train_demos),
-                         eval_dataset=sft_dataset(tokenizer, eval_demos),
-                         callbacks=[TrackerCallback(tracker), CheckpointCallback(stop)])
+    trainer = sft_trainer(cfg, s, tokenizer, s.init_from, sft_dataset(tokenizer, train_demos),
+                          sft_dataset(tokenizer, eval_demos), [TrackerCallback(tracker), CheckpointCallback(stop)])
     log.info("SFT on %d demonstrations (%d eval), %d parameters, %d trained", len(train_demos), len(eval_demos),
              sum(p.numel() for p in trainer.model.parameters()),
              sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))
@@ -66,17 +76,5 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
         stop.stop(f"checkpoint-{trainer.state.global_step}")
 
     stage_run.metrics.update({**loss_summary(trainer), "eval_loss": trainer.evaluate()["eval_loss"]})
-    if bundle.gold_scorer is not None and s.gold_eval_prompts > 0:
-        prompts = [p.prompt for p in bundle.splits["eval"].prompts[: s.gold_eval_prompts]]
-        # Every rank evaluates all prompts (same seed, same result): simpler than sharing them
-        # out, and a small part of the stage.
-        with full_weights(trained_model(trainer)) as model:
-            stage_run.metrics.update(gold_evaluation(model, tokenizer, prompts, bundle.gold_scorer,
-                                               max_new_tokens=s.max_new_tokens or cfg.data.max_response_tokens,
-                                               seed=cfg.seed))
-    tracker.log({f"final/{k}": v for k, v in stage_run.metrics.items() if v is not None}, trainer.state.global_step)
-    tracker.close()
-    stage_run.manifest["distributed"] = describe(trained_model(trainer), cfg)
-    save_final(trained_model(trainer), tokenizer, cfg.stage_dir / "final")
-    log.info("SFT done: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in stage_run.metrics.items()})
-    log.info("final model: %s", cfg.stage_dir / "final")
+    stage_run.metrics.update(gold_metrics(cfg, s, bundle, trainer, tokenizer))
+    finish(cfg, stage_run, trainer, tokenizer, tracker, "SFT")

@@ -1,5 +1,6 @@
-"""What the Trainer-based stages (SFT, RM) share: their TrainingArguments, checkpoints and
-resume, loss summary and log forwarding."""
+"""What the Trainer-based stages (SFT, RM, DPO, bon_sft) share: their TrainingArguments,
+checkpoints and resume, loss summary, log forwarding, the toy task's gold evaluation and the
+stage's last steps."""
 
 from __future__ import annotations
 
@@ -10,21 +11,23 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from rlhf.core.artifacts import write_atomic
+from rlhf.core.artifacts import StageRun, save_final, write_atomic
 from rlhf.config import RLHFConfig, TrainConfig
-from rlhf.core.distributed import barrier, is_engine, is_main_process
+from rlhf.core.distributed import barrier, describe, full_weights, is_engine, is_main_process
 from rlhf.core.preemption import StopRequest
 from rlhf.core.tracking import Tracker
+from rlhf.sampling import gold_evaluation
 
 log = logging.getLogger(__name__)
 
 
-def trainer_args(args_class, t: TrainConfig, cfg: RLHFConfig, **extra):
-    """trl's SFTConfig / RewardConfig from our TrainConfig (built here, not registered as a
-    schema: trl's configs hold hundreds of fields and change between releases)."""
+def trainer_args(args_class, t: TrainConfig, cfg: RLHFConfig, checkpoints: Path | None = None, **extra):
+    """trl's SFTConfig / RewardConfig / DPOConfig from our TrainConfig (built here, not registered
+    as a schema: trl's configs hold hundreds of fields and change between releases). Checkpoints
+    go to `checkpoints`, default <stage>/checkpoints."""
     eval_steps = t.eval_every_steps or None
     return args_class(
-        output_dir=str(cfg.stage_dir / "checkpoints"),
+        output_dir=str(checkpoints or cfg.stage_dir / "checkpoints"),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         per_device_train_batch_size=t.per_device_batch_size,
@@ -57,12 +60,12 @@ def trainer_args(args_class, t: TrainConfig, cfg: RLHFConfig, **extra):
 COMPLETE = "COMPLETE"  # written into a Trainer checkpoint after every rank has finished it
 
 
-def last_checkpoint(cfg: RLHFConfig) -> str | None:
+def last_checkpoint(cfg: RLHFConfig, folder: Path | None = None) -> str | None:
     """The newest complete Trainer checkpoint of this stage (checkpoint-<step>/, DeepSpeed's own
     shards inside under ZeRO), to continue from when the stage is rerun with the same run name.
     The Trainer writes checkpoints in place, so one without the COMPLETE marker may be half
     written (the job was killed while saving) and is passed over."""
-    folder = cfg.stage_dir / "checkpoints"
+    folder = folder or cfg.stage_dir / "checkpoints"
     found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1])) if folder.is_dir() else []
     for candidate in reversed(found):
@@ -116,3 +119,27 @@ class TrackerCallback(TrainerCallback):
         logs = logs or {}
         renamed = {(f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v for k, v in logs.items()}
         self.tracker.log(renamed, state.global_step)
+
+
+def gold_metrics(cfg: RLHFConfig, t, bundle, trainer, tokenizer) -> dict:
+    """On a task with a gold scorer (the toy task): the gold score of greedy and sampled answers
+    to the first `t.gold_eval_prompts` eval prompts. Every rank evaluates all of them (same seed,
+    same result): simpler than sharing them out, and a small part of the stage."""
+    if bundle.gold_scorer is None or t.gold_eval_prompts <= 0:
+        return {}
+    prompts = [p.prompt for p in bundle.splits["eval"].prompts[: t.gold_eval_prompts]]
+    with full_weights(trained_model(trainer)) as model:
+        return gold_evaluation(model, tokenizer, prompts, bundle.gold_scorer, seed=cfg.seed,
+                               max_new_tokens=t.max_new_tokens or cfg.data.max_response_tokens)
+
+
+def finish(cfg: RLHFConfig, stage_run: StageRun, trainer, tokenizer, tracker: Tracker, label: str) -> None:
+    """The final metrics to the tracker, the sharding report to the manifest, the model to
+    <stage>/final (every rank calls this: saving under ZeRO-3 is a collective)."""
+    tracker.log({f"final/{k}": v for k, v in stage_run.metrics.items() if isinstance(v, (int, float))},
+                trainer.state.global_step)
+    tracker.close()
+    stage_run.manifest["distributed"] = describe(trained_model(trainer), cfg)
+    save_final(trained_model(trainer), tokenizer, cfg.stage_dir / "final")
+    log.info("%s done: %s", label, {k: round(v, 4) if isinstance(v, float) else v for k, v in stage_run.metrics.items()})
+    log.info("final model: %s", cfg.stage_dir / "final")

@@ -1,4 +1,4 @@
-"""SFT, RM and PPO under DeepSpeed ZeRO-2 and ZeRO-3 on 2 CPU ranks (torchrun, gloo), as a
+"""SFT, RM and PPO under DeepSpeed ZeRO-2 and ZeRO-3 (and DPO under ZeRO-2) on 2 CPU ranks (torchrun, gloo), as a
 cluster runs them: `torchrun --nproc_per_node 2 -m rlhf.cli stage=... deepspeed=zero3`.
 
 Each launch has a timeout, after which torchrun is stopped with its ranks, so a rank that
@@ -138,3 +138,37 @@ def test_zero3_checkpoints_resume_sft_and_ppo(root):
 def test_a_checkpoint_from_another_zero_stage_is_refused_by_name(root, run_cli):
     proc = run_cli(*DATA, "run=zero3", "deepspeed=none", *PPO, "ppo.updates=9", cwd=root, expect=2, timeout=300)
     assert "written with DeepSpeed ZeRO setting 'zero3'" in proc.stdout + proc.stderr
+
+
+DPO = ["stage=dpo", "dpo.per_device_batch_size=2", "dpo.save_every_steps=1", "dpo.save_total_limit=10",
+       "dpo.eval_every_steps=0", "dpo.gold_eval_prompts=8", "dpo.train_accuracy_pairs=16", "dpo.learning_rate=1e-3",
+       "dpo.lr_scheduler=constant", "dpo.warmup=0"]
+
+
+def test_zero2_dpo_trains_on_two_ranks_and_resumes_after_sigkill(root):
+    """2 steps, killed once checkpoint-2 is complete, then rerun to 4 steps: the rerun continues
+    from checkpoint-2 (not from scratch) on both ranks."""
+    import time
+
+    args = [*DATA, "run=zero2", "deepspeed=zero2", *DPO, "dpo.max_steps=4"]
+    done = root / "runs" / "zero2" / "dpo" / "checkpoints" / "checkpoint-2" / "COMPLETE"
+    proc = subprocess.Popen(cli_command(*args, ranks=2, master_port=29500 + (os.getpid() + 7) % 1000), cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not done.exists():
+        assert proc.poll() is None, f"dpo ended before checkpoint 2: {proc.stdout.read()[-3000:]}"
+        assert time.time() < deadline, f"no {done} after 300 s"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert not (root / "runs" / "zero2" / "dpo" / "final").exists()
+
+    out = launch(root, "run=zero2", "deepspeed=zero2", *DPO, "dpo.max_steps=4")
+    resumed = [int(line.rsplit("checkpoint-", 1)[1].split()[0]) for line in out.splitlines()
+               if "resuming from" in line and "checkpoint-" in line]
+    assert resumed and resumed[0] >= 2, out[-3000:]
+    m = manifest(root, "zero2", "dpo")
+    assert m["status"] == "completed" and m["metrics"]["steps"] == 4
+    assert m["distributed"]["zero_stage"] == 2 and m["distributed"]["world_size"] == 2
+    before, after = weights(root, "zero2", "sft"), weights(root, "zero2", "dpo")
+    assert max((before[k] - after[k]).abs().max().item() for k in before) > 1e-5

@@ -53,3 +53,24 @@ def test_pipeline_runs_every_stage_then_skips_what_is_up_to_date(tmp_path):
 def test_pipeline_refuses_unknown_or_reordered_stages(tmp_path):
     out = run_cli("stage=pipeline", "stages=[ppo,sft]", cwd=tmp_path, expect=2, timeout=300)
     assert "stages=['ppo', 'sft']" in out.stdout + out.stderr
+
+
+def test_a_dpo_pipeline_without_a_reward_model_is_compared_by_the_gold_scorer(tmp_path):
+    """sft -> dpo -> compare: no RM anywhere, so compare judges by gold alone and sets no bon:4;
+    a changed comparison setting (the pairs) reruns dpo and compare, not sft."""
+    args = ["stages=[sft,dpo,compare]", "dpo.max_steps=4", "dpo.gold_eval_prompts=8", "dpo.train_accuracy_pairs=8",
+            "dpo.learning_rate=1e-3"]
+    out = run_cli("stage=pipeline", *SMALL, *args, cwd=tmp_path, timeout=900)
+    log = out.stdout + out.stderr
+    assert all(f"stage {s} -> " in log for s in ("sft", "dpo", "compare")) and "stage rm -> " not in log
+    assert "judged by the gold scorer alone" in log
+    results = json.loads((tmp_path / "runs" / "default" / "compare" / "results.json").read_text())
+    assert set(results["policies"]) == {"sft", "dpo"}
+    row = results["modes"]["sampled"]["dpo"]
+    assert row["rm_score"] is None and row["gold_score"]["mean"] > 0 and row["win_rate_gold"] is not None
+    assert (tmp_path / "runs" / "default" / "compare" / "report.md").exists()
+    assert manifest(tmp_path, "dpo")["lineage"]["init_from"]["content"] == manifest(tmp_path, "sft")["outputs"]["sha256"]
+
+    out = run_cli("stage=pipeline", *SMALL, *args, "dpo.pairs=best", cwd=tmp_path, timeout=900)
+    log = out.stdout + out.stderr
+    assert "sft: up to date" in log and "stage dpo -> " in log and "stage compare -> " in log

@@ -5,7 +5,6 @@ their one place; no module imports from a layer above its own."""
 
 import ast
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -93,12 +92,36 @@ def test_compare_and_generate_defaults_come_from_the_registry(tmp_path):
         stages.compare_policies(cfg)
     with pytest.raises(ConfigError, match="generate.policy is null"):
         stages.latest_policy(cfg)
-    for name in ("sft", "ppo"):
+    for name in ("sft", "dpo"):  # a run without a reward model: no bon:4, and compare reads no RM
         stages.output_path(cfg, name).mkdir(parents=True)
-    assert stages.compare_policies(cfg) == {"sft": str(tmp_path / "r/sft/final"),
-                                            "ppo": str(tmp_path / "r/ppo/final"), "bon:4": "bon:4"}
-    assert stages.latest_policy(cfg) == str(tmp_path / "r/ppo/final")
+    assert stages.compare_policies(cfg) == {"sft": str(tmp_path / "r/sft/final"), "dpo": str(tmp_path / "r/dpo/final")}
+    assert "reward_from" not in stages.resolve_inputs(cfg, "compare")
+    for name in ("rm", "ppo", "bon_sft"):
+        stages.output_path(cfg, name).mkdir(parents=True)
+    assert stages.compare_policies(cfg) == {
+        "sft": str(tmp_path / "r/sft/final"), "ppo": str(tmp_path / "r/ppo/final"),
+        "dpo": str(tmp_path / "r/dpo/final"), "bon_sft": str(tmp_path / "r/bon_sft/final"), "bon:4": "bon:4"}
+    assert stages.resolve_inputs(cfg, "compare")["reward_from"] == str(tmp_path / "r/rm/final")
+    assert stages.latest_policy(cfg) == str(tmp_path / "r/bon_sft/final")
     assert stages.resolve_inputs(cfg, "compare", require=False)["bon_from"] == str(tmp_path / "r/sft/final")
+
+
+def test_the_offline_stage_3_stages_join_the_pipeline_only_when_named(tmp_path):
+    from rlhf.cli import list_stages
+
+    assert stages.pipeline_stages() == ["sft", "rm", "ppo", "compare"]
+    assert stages.pipeline_stages(optional=True) == ["sft", "rm", "ppo", "dpo", "bon_sft", "compare"]
+    assert "dpo" not in list_stages("pipeline").split()
+    assert "dpo" in list_stages("all") and "only when named in stages=" in list_stages("all")
+    check(RLHFConfig(stage=StageConfig("pipeline"), stages=["sft", "dpo", "compare"]))
+    with pytest.raises(ConfigError, match=r"stages=\['dpo', 'sft'\]"):
+        check(RLHFConfig(stage=StageConfig("pipeline"), stages=["dpo", "sft"]))
+    # dpo reads the SFT policy; bon_sft the SFT policy and, with reward=model only, the RM
+    cfg = RLHFConfig(runs_dir=str(tmp_path), run="r")
+    assert stages.resolve_inputs(cfg, "dpo", require=False) == {"init_from": str(tmp_path / "r/sft/final")}
+    assert set(stages.resolve_inputs(cfg, "bon_sft", require=False)) == {"init_from", "reward_from"}
+    cfg.reward.source, cfg.reward.function = "function", "rlhf.data.toy:gold_score"
+    assert set(stages.resolve_inputs(cfg, "bon_sft", require=False)) == {"init_from"}
 
 
 # ---- the algorithm registries ----
@@ -171,7 +194,8 @@ def test_a_registered_estimator_runs_through_the_real_loop_without_a_critic(sign
 MODEL_SIZE_KEYS = {"model", "sft.learning_rate", "sft.per_device_batch_size", "sft.gradient_accumulation_steps",
                    "sft.epochs", "rm.learning_rate", "rm.per_device_batch_size", "rm.gradient_accumulation_steps",
                    "rm.epochs", "ppo.learning_rate", "ppo.value_learning_rate", "ppo.rollout_batch_size",
-                   "ppo.mini_batch_size", "ppo.micro_batch_size"}
+                   "ppo.mini_batch_size", "ppo.micro_batch_size", "dpo.learning_rate", "dpo.per_device_batch_size",
+                   "bon_sft.learning_rate", "bon_sft.per_device_batch_size"}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "conf" / "model").glob("*.yaml")), ids=lambda p: p.stem)

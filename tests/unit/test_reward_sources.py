@@ -109,3 +109,31 @@ def test_the_loop_trains_against_a_function_with_no_reward_model(tmp_path):
     assert stats["score_raw"] == pytest.approx(gold)
     assert -1.0 <= stats["score"] <= 1.0 and "value_loss" in stats  # PPO: a critic, started from the policy
     assert eos == 1.0 or stats["score"] < gold
+
+
+def test_best_of_n_picks_the_best_by_a_function_and_prefers_answers_that_ended(tokenizer):
+    """The one best-of-n (compare's bon:<n>, bon_sft's picks) with a function as the reward
+    source: each prompt's pick is its highest-scoring candidate; with unfinished_score=-inf an
+    answer cut at max_new_tokens is picked only when no candidate ended."""
+    from rlhf.config import ModelConfig
+    from rlhf.models import load_causal_lm
+    from rlhf.sampling import best_of_n
+
+    torch.manual_seed(0)
+    policy = load_causal_lm(ModelConfig(), tokenizer).eval()  # untrained: long, rarely ended answers
+    prompts = ["sort ascending: 3 1 2", "reverse: 1 2 3", "sort descending: 4 9"]
+    reward = FunctionReward(f"{__name__}:length_reward")
+    found = best_of_n(policy, reward, tokenizer, prompts, seeds=[1, 2, 3, 4], max_new_tokens=6)
+    assert found.scores.shape == (4, 3)
+    for i, pick in enumerate(found.best):
+        assert len(pick.text) == max(len(c[i].text) for c in found.candidates)
+        assert found.best_scores[i] == found.scores[:, i].max()
+    again = best_of_n(policy, reward, tokenizer, prompts, seeds=[1, 2, 3, 4], max_new_tokens=6)
+    assert [a.text for a in again.best] == [a.text for a in found.best]  # the same seeds draw the same way
+    ended = best_of_n(policy, reward, tokenizer, prompts, seeds=[1, 2, 3, 4], max_new_tokens=6,
+                      unfinished_score=float("-inf"))
+    for i, pick in enumerate(ended.best):
+        assert pick.ended or not any(c[i].ended for c in ended.candidates)
+        if any(c[i].ended for c in ended.candidates):
+            assert len(pick.text) == max(len(c[i].text) for c in ended.candidates if c[i].ended)
+    assert any(a.text != b.text for a, b in zip(found.best, ended.best))  # the option changed a pick

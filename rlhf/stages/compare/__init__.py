@@ -1,8 +1,10 @@
 """`rlhf stage=compare`: the policies each stage produced, side by side on held-out prompts.
 
-    policies  named checkpoints or hub ids (default: this run's sft and ppo), and bon:<n>, the
-              best of n samples of a base policy picked by the reward model: the classic
-              baseline PPO must beat
+    policies  named checkpoints or hub ids (default: every policy this run's stages wrote: sft,
+              ppo, dpo, bon_sft), and bon:<n>, the best of n samples of a base policy picked by
+              the reward model: the classic baseline PPO must beat
+    judge     the reward model (compare.reward_from, default this run's rm) and, on the toy
+              task, the gold scorer; a run without an RM (DPO alone) is judged by gold only
     answers   the eval split's first `compare.prompts` prompts; in sampled mode
               `samples_per_prompt` answers each with seeds seed, seed+1, ... (the same prompts and
               seeds for every policy), in greedy mode one
@@ -33,7 +35,7 @@ from rlhf.core.distributed import is_main_process
 from rlhf.data import load_data
 from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
 from rlhf.sampling import Sample, best_of_n, generate, response_logprob_sums, score
-from rlhf.stages import compare_policies, resolve_inputs, stage_dir
+from rlhf.stages import compare_policies, output_path, resolve_inputs, stage_dir
 from rlhf.stages.compare.report import training_curves, write_report
 from rlhf.stages.compare.stats import bon_kl, summarise
 
@@ -56,7 +58,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
 
     policies = compare_policies(cfg)
     inputs = resolve_inputs(cfg, "compare")
-    reward_from, reference_from, bon_from = inputs["reward_from"], inputs["reference_from"], inputs["bon_from"]
+    reward_from, reference_from, bon_from = inputs.get("reward_from"), inputs["reference_from"], inputs["bon_from"]
     tokenizer = load_tokenizer(cfg.model)
     bundle = load_data(cfg.data, tokenizer)
     prompts = [x.prompt for x in bundle.require("eval", "prompts")][: c.prompts]
@@ -64,8 +66,18 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     mine = list(range(distributed.rank(), len(prompts), distributed.world_size()))  # this rank's share of the prompts
     stage_run.manifest["inputs"] = {"policies": policies, "reward_from": reward_from, "reference_from": reference_from,
                               "bon_from": bon_from, "prompts": len(prompts)}
+    if reward_from is None:
+        if bundle.gold_scorer is None:
+            raise ConfigError(f"compare needs a judge: no reward model ({output_path(cfg, 'rm')} does not "
+                              f"exist and compare.reward_from is null) and data {cfg.data.name!r} has no gold scorer. "
+                              f"Run `rlhf stage=rm run={cfg.run}` first, or set compare.reward_from=<RM folder>")
+        bons = [name for name, spec in policies.items() if spec.startswith("bon:")]
+        if bons:
+            raise ConfigError(f"compare.policies {bons}: best-of-n picks by a reward model, and there is none "
+                              f"(run `rlhf stage=rm run={cfg.run}`, or set compare.reward_from)")
+        log.info("compare: no reward model in run %r, so the answers are judged by the gold scorer alone", cfg.run)
 
-    rm = load_reward_model(cfg.model, tokenizer, reward_from).eval()
+    rm = load_reward_model(cfg.model, tokenizer, reward_from).eval() if reward_from else None
     reference = load_causal_lm(cfg.model, tokenizer, reference_from).eval()
     records: list[dict] = []
     from tqdm.auto import tqdm
@@ -127,12 +139,13 @@ def _load_policy(cfg: RLHFConfig, tokenizer, name: str, spec: str):
 
 def _records(name, mode, sample, indices, answers: list[Sample], rm, tokenizer, gold_scorer, kl, kl_method,
              rm_scores=None):
-    if rm_scores is None:
+    if rm_scores is None and rm is not None:
         rm_scores = score(rm, tokenizer, [a.prompt for a in answers], [a.text for a in answers])
     rows = []
     for k, (i, a) in enumerate(zip(indices, answers)):
         rows.append({"policy": name, "mode": mode, "prompt_index": i, "sample": sample, "prompt": a.prompt,
-                     "response": a.text, "rm_score": float(rm_scores[k]),
+                     "response": a.text,
+                     "rm_score": float(rm_scores[k]) if rm_scores is not None else None,
                      "gold_score": float(gold_scorer(a.prompt, a.text)) if gold_scorer else None,
                      "kl": float(kl[k]) if kl is not None else None, "kl_method": kl_method if kl is not None else None,
                      "tokens": len(a.token_ids), "ended": a.ended})

@@ -88,19 +88,21 @@ def write_plots(results: dict, out: Path) -> list[Path]:
         fig.tight_layout()
         written.append(_save(fig, out / "scores.png"))
 
-        points = {n: e for n, e in table.items() if e["kl"] is not None}
+        # the RM's score against KL; the gold score's when no reward model judged (e.g. DPO runs)
+        y = "rm_score" if any(e["rm_score"] is not None for e in table.values()) else "gold_score"
+        points = {n: e for n, e in table.items() if e["kl"] is not None and e[y] is not None}
         if points:
             fig, ax = plt.subplots(figsize=(4.5, 3.5))
             for name, e in points.items():
-                ax.errorbar(e["kl"]["mean"], e["rm_score"]["mean"], capsize=3, fmt="o",
-                            yerr=[[e["rm_score"]["mean"] - e["rm_score"]["low"]], [e["rm_score"]["high"] - e["rm_score"]["mean"]]])
-                ax.annotate(name, (e["kl"]["mean"], e["rm_score"]["mean"]), fontsize=8, xytext=(4, 4),
+                ax.errorbar(e["kl"]["mean"], e[y]["mean"], capsize=3, fmt="o",
+                            yerr=[[e[y]["mean"] - e[y]["low"]], [e[y]["high"] - e[y]["mean"]]])
+                ax.annotate(name, (e["kl"]["mean"], e[y]["mean"]), fontsize=8, xytext=(4, 4),
                             textcoords="offset points")
             ax.set_xlabel("KL to reference (nats)")
-            ax.set_ylabel("RM score (normalised)")
-            ax.set_title(f"RM score vs KL ({mode})", fontsize=9)
+            ax.set_ylabel("RM score (normalised)" if y == "rm_score" else "gold score")
+            ax.set_title(f"{'RM' if y == 'rm_score' else 'gold'} score vs KL ({mode})", fontsize=9)
             fig.tight_layout()
-            written.append(_save(fig, out / "rm_vs_kl.png"))
+            written.append(_save(fig, out / ("rm_vs_kl.png" if y == "rm_score" else "gold_vs_kl.png")))
 
     curves = results.get("training_curves")
     if curves and "score" in curves:
