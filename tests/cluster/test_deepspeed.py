@@ -4,6 +4,7 @@ cluster runs them: `torchrun --nproc_per_node 2 -m rlhf.cli stage=... deepspeed=
 Each launch has a timeout, after which torchrun is stopped with its ranks, so a rank that
 crashes or hangs cannot stall the suite (torchrun itself stops every rank when one fails)."""
 
+import contextlib
 import json
 import os
 import signal
@@ -159,7 +160,13 @@ def test_zero2_dpo_trains_on_two_ranks_and_resumes_after_sigkill(root):
         assert proc.poll() is None, f"dpo ended before checkpoint 2: {proc.stdout.read()[-3000:]}"
         assert time.time() < deadline, f"no {done} after 300 s"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    # SIGKILL to torchrun and to every rank: the ranks run in sessions of their own, so killing
+    # torchrun's process group alone would leave them to finish the job
+    import psutil
+
+    for process in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
     proc.communicate(timeout=120)
     assert not (root / "runs" / "zero2" / "dpo" / "final").exists()
 
