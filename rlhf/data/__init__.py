@@ -6,6 +6,6 @@ from rlhf.data.records import Comparison, DataError, Demonstration, Prompt, Reco
 
 __all__ = [
     "Comparison", "DataBundle", "DataError", "Demonstration", "Prompt", "RecordError", "Split",
-    "assign_splits", "describe_source", "encode", "encode_prompts", "encode_responses", "load_data", "preference_pairs", "prompt_key",
-    "render_prompt", "render_response",
+    "assign_splits", "describe_source", "encode", "encode_prompts", "encode_responses", "load_data",
+    "preference_pairs", "prompt_key", "render_prompt", "render_response",
 ]

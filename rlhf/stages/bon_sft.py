@@ -6,12 +6,15 @@ reward source (`reward=`: the reward model, or a function) scores best kept, and
 fine-tuned on those picks with the SFT stage's trainer, on exactly the sampled tokens. Round 1
 starts from the SFT policy; round k + 1 samples from and fine-tunes round k's result.
 
-    runs/<run>/bon_sft/round_<k>/picks.jsonl  each prompt's pick, its score and the n candidates'
-    runs/<run>/bon_sft/round_<k>/final        round k's policy (the last round's is also final/)
-    runs/<run>/bon_sft/final                  the result
+    runs/<run>/bon_sft/round_<k>/picks.jsonl           each prompt's pick, its score, the n
+                                                       candidates' scores (and gold score)
+    runs/<run>/bon_sft/checkpoints/round_<k>/final     round k's policy, for k < rounds
+    runs/<run>/bon_sft/final                           the last round's policy: the result
 
-A rerun with the same run name keeps the rounds whose final/ exists and resumes the round in
-progress from its last checkpoint (checkpoints/round_<k>/), as SFT does.
+A rerun with the same run name keeps the rounds whose policy exists and resumes the round in
+progress from its last Trainer checkpoint (checkpoints/round_<k>/checkpoint-<step>), as SFT
+does. The earlier rounds' policies live under checkpoints/ so that the pipeline drops them with
+the checkpoints when a setting changes.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import gc
 import json
 import logging
 import math
-import shutil
 
 from rlhf.config import RLHFConfig
 from rlhf.core import distributed
@@ -58,13 +60,15 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
 
     policy_from = inputs["init_from"]
     for k in range(1, b.rounds + 1):
-        folder = cfg.stage_dir / f"round_{k}"
-        if (folder / "final").exists():  # done in an earlier, interrupted run
-            log.info("bon_sft round %d: %s exists, kept", k, folder / "final")
-            policy_from = str(folder / "final")
+        last = k == b.rounds
+        checkpoints = cfg.stage_dir / "checkpoints" / f"round_{k}"
+        out = cfg.stage_dir / "final" if last else checkpoints / "final"
+        if not last and out.exists():  # done in an earlier, interrupted run
+            log.info("bon_sft round %d: %s exists, kept", k, out)
+            policy_from = str(out)
             continue
         picks, pick_metrics = _picks(cfg, k, policy_from, reward, tokenizer, prompts, bundle.gold_scorer)
-        _write_picks(folder / "picks.jsonl", picks)
+        _write_picks(cfg.stage_dir / f"round_{k}" / "picks.jsonl", picks)
         log.info("bon_sft round %d: best of %d on %d prompts: %s", k, b.n, len(prompts),
                  {m: round(v, 4) for m, v in pick_metrics.items()})
         kept = [p for p in picks if p["ended"]]  # an answer cut at max_new_tokens teaches no ending
@@ -72,33 +76,25 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
                               token_dataset(encode_prompts(tokenizer, [p["prompt"] for p in kept]),
                                             [p["token_ids"] for p in kept]),
                               sft_dataset(tokenizer, eval_demos), [TrackerCallback(tracker), CheckpointCallback(stop)],
-                              checkpoints=cfg.stage_dir / "checkpoints" / f"round_{k}")
+                              checkpoints=checkpoints)
         log.info("bon_sft round %d: fine-tuning %s on %d picks (%d dropped: no EOS)", k, policy_from, len(kept),
                  len(picks) - len(kept))
-        trainer.train(resume_from_checkpoint=last_checkpoint(cfg, cfg.stage_dir / "checkpoints" / f"round_{k}"))
+        trainer.train(resume_from_checkpoint=last_checkpoint(cfg, checkpoints))
         if stop.signal_name:
             stop.stop(f"round {k}, checkpoint-{trainer.state.global_step}")
         metrics = {**{f"picks_{m}": v for m, v in pick_metrics.items()}, "picks_trained": len(kept),
                    **loss_summary(trainer), "eval_loss": trainer.evaluate()["eval_loss"]}
-        last = k == b.rounds
         if last:
             metrics.update(gold_metrics(cfg, b, bundle, trainer, tokenizer))
         tracker.log({f"round_{k}/{m}": v for m, v in metrics.items() if isinstance(v, (int, float))}, k)
         stage_run.metrics.update(metrics if b.rounds == 1 else {f"round_{k}/{m}": v for m, v in metrics.items()})
         if last:
             stage_run.manifest["distributed"] = describe(trained_model(trainer), cfg)
-        save_final(trained_model(trainer), tokenizer, folder / "final")
-        policy_from = str(folder / "final")
+        save_final(trained_model(trainer), tokenizer, out)
+        policy_from = str(out)
         del trainer
         gc.collect()
     tracker.close()
-    if is_main_process():  # the result, where later stages look for it; a copy, so a rerun keeps the rounds
-        tmp = cfg.stage_dir / "final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(policy_from, tmp)
-        shutil.rmtree(cfg.stage_dir / "final", ignore_errors=True)
-        tmp.rename(cfg.stage_dir / "final")
-    distributed.barrier()
     log.info("bon_sft done: %s", {m: round(v, 4) if isinstance(v, float) else v for m, v in stage_run.metrics.items()})
     log.info("final model: %s", cfg.stage_dir / "final")
 

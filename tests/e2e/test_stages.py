@@ -213,3 +213,29 @@ def test_compare_shares_prompts_across_two_ranks_and_gathers_every_answer(runs, 
     for policy in ("sft", "ppo", "bon:4"):
         got = sorted((s["prompt_index"], s["sample"]) for s in samples if s["policy"] == policy)
         assert got == [(i, j) for i in range(10) for j in range(2)], policy
+
+
+def test_bon_sft_rounds_sample_from_the_last_round_and_a_rerun_keeps_finished_rounds(runs, run_cli):
+    """Two rounds of best-of-4 distillation on 32 prompts: round 2 samples from round 1's policy;
+    rerun, round 1's policy is kept (not retrained) and the stage ends the same way."""
+    args = [*SMALL, "stage=bon_sft", "bon_sft.prompts=32", "bon_sft.max_steps=3", "bon_sft.rounds=2",
+            "bon_sft.gold_eval_prompts=8", "bon_sft.learning_rate=1e-3", "bon_sft.eval_every_steps=0"]
+    out = run_cli(*args, cwd=runs.parent.parent)
+    log = out.stdout + out.stderr
+    round_1 = runs / "bon_sft" / "checkpoints" / "round_1" / "final"
+    assert f"round 2: fine-tuning {round_1.relative_to(runs.parent.parent)}" in log
+    for k in (1, 2):
+        picks = [json.loads(x) for x in (runs / "bon_sft" / f"round_{k}" / "picks.jsonl").read_text().splitlines()]
+        assert [p["prompt_index"] for p in picks] == list(range(32))
+        assert all(len(p["candidate_scores"]) == 4 and 0.0 <= p["gold_score"] <= 1.0 for p in picks)
+    metrics = manifest(runs, "bon_sft")["metrics"]
+    assert metrics["round_1/picks_trained"] + metrics["round_2/picks_trained"] > 0
+    assert 0.0 <= metrics["round_2/gold_sampled_mean"] <= 1.0
+    trained = load_file(round_1 / "model.safetensors")
+    sft = load_file(runs / "sft" / "final" / "model.safetensors")
+    assert any(not torch.equal(trained[k], sft[k]) for k in sft)  # round 1 trained
+
+    out = run_cli(*args, cwd=runs.parent.parent)
+    assert "round 1: " in out.stdout + out.stderr and "exists, kept" in out.stdout + out.stderr
+    kept = load_file(round_1 / "model.safetensors")
+    assert all(torch.equal(kept[k], v) for k, v in trained.items())
