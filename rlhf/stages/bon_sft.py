@@ -115,7 +115,7 @@ def _picks(cfg: RLHFConfig, k: int, policy_from: str, reward, tokenizer, prompts
     for row, (i, s) in enumerate(zip(mine, found.best)):
         scores = [float(x) if math.isfinite(x) else None for x in found.scores[:, row].tolist()]
         picks.append({"prompt_index": i, "prompt": prompts[i], "response": s.text, "token_ids": list(s.token_ids),
-                      "ended": s.ended, "score": max((x for x in scores if x is not None), default=None),
+                      "ended": s.ended, "score": scores[int(found.scores[:, row].argmax())],
                       "candidate_scores": scores,
                       "gold_score": gold_scorer(prompts[i], s.text) if gold_scorer else None})
     picks = sorted(distributed.gather_objects(picks), key=lambda p: p["prompt_index"])

@@ -52,8 +52,8 @@ class PretokenizedDPOTrainer(DPOTrainer):
 
 
 def build_trainer(cfg: RLHFConfig, tokenizer, bundle, callbacks=()) -> tuple[PretokenizedDPOTrainer, dict]:
-    """The trainer with its policy, reference and datasets, and what went into them (for the
-    manifest). Separate from `run` so that tests can look at a trainer before and after steps."""
+    """The trainer with its policy, reference and datasets, and what went into them (the train
+    triples, and counts for the manifest). Separate from `run` so that tests can look at a trainer before and after steps."""
     o = cfg.dpo
     init_from = resolve_inputs(cfg, "dpo")["init_from"]
     train = preference_pairs(bundle.require("rm", "comparisons"), o.pairs)
@@ -73,8 +73,8 @@ def build_trainer(cfg: RLHFConfig, tokenizer, bundle, callbacks=()) -> tuple[Pre
                                      peft_config=lora, train_dataset=dpo_dataset(tokenizer, train),
                                      eval_dataset=dpo_dataset(tokenizer, evals), callbacks=list(callbacks))
     info = {"init_from": init_from, "reference": f"{init_from} (frozen copy)" if reference is not None
-            else f"{init_from} with the LoRA adapter off", "train_pairs": len(train), "eval_pairs": len(evals),
-            "pairs": o.pairs}
+            else f"{init_from} with the LoRA adapter off", "train": train, "train_pairs": len(train),
+            "eval_pairs": len(evals), "pairs": o.pairs}
     return trainer, info
 
 
@@ -101,7 +101,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
                               "eval_reward_accuracy": evaluated.get("eval_rewards/accuracies"),
                               "eval_reward_margin": evaluated.get("eval_rewards/margins")})
     if o.train_accuracy_pairs > 0:  # every rank measures all of it (same result everywhere)
-        pairs = preference_pairs(bundle.require("rm", "comparisons"), o.pairs)[: o.train_accuracy_pairs]
+        pairs = info["train"][: o.train_accuracy_pairs]
         with full_weights(trained_model(trainer)) as policy, _reference_of(trainer, policy) as reference:
             stage_run.metrics["train_reward_accuracy"] = implicit_reward_accuracy(policy, reference, tokenizer, pairs)
     stage_run.metrics.update(gold_metrics(cfg, o, bundle, trainer, tokenizer))
