@@ -101,8 +101,27 @@ def check(cfg: RLHFConfig) -> None:
     elif not d.path and not d.hub_id:
         problems.append(f"data.format={d.format.value} reads records: set data.path (a local file) "
                         "or data.hub_id (a Hugging Face dataset)")
-    if d.max_records is not None and d.max_records < 1:
-        problems.append(f"data.max_records={d.max_records}: must be >= 1 (or null for all)")
+    for where, src in (("data", d), *((f"data.sources[{i}]", x) for i, x in enumerate(d.sources))):
+        if where != "data":
+            if src.format is DataFormat.toy:
+                problems.append(f"{where}.format=toy: the toy task is the main source only (data.format=toy); "
+                                "an extra source reads a file or hub dataset")
+            elif not src.path and not src.hub_id:
+                problems.append(f"{where} ({src.name}): set path (a local file) or hub_id (a Hugging Face dataset)")
+        if src.max_records is not None and src.max_records < 1:
+            problems.append(f"{where}.max_records={src.max_records}: must be >= 1 (or null for all)")
+        if src.weight < 0:
+            problems.append(f"{where}.weight={src.weight}: must be >= 0")
+        try:
+            import codecs
+
+            codecs.lookup(src.encoding)
+        except LookupError:
+            problems.append(f"{where}.encoding={src.encoding!r}: not a Python codec name (utf-8, latin-1, "
+                            "cp1252, utf-16, ...)")
+    names = [d.name, *(x.name for x in d.sources)]
+    if len(set(names)) < len(names):
+        problems.append(f"data.name and data.sources[*].name must differ (they label per-source counts): {names}")
     for name in ("max_prompt_tokens", "max_response_tokens"):
         if getattr(d, name) < 1:
             problems.append(f"data.{name}={getattr(d, name)}: must be >= 1")

@@ -91,8 +91,22 @@ class ToyConfig:
 
 
 @dataclass
-class DataConfig:
-    name: str = "toy"  # label used in manifests and per-source metrics
+class OasstConfig:
+    """Which OpenAssistant messages are read (format oasst, flat rows or release trees); a
+    filtered message takes its replies with it. Counted in the summary as oasst_filtered."""
+
+    languages: List[str] = field(default_factory=list)  # e.g. [en, de]; empty = every language
+    drop_deleted: bool = True  # messages their authors or moderators deleted
+    require_review: bool = True  # keep only messages whose review_result is true (false/null dropped)
+    drop_synthetic: bool = True  # messages written by a model, not a person
+
+
+@dataclass
+class SourceConfig:
+    """Where records come from and how a row maps onto them. `data` itself is the main source;
+    `data.sources` lists more, each with these keys."""
+
+    name: str = "toy"  # label used in manifests and per-source counts and accuracies
     format: DataFormat = DataFormat.toy
     # Where records come from: `path` (a local jsonl/json/parquet/csv file, .gz allowed, or a
     # folder of such files) or `hub_id` (datasets.load_dataset). `path` wins when both are set
@@ -104,13 +118,39 @@ class DataConfig:
     hub_split: str = "train"
     hub_revision: Optional[str] = None
     fields: FieldMap = field(default_factory=FieldMap)
-    on_error: OnError = OnError["raise"]
+    # Text encoding of local files (jsonl, json, csv). A UTF-8 byte-order mark is accepted either
+    # way; other encodings by name (latin-1, cp1252, utf-16, ...: Python's codec names).
+    encoding: str = "utf-8"
     max_records: Optional[int] = None  # read at most this many rows (quick trials); null = all
+    # Weight of this source's records: 2 keeps each record twice, 0.5 about half of them (chosen
+    # by a hash of the prompt, so the same half on every run); 1 = as read.
+    weight: float = 1.0
+    oasst: OasstConfig = field(default_factory=OasstConfig)
+
+
+class Truncate(enum.Enum):
+    """What happens to a record longer than data.max_prompt_tokens / max_response_tokens."""
+
+    # prompts keep their most recent turns (whole turns dropped from the left; a single
+    # over-long turn cut from the left), the system message kept; an over-long response is
+    # dropped from its record (a ranking keeps its other responses while two or more remain)
+    turns = "turns"
+    none = "none"  # the whole record is a bad record (prompt_too_long / response_too_long)
+
+
+@dataclass
+class DataConfig(SourceConfig):
+    # More sources read beside the main one above (not the toy format), each a mapping with
+    # the keys of SourceConfig, e.g. data.sources='[{name: mine, format: ranked, path: c.jsonl}]'.
+    # Their records are split by prompt hash like the main source's.
+    sources: List[SourceConfig] = field(default_factory=list)
+    on_error: OnError = OnError["raise"]
     # Comparisons also give their best (untied) response as a demonstration, so that preference
     # data alone can feed SFT ("SFT on chosen"). Off for data that has its own demonstrations.
     demonstrations_from_comparisons: bool = False
     max_prompt_tokens: int = 256  # formatted prompt, chat template included
     max_response_tokens: int = 128  # response tokens including the closing EOS
+    truncate: Truncate = Truncate.turns
     splits: SplitConfig = field(default_factory=SplitConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
 
@@ -199,6 +239,9 @@ class TrainConfig:
     eval_every_steps: int = 100  # eval-split loss every N optimizer steps (0: only at the end)
     save_every_steps: int = 500  # checkpoints in <stage>/checkpoints every N steps (0: none)
     save_total_limit: int = 2  # keep only the newest N checkpoints
+    # A non-finite loss or gradient norm stops the run before the optimizer steps (the last
+    # checkpoint kept, exit 4); true skips that batch instead, counted in the metrics.
+    skip_nonfinite: bool = False
 
 
 @dataclass
@@ -321,6 +364,9 @@ class PPOStageConfig:
     eval_every_updates: int = 10  # gold score / RM score on eval prompts (0: start and end only)
     eval_prompts: int = 256
     save_every_updates: int = 50  # resumable checkpoint in <stage>/checkpoints (0: only at the end)
+    # A non-finite reward, advantage, loss or gradient norm stops the run before the optimizer
+    # steps (the last checkpoint kept, exit 4); true skips that mini-batch instead, counted.
+    skip_nonfinite: bool = False
 
 
 @dataclass
@@ -376,6 +422,33 @@ class GenerateConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """`rlhf stage=evaluate` (rlhf/stages/evaluate.py): a reward model on comparisons, or
+    policies on prompts, from any data source (`data=...`, `data.path=...`), without training."""
+
+    # The reward model measured on the source's comparisons (accuracy by source and by K, ties,
+    # margins, the length baseline) and the judge of the policies' answers; null =
+    # runs/<run>/rm/final when it exists
+    reward_from: Optional[str] = None
+    # name -> folder or hub id: policies that answer the source's prompts, judged as compare
+    # judges (RM score, gold on the toy task, win rates against `baseline` with intervals);
+    # null or {} = measure the reward model only
+    policies: Any = None
+    baseline: Optional[str] = None  # a name of `policies`; null = the first
+    # Which records: all of them (a file kept for evaluation), or one split's (sft, rm, ppo, eval)
+    split: str = "all"
+    max_comparisons: Optional[int] = None  # the first N comparisons; null = all
+    prompts: int = 256  # the first N prompts the policies answer
+    samples_per_prompt: int = 1
+    temperature: float = 1.0
+    greedy: bool = False
+    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
+    batch_size: int = 32  # comparisons or prompts per forward/generation batch
+    bootstrap_resamples: int = 1000
+    confidence: float = 0.95
+
+
+@dataclass
 class StageConfig:
     name: str = "prepare"  # which stage `rlhf` runs: a name of the stage registry (`rlhf --list-stages`) or pipeline
 
@@ -404,6 +477,7 @@ class RLHFConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     # stage=pipeline: the stages it runs, in the registry's order (`rlhf --list-stages`; null = all
     # of them); each is skipped when its output exists with the same settings and inputs
     # (rlhf/lineage.py).
