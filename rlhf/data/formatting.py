@@ -58,3 +58,46 @@ def encode_responses(tokenizer, responses: Sequence[str]) -> list[list[int]]:
 def encode(tokenizer, prompt: PromptLike, response: str) -> tuple[list[int], list[int]]:
     """(prompt_ids, response_ids) of one example; the model sees their concatenation."""
     return encode_prompts(tokenizer, [prompt])[0], encode_responses(tokenizer, [response])[0]
+
+
+def truncate_prompt(tokenizer, prompt: PromptLike, max_tokens: int) -> tuple[PromptLike, str, int] | None:
+    """(prompt, how, tokens) within max_tokens once formatted, as a user expects a long
+    conversation to be shortened: its most recent turns kept, whole exchanges dropped from the
+    left (so that it still opens with a user turn), the system message kept; when the last turn
+    alone is too long, its beginning is cut off. None when even that cannot fit (the system
+    message alone is too long). `how` is "prompt_turns_dropped" or "prompt_turn_cut"."""
+    messages = as_messages(prompt)
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    turns = messages[len(system):]
+
+    def length(ms: list) -> int:
+        return len(encode_prompts(tokenizer, [ms])[0])
+
+    while len(turns) > 1 and length(system + turns) > max_tokens:
+        turns = turns[1:]
+        while len(turns) > 1 and turns[0]["role"] != "user":
+            turns = turns[1:]
+    n = length(system + turns)
+    if n <= max_tokens:
+        return _like(prompt, system + turns), "prompt_turns_dropped", n
+    # One turn left and still too long: keep its last tokens. Decoding a suffix of the ids may
+    # re-encode to a few more tokens, so shorten until the formatted prompt fits.
+    ids = tokenizer(turns[-1]["content"], add_special_tokens=False)["input_ids"]
+    keep = len(ids) - (n - max_tokens)
+    while keep > 0:
+        text = tokenizer.decode(ids[-keep:]).lstrip()
+        cut = system + [{"role": turns[-1]["role"], "content": text}]
+        n = length(cut)
+        if n <= max_tokens and text:
+            return _like(prompt, cut), "prompt_turn_cut", n
+        keep -= max(1, n - max_tokens)
+    return None
+
+
+def _like(original: PromptLike, messages: list) -> PromptLike:
+    """The same kind of prompt as the original: a string stays a string."""
+    if isinstance(original, str):
+        return messages[-1]["content"]
+    from rlhf.data.records import check_prompt
+
+    return check_prompt(messages, "prompt")

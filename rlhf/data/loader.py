@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
-from rlhf.config import SPLITS, DataConfig, DataFormat
+from rlhf.config import SPLITS, DataConfig, DataFormat, Truncate
 from rlhf.data import sources, toy
-from rlhf.data.formatting import encode_prompts, encode_responses
-from rlhf.data.records import (Comparison, DataError, Demonstration, Prompt, Record, RecordError,
-                               prompt_key)
+from rlhf.data.formatting import encode_prompts, encode_responses, truncate_prompt
+from rlhf.data.records import (Comparison, DataError, Demonstration, Dropped, Prompt, Record,
+                               RecordError, prompt_key)
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +39,25 @@ class Split:
 
 
 @dataclass
-class Skips:
-    """Bad records dropped under data.on_error=skip, by reason, with the first place seen."""
+class Tally:
+    """Records by reason (skipped as bad, dropped, truncated), with the first place each reason
+    was seen and the counts per source."""
 
     counts: Counter = field(default_factory=Counter)
     first_at: dict[str, str] = field(default_factory=dict)
+    by_source: dict[str, Counter] = field(default_factory=dict)
 
-    def add(self, reason: str, location: str) -> None:
+    def add(self, reason: str, location: str, source: str = "") -> None:
         self.counts[reason] += 1
         self.first_at.setdefault(reason, location)
+        self.by_source.setdefault(source, Counter())[reason] += 1
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+Skips = Tally  # bad records dropped under data.on_error=skip
 
 
 @dataclass
@@ -59,14 +66,18 @@ class DataBundle:
     splits: dict[str, Split]
     rows_read: int
     records_kept: int
-    skips: Skips
+    skips: Tally  # bad records, under data.on_error=skip
     unassigned_prompts: int  # prompts outside every split because the fractions sum below 1
     # score(prompt, response) -> float of a task with a known answer (the toy task), else None
     gold_scorer: Callable[[object, str], float] | None
+    dropped: Tally = field(default_factory=Tally)  # left out on purpose, whatever on_error says
+    truncated: Tally = field(default_factory=Tally)  # kept, shortened to the token limits
+    every: Split = field(default_factory=lambda: Split("all"))  # every kept record, in read order
+    per_source: dict[str, dict] = field(default_factory=dict)  # rows read, records kept, empty responses
 
     def require(self, split: str, kind: str) -> list:
         """The records of one kind in one split; an empty list is an error a stage can act on."""
-        items = getattr(self.splits[split], kind)
+        items = getattr(self.every if split == "all" else self.splits[split], kind)
         if not items:
             hint = (" Comparisons give demonstrations with data.demonstrations_from_comparisons=true."
                     if kind == "demonstrations" else "")
@@ -76,13 +87,24 @@ class DataBundle:
 
     def summary(self) -> dict:
         """Counts and length percentiles, for the prepare table and every stage's manifest."""
+        def by_source(tally: Tally, name: str) -> dict:
+            return dict(tally.by_source.get(name, {}))
+
         return {
             "source": self.source,
             "rows_read": self.rows_read,
             "records_kept": self.records_kept,
             "skipped": dict(self.skips.counts),
             "skipped_first_at": dict(self.skips.first_at),
+            "dropped": dict(self.dropped.counts),
+            "dropped_first_at": dict(self.dropped.first_at),
+            "truncated": dict(self.truncated.counts),
+            "truncated_first_at": dict(self.truncated.first_at),
             "unassigned_prompts": self.unassigned_prompts,
+            "sources": {name: {**counts, "skipped": by_source(self.skips, name),
+                               "dropped": by_source(self.dropped, name),
+                               "truncated": by_source(self.truncated, name)}
+                        for name, counts in self.per_source.items()},
             "splits": {name: {**s.counts(),
                               "prompt_tokens": percentiles(s.prompt_tokens),
                               "response_tokens": percentiles(s.response_tokens)}
@@ -92,13 +114,22 @@ class DataBundle:
 
 def describe_source(cfg: DataConfig) -> dict:
     """What the records came from, for manifests: a content hash where it is a local file."""
+    described = _describe_one(cfg)
+    if cfg.sources:
+        described["sources"] = [_describe_one(s) for s in cfg.sources]
+    return described
+
+
+def _describe_one(cfg) -> dict:
     if cfg.path:
         from rlhf.core.artifacts import sha256_of
 
-        return {"path": cfg.path, "sha256": sha256_of(Path(cfg.path)), "format": cfg.format.value}
+        return {"name": cfg.name, "path": cfg.path, "sha256": sha256_of(Path(cfg.path)),
+                "format": cfg.format.value, "weight": cfg.weight}
     if cfg.hub_id:
-        return {"hub_id": cfg.hub_id, "name": cfg.hub_name, "data_dir": cfg.hub_data_dir,
-                "split": cfg.hub_split, "revision": cfg.hub_revision, "format": cfg.format.value}
+        return {"name": cfg.name, "hub_id": cfg.hub_id, "hub_name": cfg.hub_name, "data_dir": cfg.hub_data_dir,
+                "split": cfg.hub_split, "revision": cfg.hub_revision, "format": cfg.format.value,
+                "weight": cfg.weight}
     return {"generator": "toy", "format": "toy", "seed": cfg.toy.seed, "num_prompts": cfg.toy.num_prompts}
 
 
@@ -109,75 +140,101 @@ def percentiles(values: list[int]) -> dict[str, int]:
     return {"p50": int(p[0]), "p90": int(p[1]), "p99": int(p[2]), "max": int(max(values))}
 
 
-def load_data(cfg: DataConfig, tokenizer) -> DataBundle:
-    skip = cfg.on_error.value == "skip"
-    skips = Skips()
+@dataclass
+class _Located:
+    location: str
+    record: Record
+    source: str
+    key: str = ""  # the prompt as read: splits hash it, so truncation never moves a prompt
+    prompt_len: int = 0
+    response_lens: list[int] = field(default_factory=list)
 
-    def reject(location: str, error: RecordError) -> None:
-        if not skip:
-            raise DataError(f"{location}: {error}. {SKIP_HINT}") from None
-        skips.add(error.kind, location)
+
+def load_data(cfg: DataConfig, tokenizer, *, check_splits: bool = True) -> DataBundle:
+    """Every source of `cfg` -> validated, length-fitted records -> splits. `check_splits=False`
+    for a caller that reads `bundle.every` (stage=evaluate on a file kept for evaluation)."""
+    skip = cfg.on_error.value == "skip"
+    skips, dropped, truncated = Tally(), Tally(), Tally()
+    per_source: dict[str, dict] = {}
+
+    def reject(item: _Located, error: RecordError) -> None:
+        if isinstance(error, Dropped):
+            dropped.add(error.kind, item.location, item.source)
+        elif not skip:
+            raise DataError(f"{item.location}: {error}. {SKIP_HINT}") from None
+        else:
+            skips.add(error.kind, item.location, item.source)
 
     # 1. rows -> records, each checked by its adapter
-    located: list[tuple[str, Record]] = []
-    rows_read = 0
-    if cfg.format is DataFormat.toy:
-        source = "toy"
-        for i, record in enumerate(toy.generate(cfg.toy)):
-            located.append((f"toy record {i}", record))
-        rows_read = len(located)
-    else:
-        source, rows = sources.read_rows(cfg)
-        if cfg.format is DataFormat.oasst:
-            rows = sources.oasst_conversations(rows, cfg.fields)
-        adapt = sources.ADAPTERS[cfg.format.value]
-        for location, row in rows:
-            rows_read += 1
-            if isinstance(row, RecordError):
-                reject(location, row)
-                continue
-            try:
-                located.extend((location, r) for r in adapt(row, cfg.fields, cfg.name))
-            except RecordError as e:
-                reject(location, e)
+    located: list[_Located] = []
+    labels = []
+    for src in [cfg, *cfg.sources]:
+        counts = per_source.setdefault(src.name, {"rows_read": 0, "records_kept": 0, "empty_responses": 0})
+        first = len(located)
+        if src.format is DataFormat.toy:
+            labels.append("toy")
+            located += [_Located(f"toy record {i}", r, src.name) for i, r in enumerate(toy.generate(cfg.toy))]
+            counts["rows_read"] = len(located) - first
+        else:
+            label, rows = sources.read_rows(src)
+            labels.append(label)
+            rows = _counted(rows, counts)
+            if src.format is DataFormat.oasst:
+                rows = sources.oasst_conversations(rows, src.fields, src.oasst)
+            adapt = sources.ADAPTERS[src.format.value]
+            for location, row in rows:
+                if isinstance(row, RecordError):
+                    reject(_Located(location, None, src.name), row)
+                    continue
+                try:
+                    located.extend(_Located(location, r, src.name) for r in adapt(row, src.fields, src.name))
+                except RecordError as e:
+                    reject(_Located(location, None, src.name), e)
+        located[first:] = _weighted(located[first:], src.weight, cfg.splits.salt)
+    source = " + ".join(labels)
 
     # 2. length after formatting: the one check that needs the tokenizer
-    kept: list[tuple[Record, int, list[int]]] = []
-    for (location, record), (prompt_len, response_lens) in zip(located, _lengths(located, tokenizer)):
+    kept: list[_Located] = []
+    for item in _measured(located, tokenizer):
         try:
-            _check_length(record, prompt_len, response_lens, cfg)
+            _fit(item, tokenizer, cfg, truncated)
         except RecordError as e:
-            reject(location, e)
+            reject(item, e)
             continue
-        kept.append((record, prompt_len, response_lens))
+        kept.append(item)
+        per_source[item.source]["records_kept"] += 1
+        per_source[item.source]["empty_responses"] += sum(not t.strip() for t in _responses(item.record))
 
     # 3. split by prompt hash
     splits = {name: Split(name) for name in SPLITS}
-    seen_prompts: dict[str, set[str]] = {name: set() for name in SPLITS}
+    every = Split("all")
+    seen_prompts: dict[str, set[str]] = {name: set() for name in (*SPLITS, "all")}
     unassigned: set[str] = set()
-    for record, prompt_len, response_lens in kept:
-        key = prompt_key(record.prompt)
-        names = assign_splits(key, cfg.splits)
+    for item in kept:
+        names = assign_splits(item.key, cfg.splits)
         if not names:
-            unassigned.add(key)
-        for name in names:
-            _add(splits[name], record, cfg.demonstrations_from_comparisons)
-            splits[name].response_tokens.extend(response_lens)
-            if key not in seen_prompts[name]:
-                seen_prompts[name].add(key)
-                splits[name].prompts.append(Prompt(record.prompt, getattr(record, "source", "")))
-                splits[name].prompt_tokens.append(prompt_len)
+            unassigned.add(item.key)
+        for split in [*(splits[name] for name in names), every]:
+            _add(split, item.record, cfg.demonstrations_from_comparisons)
+            split.response_tokens.extend(item.response_lens)
+            if item.key not in seen_prompts[split.name]:
+                seen_prompts[split.name].add(item.key)
+                split.prompts.append(Prompt(item.record.prompt, item.source))
+                split.prompt_tokens.append(item.prompt_len)
 
     for name, s in splits.items():
-        if getattr(cfg.splits, name) > 0 and not s.prompts:
+        if check_splits and getattr(cfg.splits, name) > 0 and not s.prompts:
             raise DataError(f"{source}: split {name!r} is empty (data.splits.{name}="
                             f"{getattr(cfg.splits, name)} of {len(kept)} valid records). Use more "
                             f"data, raise the fraction, or set it to 0 if the split is not needed.")
-    bundle = DataBundle(source, splits, rows_read, len(kept), skips, len(unassigned),
-                        toy.gold_score if cfg.format is DataFormat.toy else None)
-    if skips.total:
-        log.warning("skipped %d bad record(s) of %d: %s", skips.total, rows_read,
-                    ", ".join(f"{k}={v} (first at {skips.first_at[k]})" for k, v in skips.counts.items()))
+    bundle = DataBundle(source, splits, sum(c["rows_read"] for c in per_source.values()), len(kept), skips,
+                        len(unassigned), toy.gold_score if cfg.format is DataFormat.toy else None,
+                        dropped=dropped, truncated=truncated, every=every, per_source=per_source)
+    for tally, what in ((skips, "skipped %d bad record(s)"), (dropped, "left out %d record(s)"),
+                        (truncated, "shortened %d record(s) to the token limits")):
+        if tally.total:
+            log.warning(what + " of %d: %s", tally.total, bundle.rows_read,
+                        ", ".join(f"{k}={v} (first at {tally.first_at[k]})" for k, v in tally.counts.items()))
     return bundle
 
 
@@ -200,14 +257,39 @@ def assign_splits(key: str, cfg) -> list[str]:
     return []
 
 
-def _lengths(located: list[tuple[str, Record]], tokenizer) -> Iterable[tuple[int, list[int]]]:
-    """Token counts of each record's formatted prompt and responses, tokenized in batches."""
-    prompts = {prompt_key(r.prompt): r.prompt for _, r in located}
+def _counted(rows, counts: dict):
+    for item in rows:
+        counts["rows_read"] += 1
+        yield item
+
+
+def _weighted(items: list[_Located], weight: float, salt: str) -> list[_Located]:
+    """Each record int(weight) times, plus once more for a share frac(weight) of them picked by a
+    hash of the prompt (the same records on every run)."""
+    if weight == 1:
+        return items
+    whole, part = int(weight), weight - int(weight)
+    out = []
+    for item in items:
+        copies = whole
+        if part:
+            digest = hashlib.sha256(f"{salt}\0weight\0{prompt_key(item.record.prompt)}".encode("utf-8")).digest()
+            copies += int.from_bytes(digest[:8], "big") / 2**64 < part
+        out += [item] * copies
+    return out
+
+
+def _measured(located: list[_Located], tokenizer) -> list[_Located]:
+    """Sets each record's key and the token counts of its formatted prompt and responses,
+    tokenized in batches."""
+    prompts = {prompt_key(x.record.prompt): x.record.prompt for x in located}
     prompt_len = dict(zip(prompts, map(len, encode_prompts(tokenizer, list(prompts.values())))))
-    responses = sorted({t for _, r in located for t in _responses(r)})
+    responses = sorted({t for x in located for t in _responses(x.record)})
     response_len = dict(zip(responses, map(len, encode_responses(tokenizer, responses))))
-    for _, r in located:
-        yield prompt_len[prompt_key(r.prompt)], [response_len[t] for t in _responses(r)]
+    for x in located:
+        x.key = prompt_key(x.record.prompt)
+        x.prompt_len, x.response_lens = prompt_len[x.key], [response_len[t] for t in _responses(x.record)]
+    return located
 
 
 def _responses(record: Record) -> tuple[str, ...]:
@@ -216,6 +298,37 @@ def _responses(record: Record) -> tuple[str, ...]:
     if isinstance(record, Comparison):
         return record.responses
     return ()
+
+
+def _fit(item: _Located, tokenizer, cfg: DataConfig, truncated: Tally) -> None:
+    """Brings the record within the token limits (data.truncate) or raises why it cannot be."""
+    record = item.record
+    if cfg.truncate is Truncate.none:
+        return _check_length(record, item.prompt_len, item.response_lens, cfg)
+    too_long = [i for i, n in enumerate(item.response_lens) if n > cfg.max_response_tokens]
+    if too_long:
+        if not isinstance(record, Comparison):
+            raise Dropped("response", f"over-long: {item.response_lens[0]} tokens > data.max_response_tokens="
+                          f"{cfg.max_response_tokens}", "response_too_long")
+        keep = [i for i in range(record.k) if i not in too_long]
+        if len(keep) < 2 or len({record.ranks[i] for i in keep}) < 2:
+            raise Dropped("responses", f"{len(too_long)} of {record.k} over data.max_response_tokens="
+                          f"{cfg.max_response_tokens}, too few left to compare", "response_too_long")
+        ranks = sorted({record.ranks[i] for i in keep})
+        record = dataclasses.replace(record, responses=tuple(record.responses[i] for i in keep),
+                                     ranks=tuple(ranks.index(record.ranks[i]) for i in keep))
+        item.response_lens = [item.response_lens[i] for i in keep]
+        for _ in too_long:
+            truncated.add("response_dropped_from_ranking", item.location, item.source)
+    if item.prompt_len > cfg.max_prompt_tokens:
+        fitted = truncate_prompt(tokenizer, record.prompt, cfg.max_prompt_tokens)
+        if fitted is None:
+            raise Dropped("prompt", f"over-long: {item.prompt_len} tokens > data.max_prompt_tokens="
+                          f"{cfg.max_prompt_tokens}, and its system message alone does not fit", "prompt_too_long")
+        prompt, how, item.prompt_len = fitted
+        record = dataclasses.replace(record, prompt=prompt)
+        truncated.add(how, item.location, item.source)
+    item.record = record
 
 
 def _check_length(record: Record, prompt_len: int, response_lens: list[int], cfg: DataConfig) -> None:

@@ -30,6 +30,11 @@ class RecordError(ValueError):
         self.kind = kind  # short, stable name of the failure class; skips are counted by it
 
 
+class Dropped(RecordError):
+    """A record left out on purpose, not an error (a demonstration with an empty answer, a
+    message filtered by data.oasst): counted by `kind` in the summary whatever data.on_error says."""
+
+
 @dataclass(frozen=True)
 class Demonstration:
     prompt: PromptLike
@@ -143,11 +148,14 @@ class _FrozenMessage(dict):
         return hash((self["role"], self["content"]))
 
 
-def check_response(value: object, field: str) -> str:
+def check_response(value: object, field: str, *, compared: bool = False) -> str:
+    """A response text. An empty one is valid in a comparison (an assistant that said nothing
+    is real HH-RLHF data, chosen and rejected alike); a demonstration of saying nothing is left
+    out (SFT would learn to say nothing)."""
     if not isinstance(value, str):
         raise RecordError(field, f"expected a string, got {type(value).__name__}", "wrong_type")
-    if not value.strip():
-        raise RecordError(field, "empty response", "empty_response")
+    if not value.strip() and not compared:
+        raise Dropped(field, "empty response", "empty_demonstration")
     return value
 
 

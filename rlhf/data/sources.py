@@ -7,16 +7,19 @@ can name where the bad record is. JSON lines are parsed here, line by line, rath
 
 from __future__ import annotations
 
+import codecs
 import gzip
-import logging
 import json
+import logging
 import re
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rlhf.data.records import (
     DataError,
     Demonstration,
+    Dropped,
     Prompt,
     Record,
     RecordError,
@@ -41,7 +44,9 @@ class SourceError(DataError):
 
 
 def read_rows(cfg) -> tuple[str, Iterator[RowItem]]:
-    """(label, rows) for a DataConfig whose format reads records from `path` or `hub_id`."""
+    """(label, rows) for a SourceConfig whose format reads records from `path` or `hub_id`.
+    A file that cannot be read as a whole (not gzip, not Parquet, empty, a CSV that does not
+    parse) is a SourceError naming it; a line that cannot be read is a bad record of its own."""
     if cfg.path:
         path = Path(cfg.path).expanduser()
         if not path.exists():
@@ -53,7 +58,11 @@ def read_rows(cfg) -> tuple[str, Iterator[RowItem]]:
             if _suffix(f) not in FILE_SUFFIXES:
                 raise SourceError(f"data.path={str(f)!r}: unsupported file type; use one of "
                                   f"{', '.join(FILE_SUFFIXES)} (optionally .gz)")
-        return str(path), _limit((item for f in files for item in _read_file(f)), cfg.max_records)
+            if not f.is_file():
+                raise SourceError(f"{f}: a folder, not a file (point data.path at the folder above it to read "
+                                  "the files inside)")
+        items = (item for f in files for item in _read_checked(f, cfg.encoding))
+        return str(path), _limit(items, cfg.max_records)
     return cfg.hub_id, _limit(_read_hub(cfg), cfg.max_records)
 
 
@@ -69,25 +78,63 @@ def _limit(items: Iterator[RowItem], n: int | None) -> Iterator[RowItem]:
         yield item
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+def _read_checked(path: Path, encoding: str) -> Iterator[RowItem]:
+    """_read_file, with a broken file turned into one SourceError naming it and where."""
+    rows = 0
+    try:
+        for item in _read_file(path, encoding):
+            rows += 1
+            yield item
+    except SourceError:
+        raise
+    except (OSError, EOFError, zlib.error) as e:  # gzip: not gzip, truncated, corrupt
+        after = f" after {rows} row(s)" if rows else ""
+        raise SourceError(f"{path}: cannot be read{after}: {e}. Is it a complete "
+                          f"{'gzip file' if path.suffix == '.gz' else 'file'}? Download or write it again") from None
+    if rows == 0:
+        raise SourceError(f"{path}: no records (an empty file); remove it or point data.path elsewhere")
 
 
-def _read_file(path: Path) -> Iterator[RowItem]:
+def _root_cause(e: BaseException) -> str:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return f"{type(e).__name__}: {e}"
+
+
+def _text_encoding(encoding: str) -> str:
+    """UTF-8 files may start with a byte-order mark (Windows tools write one): utf-8-sig reads
+    either."""
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _decode(data: bytes, encoding: str, where: str) -> str:
+    try:
+        return data.decode(_text_encoding(encoding))
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{where}: {_encoding_problem(e, encoding, 0)}") from None
+
+
+def _encoding_problem(e: UnicodeDecodeError, encoding: str, offset: int) -> str:
+    return (f"not valid {encoding} at byte offset {offset + e.start} (byte 0x{e.object[e.start:e.start + 1].hex()}). "
+            "If the file is in another encoding, name it with data.encoding=<codec> (e.g. latin-1, cp1252, utf-16)")
+
+
+def _read_file(path: Path, encoding: str) -> Iterator[RowItem]:
     kind = _suffix(path)
     if kind in JSONL_SUFFIXES:
-        with _open_text(path) as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue  # blank lines (a trailing newline) hold no record
-                yield f"{path} line {number}", _parse_json_object(line)
+        yield from _read_jsonl(path, encoding)
     elif kind == ".json":
-        with _open_text(path) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise SourceError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-                                  " (a file with one object per line should be named .jsonl)") from e
+        with _open_binary(path) as f:
+            text = _decode(f.read(), encoding, str(path))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SourceError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+                              " (a file with one object per line should be named .jsonl)") from e
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
             data = next(iter(data.values()))  # {"data": [...]} wrappers
         if not isinstance(data, list):
@@ -97,16 +144,56 @@ def _read_file(path: Path) -> Iterator[RowItem]:
     else:  # parquet, csv: the datasets library reads them with their column types
         import datasets
 
-        ds = datasets.load_dataset(kind[1:], data_files=str(path), split="train")
+        options = {"encoding": _text_encoding(encoding)} if kind == ".csv" else {}
+        try:
+            ds = datasets.load_dataset(kind[1:], data_files=str(path), split="train", **options)
+        except Exception as e:  # pyarrow's and pandas' parse errors, wrapped by datasets
+            raise SourceError(f"{path}: not a readable {kind[1:]} file: {_root_cause(e)}") from None
         for i, row in enumerate(ds):
             yield f"{path} row {i + 1}", row
+
+
+def _read_jsonl(path: Path, encoding: str) -> Iterator[RowItem]:
+    """One record a line. Encodings that keep "\\n" a single byte (UTF-8, Latin-1, cp1252, ...)
+    are split into lines as bytes, so a bad byte is reported with its line and offset and only
+    that line is lost; others (UTF-16/32) are decoded as a whole stream."""
+    if "\n".encode(encoding) != b"\n":
+        with _open_binary(path) as f:
+            text = _decode(f.read(), encoding, str(path))
+        lines = ((number, line, None) for number, line in enumerate(text.split("\n"), start=1))
+    else:
+        lines = _byte_lines(path, encoding)
+    for number, line, error in lines:
+        if error is not None:
+            yield f"{path} line {number}", error
+        elif line.strip():  # blank lines (a trailing newline) hold no record
+            yield f"{path} line {number}", _parse_json_object(line)
+
+
+def _byte_lines(path: Path, encoding: str) -> Iterator[tuple[int, str, "RecordError | None"]]:
+    offset = 0
+    with _open_binary(path) as f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8) and codecs.lookup(encoding).name == "utf-8":
+                raw, offset = raw[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
+            try:
+                yield number, raw.decode(encoding), None
+            except UnicodeDecodeError as e:
+                yield number, "", RecordError("(line)", _encoding_problem(e, encoding, offset), "invalid_encoding")
+            offset += len(raw)
 
 
 def _read_hub(cfg) -> Iterator[RowItem]:
     import datasets
 
-    ds = datasets.load_dataset(cfg.hub_id, name=cfg.hub_name, data_dir=cfg.hub_data_dir,
-                               split=cfg.hub_split, revision=cfg.hub_revision)
+    try:
+        ds = datasets.load_dataset(cfg.hub_id, name=cfg.hub_name, data_dir=cfg.hub_data_dir,
+                                   split=cfg.hub_split, revision=cfg.hub_revision)
+    except Exception as e:  # offline, unknown id, gated, wrong split: the datasets library's many errors
+        raise SourceError(f"data.hub_id={cfg.hub_id!r} (split {cfg.hub_split!r}) cannot be loaded: "
+                          f"{_root_cause(e)}. Without network, download it where there is one "
+                          f"(`huggingface-cli download --repo-type dataset {cfg.hub_id}`) and set "
+                          "HF_DATASETS_OFFLINE=1, or point data.path at a local copy") from None
     for i, row in enumerate(ds):
         yield f"{cfg.hub_id}[{cfg.hub_split}] row {i}", row
 
@@ -130,6 +217,8 @@ def get(row: Row, name: str, *, required: bool = True) -> Any:
     """The value at a (dotted) field name; a missing required field is a RecordError."""
     value: Any = row
     for part in name.split("."):
+        if isinstance(value, list) and part.isdigit():  # turns.0: the first of a list
+            value = {part: value[int(part)]} if int(part) < len(value) else {}
         if not isinstance(value, dict) or part not in value:
             if required:
                 raise RecordError(name, "missing field (map it with data.fields.<name>=<column>)",
@@ -151,12 +240,13 @@ def messages(row: Row, f, source: str) -> list[Record]:
     if not isinstance(value, list):
         raise RecordError(f.messages, f"expected a list of messages, got {type(value).__name__}",
                           "wrong_type")
-    turns = [check_message(m, f"{f.messages}[{i}]") for i, m in enumerate(value)]
-    if len(turns) < 2 or turns[-1]["role"] != "assistant":
+    last = value[-1] if value else None
+    if len(value) < 2 or not isinstance(last, dict) or last.get("role") != "assistant":
         raise RecordError(f.messages, "needs a prompt then a final assistant turn to imitate",
                           "bad_messages")
-    prompt = check_prompt(turns[:-1], f.messages)
-    return [Demonstration(prompt, turns[-1]["content"], source)]
+    prompt = check_prompt(value[:-1], f.messages)
+    return [Demonstration(prompt, check_response(last.get("content"), f"{f.messages}[{len(value) - 1}].content"),
+                          source)]
 
 
 def pairwise(row: Row, f, source: str) -> list[Record]:
@@ -172,7 +262,8 @@ def pairwise(row: Row, f, source: str) -> list[Record]:
         prompt = check_prompt(context or get(row, f.prompt), f.chosen if context else f.prompt)
     else:
         prompt = check_prompt(get(row, f.prompt), f.prompt)
-        chosen, rejected = check_response(chosen, f.chosen), check_response(rejected, f.rejected)
+        chosen = check_response(chosen, f.chosen, compared=True)
+        rejected = check_response(rejected, f.rejected, compared=True)
     margin = get(row, f.margin, required=False)
     return [make_comparison(prompt, [chosen, rejected], [0, 1], f.rejected, margin, source)]
 
@@ -185,7 +276,7 @@ def _last_answer(value: object, field: str) -> tuple[list[dict], str]:
     if not isinstance(last, dict) or last.get("role") != "assistant":
         raise RecordError(f"{field}[{len(value) - 1}]", "the conversation must end with an assistant turn",
                           "bad_messages")
-    answer = check_response(last.get("content"), f"{field}[{len(value) - 1}].content")
+    answer = check_response(last.get("content"), f"{field}[{len(value) - 1}].content", compared=True)
     return [check_message(m, f"{field}[{i}]") for i, m in enumerate(value[:-1])], answer
 
 
@@ -195,7 +286,7 @@ def ranked(row: Row, f, source: str) -> list[Record]:
     if not isinstance(items, list):
         raise RecordError(f.responses, f"expected a list, got {type(items).__name__}", "wrong_type")
     if all(isinstance(x, str) for x in items):  # strings, best first, no ties
-        texts = [check_response(x, f"{f.responses}[{i}]") for i, x in enumerate(items)]
+        texts = [check_response(x, f"{f.responses}[{i}]", compared=True) for i, x in enumerate(items)]
         ranks = list(range(len(texts)))
     else:  # objects with a text and a rank (OASST: replies carry a `rank`, 0 = best)
         pairs = []
@@ -207,7 +298,7 @@ def ranked(row: Row, f, source: str) -> list[Record]:
             if isinstance(rank, bool) or not isinstance(rank, (int, float)):
                 raise RecordError(f"{name}.{f.response_rank}", f"expected a number, got "
                                   f"{type(rank).__name__}", "wrong_type")
-            pairs.append((rank, check_response(get(x, f.response_text), f"{name}.{f.response_text}")))
+            pairs.append((rank, check_response(get(x, f.response_text), f"{name}.{f.response_text}", compared=True)))
         pairs.sort(key=lambda p: p[0])  # stable: equal ranks keep their order, and are ties
         distinct = sorted({r for r, _ in pairs})
         texts, ranks = [t for _, t in pairs], [distinct.index(r) for r, _ in pairs]
@@ -241,29 +332,51 @@ def hh_rlhf(row: Row, f, source: str) -> list[Record]:
     for turns, name in ((chosen, f.chosen), (rejected, f.rejected)):
         if turns[-1]["role"] != "assistant":
             raise RecordError(name, "the transcript must end with an Assistant turn", "bad_transcript")
-        if not turns[-1]["content"]:
-            raise RecordError(name, "the last Assistant turn is empty", "empty_response")
-    if chosen[:-1] != rejected[:-1]:
+    context = _shared_context(chosen, rejected)
+    if context is None:
         raise RecordError(f.rejected, "chosen and rejected differ before their last Assistant turn",
                           "transcripts_differ")
-    prompt = check_prompt(chosen[:-1], f.chosen)
-    return [make_comparison(prompt, [chosen[-1]["content"], rejected[-1]["content"]], [0, 1],
+    prompt = check_prompt(chosen[:context], f.chosen)
+    return [make_comparison(prompt, [_reply(chosen[context:]), _reply(rejected[context:])], [0, 1],
                             f.rejected, None, source)]
+
+
+def _shared_context(chosen: list[dict], rejected: list[dict]) -> int | None:
+    """How many turns the two transcripts share as their prompt: all but the last, or, when a
+    reply itself contains "\\n\\nAssistant:" (a few public HH-RLHF records; it then parses as two
+    Assistant turns in a row), the turns up to the last shared Human turn after which both go
+    on with Assistant turns only. None when they differ earlier."""
+    if chosen[:-1] == rejected[:-1]:
+        return len(chosen) - 1
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    while shared and chosen[shared - 1]["role"] != "user":
+        shared -= 1
+    rest = chosen[shared:] + rejected[shared:]
+    return shared if shared and all(t["role"] == "assistant" for t in rest) else None
+
+
+def _reply(turns: list[dict]) -> str:
+    """The reply as the labeller saw it: consecutive Assistant turns are one reply."""
+    return "\n\nAssistant: ".join(t["content"] for t in turns)
 
 
 def prompt_only(row: Row, f, source: str) -> list[Record]:
     return [Prompt(check_prompt(get(row, f.prompt), f.prompt), source)]
 
 
-def oasst_conversations(rows: Iterator[RowItem], f) -> Iterator[RowItem]:
-    """OpenAssistant trees, one message a row (oasst1/oasst2: message_id, parent_id, role
-    prompter|assistant, text, rank) -> one `ranked` row for each prompter message with at least
-    two ranked assistant replies: the conversation from the tree's root to it is the prompt, the
-    replies ordered by `rank` (0 = best) the responses. Replies the labellers did not rank (rank
-    null) cannot be ordered, so they are left out; the log says how many. Reads the whole source
-    first: a reply may come before its parent."""
+def oasst_conversations(rows: Iterator[RowItem], f, filters) -> Iterator[RowItem]:
+    """OpenAssistant trees (oasst1/oasst2), one message a row (message_id, parent_id, role
+    prompter|assistant, text, rank), or the release files' nested trees (one tree a line, the
+    root under `prompt`, each message's answers under `replies`) -> one `ranked` row for each
+    prompter message with at least two ranked assistant replies: the conversation from the tree's
+    root to it is the prompt, the replies ordered by `rank` (0 = best) the responses. Replies the
+    labellers did not rank (rank null) cannot be ordered, so they are left out; the log says how
+    many. Messages the filters (data.oasst) drop take their replies with them; each is counted.
+    Reads the whole source first: a reply may come before its parent."""
     messages: dict[str, tuple[str, Row]] = {}
-    for location, row in rows:
+    for location, row in _flat_messages(rows, f):
         if isinstance(row, RecordError):
             yield location, row
             continue
@@ -274,6 +387,10 @@ def oasst_conversations(rows: Iterator[RowItem], f) -> Iterator[RowItem]:
                 raise RecordError(f.role, f"expected 'prompter' or 'assistant', got {role!r}", "bad_messages")
         except RecordError as e:
             yield location, e
+            continue
+        reason = _filtered(row, filters)
+        if reason:
+            yield location, Dropped(reason, "left out by data.oasst", f"oasst_{reason}")
             continue
         messages[key] = (location, row)
     replies: dict[str, list[Row]] = {}
@@ -294,7 +411,7 @@ def oasst_conversations(rows: Iterator[RowItem], f) -> Iterator[RowItem]:
             node = messages[parent][1] if parent in messages else None
             if parent is not None and node is None:
                 yield location, RecordError(f.parent_id, f"the conversation's message {parent!r} is not in the "
-                                            "source (a partial tree)", "missing_parent")
+                                            "source (a partial tree, or left out by data.oasst)", "missing_parent")
                 break
         else:
             yield location, {f.prompt: path[::-1], f.responses: [
@@ -302,6 +419,42 @@ def oasst_conversations(rows: Iterator[RowItem], f) -> Iterator[RowItem]:
                 for r in ranked_replies]}
     if unranked:
         log.info("oasst: %d assistant replies without a rank left out (they cannot be ordered)", unranked)
+
+
+def _flat_messages(rows: Iterator[RowItem], f) -> Iterator[RowItem]:
+    """Rows of either layout as one message a row; a tree's messages are located by their path
+    of reply indices ("trees.jsonl line 3, message 0.2.1")."""
+    for location, row in rows:
+        if isinstance(row, dict) and isinstance(row.get("prompt"), dict) and f.message_id in row["prompt"]:
+            stack = [(row["prompt"], None, "0")]
+            while stack:
+                message, parent, at = stack.pop()
+                if not isinstance(message, dict):
+                    yield f"{location}, message {at}", _not_an_object(message)
+                    continue
+                children = message.get("replies") or []
+                flat = {k: v for k, v in message.items() if k != "replies"}
+                flat.setdefault(f.parent_id, parent)
+                yield f"{location}, message {at}", flat
+                if not isinstance(children, list):
+                    yield f"{location}, message {at}", RecordError("replies", "expected a list", "wrong_type")
+                    continue
+                stack.extend((c, message.get(f.message_id), f"{at}.{i}") for i, c in reversed(list(enumerate(children))))
+        else:
+            yield location, row
+
+
+def _filtered(row: Row, filters) -> str | None:
+    """Why data.oasst leaves this message out, or None. OpenAssistant's own column names."""
+    if filters.languages and row.get("lang") not in filters.languages:
+        return "lang"
+    if filters.drop_deleted and row.get("deleted") is True:
+        return "deleted"
+    if filters.require_review and row.get("review_result") is False:
+        return "review_result"
+    if filters.drop_synthetic and row.get("synthetic") is True:
+        return "synthetic"
+    return None
 
 
 ADAPTERS: dict[str, Callable[[Row, Any, str], list[Record]]] = {

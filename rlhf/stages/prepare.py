@@ -23,11 +23,17 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> DataBundle:
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data)}
     stage_run.manifest["data"] = summary
     stage_run.metrics.update({"records": bundle.records_kept, "skipped": bundle.skips.total,
+                              "left_out": bundle.dropped.total, "shortened": bundle.truncated.total,
                         **{f"{name}_prompts": len(s.prompts) for name, s in bundle.splits.items()}})
     console = Console()
     console.print(summary_table(summary))
-    if bundle.skips.total:
-        console.print(skips_table(summary))
+    for kind, title in (("skipped", "skipped records (data.on_error=skip)"),
+                        ("dropped", "records left out (over the token limits, empty demonstrations, filtered)"),
+                        ("truncated", "records shortened to the token limits (data.truncate)")):
+        if summary[kind]:
+            console.print(reasons_table(summary, kind, title))
+    if len(summary["sources"]) > 1:
+        console.print(sources_table(summary))
     for name, split in bundle.splits.items():
         for record in (split.demonstrations or split.comparisons or split.prompts)[: cfg.prepare.examples_per_split]:
             console.print(f"[bold]{name}[/bold] example:", repr(example_text(tokenizer, record)), highlight=False)
@@ -57,13 +63,25 @@ def summary_table(summary: dict) -> Table:
     return table
 
 
-def skips_table(summary: dict) -> Table:
-    table = Table(title="skipped records (data.on_error=skip)")
+def reasons_table(summary: dict, kind: str, title: str) -> Table:
+    table = Table(title=title)
     table.add_column("reason")
     table.add_column("count", justify="right")
-    table.add_column("first at")
-    for reason, count in sorted(summary["skipped"].items(), key=lambda kv: -kv[1]):
-        table.add_row(reason, str(count), summary["skipped_first_at"][reason])
+    first_at = summary.get(f"{kind}_first_at", {})
+    if first_at:
+        table.add_column("first at")
+    for reason, count in sorted(summary[kind].items(), key=lambda kv: -kv[1]):
+        table.add_row(reason, str(count), *([first_at.get(reason, "")] if first_at else []))
+    return table
+
+
+def sources_table(summary: dict) -> Table:
+    table = Table(title="per source")
+    for column in ("source", "rows read", "records kept", "empty responses", "skipped", "left out", "shortened"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for name, s in summary["sources"].items():
+        table.add_row(name, str(s["rows_read"]), str(s["records_kept"]), str(s["empty_responses"]),
+                      *(str(sum(s[k].values())) for k in ("skipped", "dropped", "truncated")))
     return table
 
 
