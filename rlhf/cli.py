@@ -2,6 +2,11 @@
 
 `rlhf --list-stages` prints the stages `stage=pipeline` runs, in order (jobs/ reads it);
 `rlhf --list-stages=all` every stage with what it does.
+
+Exit codes: 0 done; 2 a config or data error, or the run is in use by another command (the
+message says what to change); 3 preempted (EXIT_PREEMPTED: checkpoint written, rerun to
+continue); 4 a non-finite loss, gradient norm, reward or advantage (EXIT_NONFINITE: stopped
+before the optimizer stepped on it, the last checkpoint intact); anything else a crash.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from rlhf import stages
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.config.check import check, register_schemas, to_config
 from rlhf.core import distributed
+from rlhf.core.nonfinite import EXIT_NONFINITE, NonFiniteError
 from rlhf.core.preemption import EXIT_PREEMPTED, Preempted
 from rlhf.pipeline import run_stages
 
@@ -44,6 +50,7 @@ def _main(composed: DictConfig) -> None:
 
     if not distributed.is_main_process():
         _quiet_this_rank()
+    _quiet_libraries()
     try:
         cfg: RLHFConfig = to_config(composed)
         check(cfg)
@@ -62,6 +69,11 @@ def _main(composed: DictConfig) -> None:
         # A clean stop on SIGTERM/SIGUSR1: the checkpoint is written, the job can be requeued.
         log.warning("%s", e)
         sys.exit(EXIT_PREEMPTED)
+    except NonFiniteError as e:
+        # A nan/inf loss, gradient, reward or advantage, caught before the optimizer stepped on it:
+        # the last checkpoint is intact, and a rerun would meet the same value.
+        log.error("%s", e)
+        sys.exit(EXIT_NONFINITE)
     except (ConfigError, DataError) as e:
         # Expected, user-fixable failures: the message says what to do, a traceback would bury it.
         log.error("%s", e)
@@ -81,6 +93,16 @@ def _quiet_this_rank() -> None:
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+
+
+def _quiet_libraries() -> None:
+    """Library messages about choices we made, not about the user's run: DeepSpeed announces on
+    every import that it fell back to the CPU when no GPU is found (we name the CPU, which it
+    then takes silently)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def list_stages(which: str) -> str:

@@ -202,6 +202,35 @@ def check(cfg: RLHFConfig) -> None:
             problems.append(f"compare.policies.{name}={spec!r}: write bon:<n> with n >= 1, e.g. bon:4")
     if isinstance(c.policies, dict) and c.policies and c.baseline not in c.policies:
         problems.append(f"compare.baseline={c.baseline!r} is not one of compare.policies ({', '.join(c.policies)})")
+    ev = cfg.evaluate
+    if ev.split not in ("all", *SPLITS):
+        problems.append(f"evaluate.split={ev.split!r}: choose all (every record) or one split: {', '.join(SPLITS)}")
+    for key in ("prompts", "samples_per_prompt", "batch_size", "bootstrap_resamples"):
+        if getattr(ev, key) < 1:
+            problems.append(f"evaluate.{key}={getattr(ev, key)}: must be >= 1")
+    if ev.max_comparisons is not None and ev.max_comparisons < 1:
+        problems.append(f"evaluate.max_comparisons={ev.max_comparisons}: must be >= 1 (or null for all)")
+    if ev.max_new_tokens is not None and ev.max_new_tokens < 1:
+        problems.append(f"evaluate.max_new_tokens={ev.max_new_tokens}: must be >= 1 (or null for "
+                        "data.max_response_tokens)")
+    if ev.temperature <= 0:
+        problems.append(f"evaluate.temperature={ev.temperature}: must be > 0 (evaluate.greedy=true for greedy answers)")
+    if not 0.0 < ev.confidence < 1.0:
+        problems.append(f"evaluate.confidence={ev.confidence}: must lie in (0, 1)")
+    if ev.policies is not None and not (isinstance(ev.policies, dict) and all(
+            isinstance(v, str) for v in ev.policies.values())):
+        problems.append(f"evaluate.policies={ev.policies!r}: give a dict of name -> folder or hub id, e.g. "
+                        "evaluate.policies='{sft: runs/a/sft/final, ppo: runs/a/ppo/final}'")
+    elif ev.policies:
+        bons = [name for name, spec in ev.policies.items() if spec.startswith("bon:")]
+        if bons:
+            problems.append(f"evaluate.policies {bons}: best-of-n is compare's (compare.policies); evaluate "
+                            "answers with checkpoints or hub ids")
+        if ev.baseline is not None and ev.baseline not in ev.policies:
+            problems.append(f"evaluate.baseline={ev.baseline!r} is not one of evaluate.policies "
+                            f"({', '.join(ev.policies)})")
+    elif ev.baseline is not None:
+        problems.append(f"evaluate.baseline={ev.baseline!r} names a policy, and evaluate.policies is empty")
     for registry, name in ((advantages.ADVANTAGES, p.advantage), (policy_loss.POLICY_LOSSES, p.policy_loss),
                            (kl.KL_ESTIMATORS, p.kl_estimator)):
         if registry.problem(name):

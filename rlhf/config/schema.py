@@ -93,11 +93,11 @@ class ToyConfig:
 @dataclass
 class OasstConfig:
     """Which OpenAssistant messages are read (format oasst, flat rows or release trees); a
-    filtered message takes its replies with it. Counted in the summary as oasst_filtered."""
+    message left out takes its replies with it. Counted in the summary as oasst_<field>."""
 
     languages: List[str] = field(default_factory=list)  # e.g. [en, de]; empty = every language
     drop_deleted: bool = True  # messages their authors or moderators deleted
-    require_review: bool = True  # keep only messages whose review_result is true (false/null dropped)
+    require_review: bool = True  # leave out messages whose review failed (review_result false)
     drop_synthetic: bool = True  # messages written by a model, not a person
 
 
@@ -196,6 +196,9 @@ class ModelConfig:
     # a Hugging Face folder in ~/.cache/rlhf/models ($RLHF_CACHE), which becomes name_or_path.
     gguf_package: Optional[str] = None
     gguf_file: Optional[str] = None
+    # Recompute activations in the backward pass instead of keeping them: less memory, about a
+    # third more compute. The trainer stages (SFT, RM, DPO, bon_sft) only, so far.
+    gradient_checkpointing: bool = False
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
@@ -365,7 +368,9 @@ class PPOStageConfig:
     eval_prompts: int = 256
     save_every_updates: int = 50  # resumable checkpoint in <stage>/checkpoints (0: only at the end)
     # A non-finite reward, advantage, loss or gradient norm stops the run before the optimizer
-    # steps (the last checkpoint kept, exit 4); true skips that mini-batch instead, counted.
+    # steps (the last checkpoint kept, exit 4); true skips instead, counted: the whole update for
+    # a bad reward or advantage, the mini-batch for a bad loss or gradient norm (under DeepSpeed,
+    # which steps inside backward, a bad loss or gradient norm still stops the run).
     skip_nonfinite: bool = False
 
 
@@ -416,9 +421,14 @@ class GenerateConfig:
     prompt: Optional[str] = None  # one prompt; with neither this nor prompts_file, read prompts from stdin
     prompts_file: Optional[str] = None  # a text file, one prompt per line
     num_samples: int = 1  # answers per prompt
-    greedy: bool = False
-    temperature: float = 1.0
-    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
+    # null = as the model's generation_config.json says (transformers' rule: greedy unless it sets
+    # do_sample; its temperature when it samples); true/false to choose
+    greedy: Optional[bool] = None
+    temperature: Optional[float] = None  # sampling only; null = the model's, else 1.0
+    # null = the model's generation_config max_new_tokens, else data.max_response_tokens where the
+    # data is the model's own task (any data but the toy task, or the toy with the tiny model),
+    # else 256: a pretrained model asked a question on the toy config is not held to toy lengths
+    max_new_tokens: Optional[int] = None
 
 
 @dataclass

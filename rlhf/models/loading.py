@@ -109,7 +109,9 @@ def _from_pretrained(auto_class, cfg: ModelConfig, source: str, dropout: float, 
 
 def _fit_to_tokenizer(model, tokenizer):
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))  # load_tokenizer added a PAD token
+        # load_tokenizer added a PAD token. Its row is never trained on (PAD is masked), so the
+        # plain initialisation does; mean_resizing would sample it from the embeddings' covariance.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.pad_token_id = tokenizer.pad_token_id  # sequence classifiers find the last token by it
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -46,6 +46,9 @@ class Stage:
     # extra inputs resolved at run time, by role (compare's policies); merged into the lineage
     dynamic_inputs: Optional[Callable[[RLHFConfig], dict[str, str]]] = None
     also_reads: tuple[str, ...] = ()  # config sections besides its own that shape its result (lineage)
+    # False: writes nothing another stage reads, so it runs beside a stage training in the same
+    # run (no run lock, rlhf/core/runlock.py): generate, to look at a checkpoint mid-training
+    writes_run: bool = True
 
 
 def _uses_critic(cfg: RLHFConfig) -> bool:
@@ -66,6 +69,15 @@ def _compare_has_rm(cfg: RLHFConfig) -> bool:
 
 def _compare_policies(cfg: RLHFConfig) -> dict[str, str]:
     return {f"policy:{name}": spec for name, spec in sorted(compare_policies(cfg, require=False).items())}
+
+
+def _evaluate_has_rm(cfg: RLHFConfig) -> bool:
+    """evaluate measures the reward model given, or this run's; without one, only policies."""
+    return cfg.evaluate.reward_from is not None or output_path(cfg, "rm").exists()
+
+
+def _evaluate_policies(cfg: RLHFConfig) -> dict[str, str]:
+    return {f"policy:{name}": spec for name, spec in sorted((cfg.evaluate.policies or {}).items())}
 
 
 _REGISTERED = (
@@ -92,7 +104,11 @@ _REGISTERED = (
                   Input("reference_from", produced_by="sft"),
                   Input("bon_from", same_as=("reference_from",))),
           output="report.md", in_pipeline=True, dynamic_inputs=_compare_policies),
-    Stage("generate", "rlhf.stages.generate", "print a policy's answers to prompts", "generate"),
+    Stage("generate", "rlhf.stages.generate", "print a policy's answers to prompts", "generate", writes_run=False),
+    Stage("evaluate", "rlhf.stages.evaluate", "a reward model on any comparisons (accuracy, length baseline) "
+          "and policies on any prompts (win rates)", "evaluate",
+          inputs=(Input("reward_from", produced_by="rm", needed=_evaluate_has_rm),), output="results.json",
+          dynamic_inputs=_evaluate_policies),
 )
 STAGES: dict[str, Stage] = {s.name: s for s in _REGISTERED}
 

@@ -35,8 +35,7 @@ from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
 from rlhf.sampling import FunctionReward, best_of_n
 from rlhf.stages import resolve_inputs
 from rlhf.stages.sft import sft_dataset, sft_trainer, token_dataset
-from rlhf.stages.training import (CheckpointCallback, TrackerCallback, gold_metrics, last_checkpoint, loss_summary,
-                                  trained_model)
+from rlhf.stages.training import gold_metrics, last_checkpoint, loss_summary, stage_callbacks, trained_model
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
         trainer = sft_trainer(cfg, b, tokenizer, policy_from,
                               token_dataset(encode_prompts(tokenizer, [p["prompt"] for p in kept]),
                                             [p["token_ids"] for p in kept]),
-                              sft_dataset(tokenizer, eval_demos), [TrackerCallback(tracker), CheckpointCallback(stop)],
+                              sft_dataset(tokenizer, eval_demos), stage_callbacks("bon_sft", b, tracker, stop),
                               checkpoints=checkpoints)
         log.info("bon_sft round %d: fine-tuning %s on %d picks (%d dropped: no EOS)", k, policy_from, len(kept),
                  len(picks) - len(kept))

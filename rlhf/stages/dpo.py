@@ -31,8 +31,8 @@ from rlhf.data import describe_source, encode_prompts, encode_responses, load_da
 from rlhf.models import load_causal_lm, load_tokenizer, peft_lora_config
 from rlhf.sampling import Sample, response_logprob_sums
 from rlhf.stages import resolve_inputs
-from rlhf.stages.training import (CheckpointCallback, TrackerCallback, finish, gold_metrics, last_checkpoint, loss_summary,
-                                  trained_model, trainer_args)
+from rlhf.stages.training import (finish, gold_metrics, last_checkpoint, loss_summary, stage_callbacks, trained_model,
+                                  trainer_args)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     bundle = load_data(cfg.data, tokenizer)
     tracker = Tracker(cfg.logger, cfg.stage_dir, "dpo")
     stop = stop_request()
-    trainer, info = build_trainer(cfg, tokenizer, bundle, [TrackerCallback(tracker), CheckpointCallback(stop)])
+    trainer, info = build_trainer(cfg, tokenizer, bundle, stage_callbacks("dpo", o, tracker, stop))
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), "init_from": info["init_from"],
                                     "reference": info["reference"]}
     stage_run.manifest["data"] = {**bundle.summary(), "train_pairs": info["train_pairs"],

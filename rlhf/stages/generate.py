@@ -5,7 +5,9 @@
     rlhf stage=generate                     # interactive: one prompt per line, Ctrl-D ends
 
 The quickest way to look at what a stage produced. The policy defaults to the last policy this
-run wrote (in pipeline order: PPO, else SFT), else the configured base model.
+run wrote (in pipeline order: bon_sft, dpo, ppo, sft), else the configured base model. It decodes
+as the model's generation_config.json says (greedy unless it samples), as transformers'
+`generate()` does, unless generate.greedy / generate.temperature say otherwise.
 """
 
 from __future__ import annotations
@@ -28,15 +30,16 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     policy_from = g.policy or latest_policy(cfg)
     tokenizer = load_tokenizer(cfg.model)
     policy = load_causal_lm(cfg.model, tokenizer, policy_from).eval()
-    max_new_tokens = g.max_new_tokens or cfg.data.max_response_tokens
+    greedy, temperature, max_new_tokens = settings(cfg, policy.generation_config)
     stage_run.manifest["inputs"] = {"policy": policy_from}
-    log.info("policy: %s (%s, %d answer(s) per prompt)", policy_from,
-             "greedy" if g.greedy else f"sampled at temperature {g.temperature}", g.num_samples)
+    stage_run.manifest["settings"] = {"greedy": greedy, "temperature": temperature, "max_new_tokens": max_new_tokens}
+    log.info("policy: %s (%s, at most %d new tokens, %d answer(s) per prompt)", policy_from,
+             "greedy" if greedy else f"sampled at temperature {temperature}", max_new_tokens, g.num_samples)
 
     def answer(prompts: list[str]) -> None:
         for n in range(g.num_samples):
-            samples = generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, greedy=g.greedy,
-                               temperature=g.temperature, seed=cfg.seed + n)
+            samples = generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, greedy=greedy,
+                               temperature=temperature, seed=cfg.seed + n)
             for s in samples:
                 suffix = "" if s.ended else f"  [no EOS within {max_new_tokens} tokens]"
                 print(f"> {s.prompt}\n{s.text}{suffix}\n", flush=True)
@@ -58,3 +61,19 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
         for line in sys.stdin:
             if line.strip():
                 answer([line.strip()])
+
+
+DEFAULT_MAX_NEW_TOKENS = 256  # a pretrained model's answer on a config whose data is the toy task's
+
+
+def settings(cfg: RLHFConfig, generation_config) -> tuple[bool, float, int]:
+    """(greedy, temperature, max_new_tokens): generate.* where set, else what the model's own
+    generation config says, as `model.generate()` would decode (schema.py has the rules)."""
+    g = cfg.generate
+    samples = bool(getattr(generation_config, "do_sample", False))
+    greedy = g.greedy if g.greedy is not None else not samples
+    temperature = g.temperature or (getattr(generation_config, "temperature", None) if samples else None) or 1.0
+    toy_on_other_model = cfg.data.format.value == "toy" and cfg.model.name_or_path is not None
+    max_new_tokens = (g.max_new_tokens or getattr(generation_config, "max_new_tokens", None)
+                      or (DEFAULT_MAX_NEW_TOKENS if toy_on_other_model else cfg.data.max_response_tokens))
+    return greedy, float(temperature), int(max_new_tokens)

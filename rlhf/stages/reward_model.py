@@ -14,7 +14,6 @@ chosen so that the `sft` split's demonstrations score mean 0; it is saved with t
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 
 import numpy as np
 import torch
@@ -32,7 +31,8 @@ from rlhf.data import Comparison, describe_source, encode_prompts, encode_respon
 from rlhf.models import clear_normalization, load_reward_model, load_tokenizer, peft_lora_config, set_normalization
 from rlhf.sampling import score
 from rlhf.stages import resolve_inputs
-from rlhf.stages.training import CheckpointCallback, TrackerCallback, last_checkpoint, loss_summary, trained_model, trainer_args
+from rlhf.stages.evaluate import pairwise_metrics, score_comparisons
+from rlhf.stages.training import last_checkpoint, loss_summary, stage_callbacks, trained_model, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
                                  data_collator=KWiseCollator(tokenizer.pad_token_id),
                                  train_dataset=comparison_dataset(tokenizer, train),
                                  eval_dataset=comparison_dataset(tokenizer, evals),
-                                 callbacks=[TrackerCallback(tracker), CheckpointCallback(stop)])
+                                 callbacks=stage_callbacks("rm", rm, tracker, stop))
     log.info("RM on %d comparisons (%d pairs), %d eval comparisons", len(train),
              sum(len(list(c.pairs())) for c in train), len(evals))
     trainer.train(resume_from_checkpoint=last_checkpoint(cfg))
@@ -161,36 +161,11 @@ def normalize(model, tokenizer, demos) -> dict[str, float]:
 
 
 def evaluate(model, tokenizer, comparisons: list[Comparison], gold_scorer=None):
-    """Pairwise accuracy (overall, by K, by source; score ties count half), scores of best vs
-    worst responses, and with a gold scorer the accuracy against its noise-free order."""
-    flat_prompts = [c.prompt for c in comparisons for _ in c.responses]
-    flat_responses = [t for c in comparisons for t in c.responses]
-    scores = score(model, tokenizer, flat_prompts, flat_responses).tolist()
-    right: dict[str, list[float]] = defaultdict(list)
-    best, worst = [], []
-    start = 0
-    for c in comparisons:
-        s = scores[start:start + c.k]
-        start += c.k
-        for i, j in c.pairs():
-            hit = 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
-            for key in ("all", f"k{c.k}", f"source_{c.source or 'unknown'}"):
-                right[key].append(hit)
-        best.append(s[0])
-        worst.append(s[-1])
-        if gold_scorer is not None:
-            gold = [gold_scorer(c.prompt, t) for t in c.responses]
-            for i in range(c.k):
-                for j in range(c.k):
-                    if gold[i] > gold[j]:
-                        right["gold"].append(1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0)
-    all_pairs = right.pop("all")
-    metrics = {"eval_accuracy": float(np.mean(all_pairs)), "eval_pairs": len(all_pairs)}
-    if "gold" in right:
-        gold_hits = right.pop("gold")
-        metrics.update({"gold_accuracy": float(np.mean(gold_hits)), "gold_pairs": len(gold_hits)})
-    metrics.update({f"eval_accuracy_{k}": float(np.mean(v)) for k, v in sorted(right.items())})
-    for name, values in (("best", best), ("worst", worst)):
-        metrics[f"eval_score_{name}_mean"] = float(np.mean(values))
-        metrics[f"eval_score_{name}_std"] = float(np.std(values))
-    return metrics, {"score_best": np.array(best), "score_worst": np.array(worst)}
+    """The eval split's pairwise figures as `rlhf stage=evaluate` reports them (its
+    pairwise_metrics: accuracy by K and by source, score ties as halves, the length baseline on
+    the same pairs, margins, and with a gold scorer the accuracy against its noise-free order),
+    named eval_* (gold_* as before), and the best and worst responses' scores."""
+    scores, lengths, gold = score_comparisons(model, tokenizer, comparisons, gold_scorer)
+    metrics = pairwise_metrics(comparisons, scores, lengths, gold)
+    named = {(k if k.startswith("gold_") else f"eval_{k}"): v for k, v in metrics.items()}
+    return named, {"score_best": np.array([s[0] for s in scores]), "score_worst": np.array([s[-1] for s in scores])}

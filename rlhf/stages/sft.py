@@ -19,8 +19,7 @@ from rlhf.core.tracking import Tracker
 from rlhf.data import Demonstration, describe_source, encode_prompts, encode_responses, load_data
 from rlhf.models import load_causal_lm, load_tokenizer, peft_lora_config
 from rlhf.stages import resolve_inputs
-from rlhf.stages.training import (CheckpointCallback, TrackerCallback, finish, gold_metrics, last_checkpoint, loss_summary,
-                                  trainer_args)
+from rlhf.stages.training import finish, gold_metrics, last_checkpoint, loss_summary, stage_callbacks, trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     tracker = Tracker(cfg.logger, cfg.stage_dir, "sft")
     stop = stop_request()
     trainer = sft_trainer(cfg, s, tokenizer, s.init_from, sft_dataset(tokenizer, train_demos),
-                          sft_dataset(tokenizer, eval_demos), [TrackerCallback(tracker), CheckpointCallback(stop)])
+                          sft_dataset(tokenizer, eval_demos), stage_callbacks("sft", s, tracker, stop))
     log.info("SFT on %d demonstrations (%d eval), %d parameters, %d trained", len(train_demos), len(eval_demos),
              sum(p.numel() for p in trainer.model.parameters()),
              sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))

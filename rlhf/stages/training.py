@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 from rlhf.core.artifacts import StageRun, save_final, write_atomic
 from rlhf.config import RLHFConfig, TrainConfig
 from rlhf.core.distributed import barrier, describe, full_weights, is_engine, is_main_process
+from rlhf.core.nonfinite import NonFiniteGuard
 from rlhf.core.preemption import StopRequest
 from rlhf.core.tracking import Tracker
 from rlhf.sampling import gold_evaluation
@@ -51,6 +52,9 @@ def trainer_args(args_class, t: TrainConfig, cfg: RLHFConfig, checkpoints: Path 
         fp16=cfg.model.dtype == "float16",
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        # trl turns it on by default (its configs' gradient_checkpointing=True); ours is the model's
+        # choice, under the name transformers 5 reads
+        activation_checkpointing=cfg.model.gradient_checkpointing,
         # A copy: the integration fills the "auto" values in place.
         deepspeed=copy.deepcopy(cfg.deepspeed.config) if cfg.deepspeed.name != "none" else None,
         **extra,
@@ -96,6 +100,36 @@ class CheckpointCallback(TrainerCallback):
         barrier()
 
 
+class NonFiniteCallback(TrainerCallback):
+    """Before each optimizer step, the gradients' norm: when it is not finite (a nan or inf loss
+    shows there too), stops the stage (NonFiniteError, before any checkpoint of that step) or,
+    with `<section>.skip_nonfinite`, skips the step (rlhf.core.nonfinite)."""
+
+    def __init__(self, section: str, t: TrainConfig):
+        self.guard = NonFiniteGuard(t.skip_nonfinite, f"{section}.skip_nonfinite")
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if args.fp16:
+            return  # the loss scaler owns overflows: it skips those steps itself and lowers its scale
+        where = f"step {state.global_step + 1}"
+        if args.deepspeed:
+            # The engine has already stepped, inside backward(), unless its overflow check found
+            # non-finite gradients and skipped the step (which the optimizer reports): what is
+            # left here is to stop or count.
+            if getattr(optimizer, "step_was_skipped", False):
+                self.guard.finite(where, "this step (DeepSpeed did)", {"the gradient norm (DeepSpeed's check)": float("inf")})
+            return
+        # (after the Trainer's clipping, which turns non-finite gradients into nan, never finite)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        if not self.guard.finite(where, "this step", {"the gradient norm": norm}):
+            # A true skip: the optimizer passes over a parameter without a gradient, so neither
+            # its weights nor its Adam moments change (zeroed gradients would still move them
+            # through momentum and weight decay). The learning-rate schedule still advances.
+            for p in model.parameters():
+                p.grad = None
+
+
 def trained_model(trainer):
     """The DeepSpeed engine when there is one (ZeRO-3 needs it to gather the weights), else the
     plain model (not its DDP wrapper)."""
@@ -103,10 +137,15 @@ def trained_model(trainer):
 
 
 def loss_summary(trainer) -> dict:
-    """First and last logged training loss and the step count: the "did it learn" figures."""
+    """First and last logged training loss and the step count: the "did it learn" figures (and
+    with skip_nonfinite, the steps skipped)."""
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"train_loss_first": losses[0] if losses else None,
-            "train_loss_last": losses[-1] if losses else None, "steps": trainer.state.global_step}
+    summary = {"train_loss_first": losses[0] if losses else None,
+               "train_loss_last": losses[-1] if losses else None, "steps": trainer.state.global_step}
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, NonFiniteCallback) and callback.guard.skip:
+            summary["nonfinite_skipped"] = callback.guard.skipped  # steps counted above, not taken
+    return summary
 
 
 class TrackerCallback(TrainerCallback):
@@ -119,6 +158,12 @@ class TrackerCallback(TrainerCallback):
         logs = logs or {}
         renamed = {(f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v for k, v in logs.items()}
         self.tracker.log(renamed, state.global_step)
+
+
+def stage_callbacks(section: str, t: TrainConfig, tracker: Tracker, stop: StopRequest) -> list[TrainerCallback]:
+    """Every Trainer-based stage's callbacks: metrics to the tracker, checkpoints marked complete
+    and preemption, non-finite steps stopped or skipped. `section`: the stage's config section."""
+    return [TrackerCallback(tracker), CheckpointCallback(stop), NonFiniteCallback(section, t)]
 
 
 def gold_metrics(cfg: RLHFConfig, t, bundle, trainer, tokenizer) -> dict:

@@ -64,3 +64,30 @@ def test_runs_from_any_directory(tmp_path, run_cli):
     # conf/ is found beside the package, not relative to the working directory
     assert (ROOT / "conf" / "config.yaml").exists()
     run_cli("--cfg", "job", cwd=tmp_path / "..", expect=0, timeout=TIMEOUT)
+
+
+def test_broken_files_exit_2_with_one_line_naming_the_file(tmp_path, run_cli):
+    from tests.unit.test_real_data import broken_files
+
+    for name, path, text in broken_files(tmp_path)[:4]:  # encoding, not gzip, cut gzip, bad CSV
+        out = run_cli("data=jsonl", "data.format=pairwise", f"data.path={path}", cwd=tmp_path, expect=2,
+                      timeout=TIMEOUT)
+        errors = [line for line in (out.stdout + out.stderr).splitlines() if "ERROR" in line]
+        assert len(errors) == 1 and str(path) in errors[0] and text in errors[0], (name, errors)
+        assert "Traceback" not in out.stdout + out.stderr, name
+
+
+def test_hh_file_as_published_loads_with_the_defaults(tmp_path, run_cli):
+    # empty replies, a reply holding "\n\nAssistant:", a conversation longer than the prompt limit
+    path = tmp_path / "hh.jsonl"
+    lines = HH.read_text().splitlines()
+    long_turns = "".join(f"\n\nHuman: question {i} {'q' * 60}\n\nAssistant: answer {i} {'a' * 60}" for i in range(30))
+    extra = [{"chosen": "\n\nHuman: hi\n\nAssistant:", "rejected": "\n\nHuman: hi\n\nAssistant: hello"},
+             {"chosen": "\n\nHuman: q\n\nAssistant: one\n\nAssistant: two", "rejected": "\n\nHuman: q\n\nAssistant: x"},
+             {"chosen": long_turns + "\n\nHuman: last?\n\nAssistant: yes", "rejected": long_turns + "\n\nHuman: last?\n\nAssistant: no"}]
+    path.write_text("\n".join(lines + [json.dumps(x) for x in extra]) + "\n")
+    run_cli("data=hh_rlhf", f"data.path={path}", "data.splits.shared=[sft,rm,ppo,eval]",
+            *(f"data.splits.{s}=1" for s in ("sft", "rm", "ppo", "eval")), cwd=tmp_path, timeout=TIMEOUT)
+    data = json.loads((tmp_path / "runs/default/prepare/manifest.json").read_text())["data"]
+    assert data["records_kept"] == len(lines) + 3 and data["skipped"] == {}
+    assert data["truncated"] == {"prompt_turns_dropped": 1} and data["sources"]["hh_rlhf"]["empty_responses"] == 1

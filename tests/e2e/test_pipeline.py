@@ -15,9 +15,14 @@ SMALL = ["data.toy.num_prompts=1000", "sft.max_steps=20", "sft.gold_eval_prompts
 STAGES = ("sft", "rm", "ppo", "compare")
 
 
+# Library messages about our own choices, which a user cannot act on: they must not reach the console.
+NOISE = ("Setting accelerator to CPU", "FutureWarning", "mean_resizing")
+
+
 def pipeline(cwd, *args):
     out = run_cli("stage=pipeline", *SMALL, *args, cwd=cwd, timeout=900)
     log = out.stdout + out.stderr
+    assert not [n for n in NOISE if n in log], [line for line in log.splitlines() if any(n in line for n in NOISE)]
     return {s for s in STAGES if f"stage {s} -> " in log}, {s for s in STAGES if f"{s}: up to date" in log}
 
 

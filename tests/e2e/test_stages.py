@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from rlhf.config import ModelConfig
 from rlhf.models import build_tiny_model, build_tiny_tokenizer
+from tests.conftest import write_lines
 
 pytestmark = pytest.mark.slow
 
@@ -239,3 +240,52 @@ def test_bon_sft_rounds_sample_from_the_last_round_and_a_rerun_keeps_finished_ro
     assert "round 1: " in out.stdout + out.stderr and "exists, kept" in out.stdout + out.stderr
     kept = load_file(round_1 / "model.safetensors")
     assert all(torch.equal(kept[k], v) for k, v in trained.items())
+
+
+def test_evaluate_measures_the_rm_beside_the_length_baseline_and_judges_policies(runs, run_cli):
+    """The run's RM on the eval split: the RM stage's accuracy again, with the length baseline
+    and gold printed; sft and ppo answer 8 prompts and report.md holds their win rates."""
+    out = run_cli(*SMALL, "run=evaluated", f"evaluate.reward_from={runs / 'rm' / 'final'}", "stage=evaluate",
+                  "evaluate.split=eval", "evaluate.bootstrap_resamples=100", "evaluate.prompts=8",
+                  f"evaluate.policies={{sft: '{runs / 'sft' / 'final'}', ppo: '{runs / 'ppo' / 'final'}'}}",
+                  cwd=runs.parent.parent)
+    assert "RM accuracy" in out.stdout and "the longer reply wins" in out.stdout
+    assert "gold scorer: the RM orders" in out.stdout
+    folder = runs.parent / "evaluated" / "evaluate"
+    results = json.loads((folder / "results.json").read_text())
+    m = results["rm_on_comparisons"]
+    assert m["accuracy"] == pytest.approx(manifest(runs, "rm")["metrics"]["eval_accuracy"], abs=0.01)
+    assert m["longer_wins"] + m["shorter_wins"] + m["same_length"] == pytest.approx(1.0)
+    assert 0.5 < m["gold_label_accuracy"] <= 1.0 and m["accuracy_low"] <= m["accuracy"] <= m["accuracy_high"]
+    rows = (folder / "comparisons.jsonl").read_text().splitlines()
+    assert len(rows) == m["comparisons"]
+    ppo = results["policies_on_prompts"]["modes"]["sampled"]["ppo"]
+    assert ppo["win_rate_rm"]["low"] <= ppo["win_rate_rm"]["value"] <= ppo["win_rate_rm"]["high"]
+    assert ppo["win_rate_gold"] is not None and ppo["kl"] is None  # no reference: no KL
+    report = (folder / "report.md").read_text()
+    assert "## Reward model on comparisons" in report and "| ppo |" in report and "win rate by RM" in report
+    assert manifest(runs.parent / "evaluated", "evaluate")["metrics"]["sampled/ppo/win_rate_rm"] is not None
+
+
+def test_evaluate_reads_a_pairwise_file_without_a_gold_scorer(runs, tmp_path, run_cli):
+    pairs = [{"prompt": f"sort ascending: {i} 1", "chosen": f"1 {i}", "rejected": f"{i} 1 1 1"} for i in range(2, 6)]
+    write_lines(tmp_path / "pairs.jsonl", pairs)
+    out = run_cli("run=pairs", f"evaluate.reward_from={runs / 'rm' / 'final'}", "stage=evaluate", "data=jsonl",
+                  f"data.path={tmp_path / 'pairs.jsonl'}", "evaluate.bootstrap_resamples=50", cwd=tmp_path)
+    assert "on 4 pairs of 4 comparisons" in out.stdout and "the shorter 1.000" in out.stdout
+    assert "gold scorer" not in out.stdout
+    assert (tmp_path / "runs" / "pairs" / "evaluate" / "report.md").exists()
+
+
+def test_evaluate_answers_the_first_turn_of_a_questions_file(runs, tmp_path, run_cli):
+    """MT-bench's question.jsonl: each record a list of turns; the policies answer the first."""
+    questions = [{"question_id": 81 + i, "category": "writing", "turns": [f"sort ascending: {i} 3 1", "and again?"]}
+                 for i in range(3)]
+    write_lines(tmp_path / "question.jsonl", questions)
+    run_cli("run=questions", f"evaluate.reward_from={runs / 'rm' / 'final'}", "stage=evaluate", "data=jsonl",
+            "data.format=prompt", f"data.path={tmp_path / 'question.jsonl'}", "data.fields.prompt=turns.0",
+            f"evaluate.policies={{sft: '{runs / 'sft' / 'final'}'}}", "evaluate.bootstrap_resamples=50", cwd=tmp_path)
+    folder = tmp_path / "runs" / "questions" / "evaluate"
+    samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+    assert sorted(s["prompt"] for s in samples) == [q["turns"][0] for q in questions]
+    assert "| sft |" in (folder / "report.md").read_text()

@@ -63,6 +63,7 @@ def test_summary_report_and_plots_from_records(tmp_path):
     assert ppo["win_rate_gold"]["value"] == pytest.approx((0.75 + 0.25 + 0.75) / 3)
     assert ppo["rm_score"]["mean"] == pytest.approx(np.mean([0, 1.5, 3]))
     assert ppo["eos_rate"] == 0.5 and results["modes"]["sampled"]["sft"]["win_rate_rm"] is None
+    assert ppo["win_rate_length"]["value"] == 0.5  # every answer 3 tokens: ties, halves
     write_report(json.loads(json.dumps(results)), tmp_path)  # what from_results does: JSON in, files out
     report = (tmp_path / "report.md").read_text()
     assert "| ppo | 1.500 [" in report and "0.750 [" in report

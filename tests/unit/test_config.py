@@ -13,6 +13,7 @@ from rlhf.config.check import check, register_schemas, to_config
 CONF = ROOT / "conf"
 # Options that need a value the file leaves for the user to give.
 NEEDS = {("data", "jsonl"): ["data.path=data/examples/pairwise.jsonl"],
+         ("data", "mt_bench"): ["data.path=data/examples/questions.jsonl"],
          ("reward", "function"): ["reward.function=rlhf.data.toy:gold_score"]}
 
 register_schemas()
@@ -74,6 +75,8 @@ def test_unknown_keys_and_wrong_types_fail_at_composition(override, named):
     (["deepspeed=zero3", "model.lora.enabled=true"], ["model.lora.enabled", "ZeRO-3", "deepspeed=zero2"]),
     (["deepspeed=zero3", "ppo.ema_decay=0.9"], ["ppo.ema_decay", "ZeRO-3"]),
     (["deepspeed=zero2", "deepspeed.config.zero_optimization.stage=5"], ["zero_optimization.stage=5"]),
+    (["evaluate.split=train", "evaluate.policies={a: runs/a/sft/final}", "evaluate.baseline=b"],
+     ["evaluate.split='train'", "evaluate.baseline='b'"]),
 ])
 def test_inconsistent_fields_are_one_error_naming_them(overrides, fields):
     with pytest.raises(ConfigError) as err:

@@ -15,6 +15,7 @@
               intervals over prompts
     outputs   runs/<run>/compare/: report.md, results.json, samples.jsonl, *.png
 
+`judge` is the core (answer, score, summarise), which `rlhf stage=evaluate` calls too.
 report.md and the plots are drawn from results.json alone, so `compare.from_results=<file>`
 redraws them without sampling. Under torchrun the prompts are shared out across ranks and rank
 0 gathers the answers and writes.
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.config import ConfigError, RLHFConfig
+from rlhf.config import CompareConfig, ConfigError, RLHFConfig
 from rlhf.core import distributed
 from rlhf.core.artifacts import StageRun, write_atomic, write_json
 from rlhf.core.distributed import is_main_process
@@ -62,8 +63,6 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     tokenizer = load_tokenizer(cfg.model)
     bundle = load_data(cfg.data, tokenizer)
     prompts = [x.prompt for x in bundle.require("eval", "prompts")][: c.prompts]
-    max_new_tokens = c.max_new_tokens or cfg.data.max_response_tokens
-    mine = list(range(distributed.rank(), len(prompts), distributed.world_size()))  # this rank's share of the prompts
     stage_run.manifest["inputs"] = {"policies": policies, "reward_from": reward_from, "reference_from": reference_from,
                               "bon_from": bon_from, "prompts": len(prompts)}
     if reward_from is None:
@@ -79,25 +78,49 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
 
     rm = load_reward_model(cfg.model, tokenizer, reward_from).eval() if reward_from else None
     reference = load_causal_lm(cfg.model, tokenizer, reference_from).eval()
-    records: list[dict] = []
+    bon_base = None
+    if "sampled" in c.modes and any(spec.startswith("bon:") for spec in policies.values()):
+        bon_base = reference if bon_from == reference_from else load_causal_lm(cfg.model, tokenizer, bon_from).eval()
+    results = judge(cfg, c, policies, prompts, out, tokenizer=tokenizer, rm=rm, gold_scorer=bundle.gold_scorer,
+                    reference=reference, bon_base=bon_base)
+    if results is None:  # another rank's: rank 0 writes
+        return
+    results["training_curves"] = training_curves(Path(c.ppo_logs) if c.ppo_logs else stage_dir(cfg, "ppo") / "logs")
+    write_json(out / "results.json", results)
+    write_report(results, out)
+    stage_run.metrics.update(headline_metrics(results))
+    log.info("compare: %s", out / "report.md")
+
+
+def judge(cfg: RLHFConfig, c: CompareConfig, policies: dict[str, str], prompts: list, out: Path, *, tokenizer, rm,
+          gold_scorer, reference=None, bon_base=None, section: str = "compare") -> dict | None:
+    """Compare's core, which evaluate calls too: every policy answers `prompts` as `c` says
+    (modes, samples per prompt, temperature), the answers are scored by the RM and the gold
+    scorer, written to out/samples.jsonl and summarised (what results.json holds). KL is
+    measured to `reference` when one is given; bon:<n> samples `bon_base` (its KL the analytic
+    one when that is the reference). Under torchrun the prompts are shared out across ranks;
+    rank 0 gathers and returns the summary, the others None. `section` names the config
+    section in errors."""
     from tqdm.auto import tqdm
 
+    max_new_tokens = c.max_new_tokens or cfg.data.max_response_tokens
+    mine = list(range(distributed.rank(), len(prompts), distributed.world_size()))  # this rank's share of the prompts
+    records: list[dict] = []
     # one step per batch of answers: samples_per_prompt (+1 greedy) per policy, n per bon:<n> sample
     steps = sum(c.samples_per_prompt * int(spec[4:]) * ("sampled" in c.modes) if spec.startswith("bon:") else
                 c.samples_per_prompt * ("sampled" in c.modes) + ("greedy" in c.modes) for spec in policies.values())
-    progress = tqdm(total=steps, desc="compare", unit="pass", disable=not is_main_process())
+    progress = tqdm(total=steps, desc=section, unit="pass", disable=not is_main_process())
     for name, spec in policies.items():
-        log.info("compare: answering with %s (%s)", name, spec)
+        log.info("%s: answering with %s (%s)", section, name, spec)
         progress.set_postfix(policy=name)
         if spec.startswith("bon:"):
             if "sampled" not in c.modes:
                 continue
-            base = reference if bon_from == reference_from else load_causal_lm(cfg.model, tokenizer, bon_from).eval()
-            records += _best_of_n(name, int(spec[4:]), base, bon_from == reference_from, rm, tokenizer,
-                                  bundle.gold_scorer, prompts, mine, cfg, max_new_tokens)
+            records += _best_of_n(name, int(spec[4:]), bon_base, bon_base is reference, rm, tokenizer,
+                                  gold_scorer, prompts, mine, cfg, c, max_new_tokens)
             progress.update(c.samples_per_prompt * int(spec[4:]))
             continue
-        policy = _load_policy(cfg, tokenizer, name, spec)
+        policy = _load_policy(cfg, tokenizer, f"{section}.policies.{name}", spec)
         for mode in c.modes:
             seeds = [cfg.seed + j for j in range(c.samples_per_prompt)] if mode == "sampled" else [cfg.seed]
             for j, seed in enumerate(seeds):
@@ -105,36 +128,39 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
                                    greedy=mode == "greedy", temperature=c.temperature, batch_size=c.batch_size,
                                    seed=seed)
                 kl = None
-                if mode == "sampled":  # the policy's log-probs come from sampling; the reference's need a pass
+                if mode == "sampled" and reference is not None:
+                    # the policy's log-probs come from sampling; the reference's need a pass
                     kl = (torch.tensor([a.logprob for a in answers])
                           - response_logprob_sums(reference, tokenizer, answers, c.temperature, c.batch_size))
-                records += _records(name, mode, j, mine, answers, rm, tokenizer, bundle.gold_scorer, kl, "sampled")
+                records += _records(name, mode, j, mine, answers, rm, tokenizer, gold_scorer, kl, "sampled")
                 progress.update(1)
         del policy
     progress.close()
 
     records = distributed.gather_objects(records)
     if not is_main_process():
-        return
+        return None
     records.sort(key=lambda r: (r["policy"], r["mode"], r["prompt_index"], r["sample"]))
     write_atomic(out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    results = summarise(records, cfg, policies, prompts)
-    results["training_curves"] = training_curves(Path(c.ppo_logs) if c.ppo_logs else stage_dir(cfg, "ppo") / "logs")
-    write_json(out / "results.json", results)
-    write_report(results, out)
-    stage_run.metrics.update({f"{mode}/{name}/{k}": v.get("mean", v.get("value")) if isinstance(v, dict) else v
-                        for mode, table in results["modes"].items() for name, row in table.items()
-                        for k, v in row.items() if k in ("rm_score", "gold_score", "win_rate_rm", "win_rate_gold")
-                        and v is not None})
-    log.info("compare: %s", out / "report.md")
+    return summarise(records, cfg, policies, prompts, c)
 
 
-def _load_policy(cfg: RLHFConfig, tokenizer, name: str, spec: str):
+def headline_metrics(results: dict) -> dict[str, float]:
+    """The manifest's figures from a summary: each policy's RM and gold score and win rates (by
+    RM, gold and length), as `<mode>/<policy>/<figure>`."""
+    return {f"{mode}/{name}/{k}": v.get("mean", v.get("value")) if isinstance(v, dict) else v
+            for mode, table in results["modes"].items() for name, row in table.items()
+            for k, v in row.items() if k in ("rm_score", "gold_score", "win_rate_rm", "win_rate_gold",
+                                             "win_rate_length") and v is not None}
+
+
+def _load_policy(cfg: RLHFConfig, tokenizer, field: str, spec: str):
     try:
         return load_causal_lm(cfg.model, tokenizer, spec).eval()
     except OSError as e:  # what transformers raises for a folder or hub id it cannot find
-        raise ConfigError(f"compare.policies.{name}={spec!r}: cannot load it ({e}); give a Hugging Face folder "
-                          "(e.g. runs/<run>/ppo/final), a hub id, or bon:<n>") from e
+        bon = ", or bon:<n>" if field.startswith("compare.") else ""
+        raise ConfigError(f"{field}={spec!r}: cannot load it ({e}); give a Hugging Face folder "
+                          f"(e.g. runs/<run>/ppo/final), a hub id{bon}") from e
 
 
 def _records(name, mode, sample, indices, answers: list[Sample], rm, tokenizer, gold_scorer, kl, kl_method,
@@ -152,10 +178,9 @@ def _records(name, mode, sample, indices, answers: list[Sample], rm, tokenizer, 
     return rows
 
 
-def _best_of_n(name, n, base, base_is_reference, rm, tokenizer, gold_scorer, prompts, mine, cfg,
+def _best_of_n(name, n, base, base_is_reference, rm, tokenizer, gold_scorer, prompts, mine, cfg, c,
                max_new_tokens) -> list[dict]:
     """Sampled mode only: best-of-n of greedy answers would be the greedy answer."""
-    c = cfg.compare
     rows = []
     for j in range(c.samples_per_prompt):
         picks = best_of_n(base, rm, tokenizer, [prompts[i] for i in mine],

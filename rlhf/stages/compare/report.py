@@ -28,21 +28,30 @@ def training_curves(logs: Path) -> dict | None:
 
 
 def write_report(results: dict, out: Path) -> None:
-    lines = [f"# Compare: run `{results['run']}`", "",
-             f"{results['prompts']} held-out prompts; sampled mode: {results['samples_per_prompt']} answers per "
-             f"prompt at temperature {results['temperature']} (seeds from {results['seed']}, the same for every "
-             f"policy). Win rates are against `{results['baseline']}`, answer j against answer j, ties as halves; "
+    lines = [f"# Compare: run `{results['run']}`", "", *report_lines(results, out)]
+    write_atomic(out / "report.md", "\n".join(lines) + "\n")
+
+
+def report_lines(results: dict, out: Path) -> list[str]:
+    """The report below its title: what was sampled, a table per mode, examples, the plots
+    (drawn into `out`). evaluate's report.md holds them too, after its reward model's part."""
+    sampled = (f"sampled mode: {results['samples_per_prompt']} answers per prompt at temperature "
+               f"{results['temperature']} (seeds from {results['seed']}, the same for every policy)"
+               if "sampled" in results["modes"] else "greedy answers")
+    lines = [f"{results['prompts']} {results.get('prompts_from', 'held-out prompts')}; {sampled}. Win rates are "
+             f"against `{results['baseline']}`, answer j against answer j, ties as halves; "
              f"[low, high] is a {results['confidence']:.0%} bootstrap interval over prompts "
-             f"({results['bootstrap_resamples']} resamples).", ""]
+             f"({results['bootstrap_resamples']} resamples). \"Longer than baseline\" is the win rate by length "
+             "(tokens): what a judge that prefers longer answers would give.", ""]
     for mode, table in results["modes"].items():
         lines += [f"## {mode}", "",
-                  "| policy | RM score | gold score | win rate by RM | win rate by gold | KL (nats) | tokens | EOS | "
-                  "distinct-1/2 |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| policy | RM score | gold score | win rate by RM | win rate by gold | longer than baseline | KL (nats) "
+                  "| tokens | EOS | distinct-1/2 |", "|---|---|---|---|---|---|---|---|---|---|"]
         for name, e in table.items():
             kl = _fmt(e["kl"]) + (" (analytic)" if e.get("kl_method") == "analytic" and e["kl"] else "")
             lines.append(f"| {name} | {_fmt(e['rm_score'])} | {_fmt(e['gold_score'])} | {_fmt(e['win_rate_rm'])} | "
-                         f"{_fmt(e['win_rate_gold'])} | {kl} | {e['tokens']:.1f} | {e['eos_rate']:.0%} | "
-                         f"{e['distinct_1']:.2f} / {e['distinct_2']:.2f} |")
+                         f"{_fmt(e['win_rate_gold'])} | {_fmt(e.get('win_rate_length'))} | {kl} | {e['tokens']:.1f} | "
+                         f"{e['eos_rate']:.0%} | {e['distinct_1']:.2f} / {e['distinct_2']:.2f} |")
         lines.append("")
     if results["examples"]:
         lines += ["## Examples", ""]
@@ -52,7 +61,7 @@ def write_report(results: dict, out: Path) -> None:
             lines.append("")
     plots = write_plots(results, out)
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    write_atomic(out / "report.md", "\n".join(lines) + "\n")
+    return lines
 
 
 def _fmt(x) -> str:

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from rlhf.config import RLHFConfig
+from rlhf.config import CompareConfig, RLHFConfig
 
 
 def per_prompt_wins(scores: np.ndarray, baseline: np.ndarray) -> np.ndarray:
@@ -17,10 +17,22 @@ def per_prompt_wins(scores: np.ndarray, baseline: np.ndarray) -> np.ndarray:
     return ((scores > baseline) + 0.5 * (scores == baseline)).mean(1)
 
 
-def bootstrap_ci(values: np.ndarray, resamples: int, confidence: float, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of per-prompt `values`, resampling prompts."""
+def bootstrap_ci(values: np.ndarray, resamples: int, confidence: float, seed: int,
+                 weights: np.ndarray | None = None) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-prompt `values`, resampling prompts; with
+    `weights`, of the weighted mean (per-comparison accuracies weighted by their pairs give the
+    interval of the accuracy over pairs)."""
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(1)
+    values = np.asarray(values, dtype=float)
+    weights = np.ones_like(values) if weights is None else np.asarray(weights, dtype=float)
+    # resamples drawn in blocks of about 4M indices: tens of thousands of comparisons stay in
+    # memory (the draws are the same as in one block)
+    block = max(1, 4_000_000 // max(1, len(values)))
+    means = []
+    for start in range(0, resamples, block):
+        idx = rng.integers(0, len(values), (min(block, resamples - start), len(values)))
+        means.append((values[idx] * weights[idx]).sum(1) / weights[idx].sum(1))
+    means = np.concatenate(means)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     return float(low), float(high)
@@ -38,9 +50,11 @@ def bon_kl(n: int) -> float:
     return math.log(n) - (n - 1) / n
 
 
-def summarise(records: list[dict], cfg: RLHFConfig, policies: dict[str, str], prompts: list) -> dict:
-    """Everything report.md and the plots show, from the per-answer records alone."""
-    c = cfg.compare
+def summarise(records: list[dict], cfg: RLHFConfig, policies: dict[str, str], prompts: list,
+              options: CompareConfig | None = None) -> dict:
+    """Everything report.md and the plots show, from the per-answer records alone. `options`:
+    the modes, baseline, samples and intervals (default cfg.compare; evaluate passes its own)."""
+    c = options or cfg.compare
     ci = dict(resamples=c.bootstrap_resamples, confidence=c.confidence, seed=cfg.seed)
     modes: dict[str, dict] = {}
     for mode in c.modes:
@@ -64,7 +78,10 @@ def summarise(records: list[dict], cfg: RLHFConfig, policies: dict[str, str], pr
             entry["eos_rate"] = float(np.mean([r["ended"] for r in rs]))
             entry["distinct_1"] = distinct_n([r["response"] for r in rs], 1)
             entry["distinct_2"] = distinct_n([r["response"] for r in rs], 2)
-            for metric, key in (("rm_score", "win_rate_rm"), ("gold_score", "win_rate_gold")):
+            # by length: how often the answer is longer than the baseline's, the win rate a judge
+            # that prefers longer answers would give (a win rate by RM near it may be length)
+            for metric, key in (("rm_score", "win_rate_rm"), ("gold_score", "win_rate_gold"),
+                                ("tokens", "win_rate_length")):
                 entry[key] = None
                 if base is None or name == c.baseline or rs[0][metric] is None:
                     continue

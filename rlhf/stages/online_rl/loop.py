@@ -8,6 +8,8 @@
                     response), -beta * KL to the reference on every token (rlhf/algos/rewards.py;
                     with ppo.kl_in_reward=false the KL goes into the loss instead, as GRPO does)
         advantages  the registered estimator `ppo.advantage` (gae: GAE, whitened over all ranks)
+        check       no nan/inf in scores, advantages, returns (nor later in a loss or gradient norm):
+                    else stop, or with ppo.skip_nonfinite skip (rlhf/core/nonfinite.py)
         optimise    ppo_epochs x minibatches of the registered `ppo.policy_loss` (+ vf_coef x the
                     critic's clipped value loss, + ptx_coef x LM loss on demonstrations: PPO-ptx),
                     each minibatch's gradients accumulated over micro-batches into one step
@@ -37,6 +39,7 @@ from rlhf.config import ConfigError, RLHFConfig
 from rlhf.core import distributed
 from rlhf.core.artifacts import StageRun, save_final
 from rlhf.core.distributed import full_weights, is_main_process, module_of
+from rlhf.core.nonfinite import NonFiniteGuard
 from rlhf.core.ops import masked_mean, masked_whiten, pad_right
 from rlhf.core.preemption import stop_request
 from rlhf.core.tracking import Tracker
@@ -46,7 +49,7 @@ from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer, rewar
 from rlhf.sampling import FunctionReward, gold_evaluation, response_logprobs
 from rlhf.stages import resolve_inputs
 from rlhf.stages.online_rl.checkpoint import load_latest, save_checkpoint
-from rlhf.stages.online_rl.roles import Roles, build_roles, micro_rows
+from rlhf.stages.online_rl.roles import LocalEngine, Roles, build_roles, micro_rows
 from rlhf.stages.online_rl.rollout import Rollout, rollout, token_values
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
         log.info("resumed from %s at update %d", path, start)
     tracker = Tracker(cfg.logger, cfg.stage_dir, "ppo")
     stop = stop_request()
+    guard = NonFiniteGuard(p.skip_nonfinite, "ppo.skip_nonfinite")
 
     def checkpoint(update: int):
         return save_checkpoint(cfg.stage_dir / "checkpoints", roles, update,
@@ -105,8 +109,18 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
         started = time.perf_counter()
         scores = shape_scores(r.raw_scores, r.ended, bias=bias, clip=p.score_clip, no_eos_score=p.no_eos_score)
         kl, advantages, returns = advantages_of(r, scores, p, kl_ctl.beta)
+        # Before any optimisation of this update: a nan reward or advantage reaches every weight.
+        # (A skipped update saves no checkpoint: nothing changed since the last one.)
+        if not guard.finite(f"update {update + 1}", "this update",
+                            {"the reward": r.raw_scores, "the shaped score": scores, "the advantage": advantages,
+                             "the return": returns}, rows=batch_prompts):
+            stage_run.metrics["nonfinite_skipped"] = guard.skipped
+            continue
         stats = optimise(roles, r, advantages, returns, p, ptx_examples, tokenizer.pad_token_id,
-                         train_policy=roles.critic is None or update >= p.critic_warmup_updates)
+                         train_policy=roles.critic is None or update >= p.critic_warmup_updates,
+                         guard=guard, where=f"update {update + 1}")
+        if p.skip_nonfinite:
+            stats["nonfinite_skipped"] = stage_run.metrics["nonfinite_skipped"] = guard.skipped
         stats.update(rollout_stats(r, scores, kl, returns, p, kl_ctl.beta))
         stats.update({f"time_{k}_s": v for k, v in r.seconds.items()}, time_train_s=time.perf_counter() - started)
         if data.gold_scorer is not None:
@@ -229,13 +243,18 @@ def advantages_of(r: Rollout, scores: torch.Tensor, p, beta: float):
 
 
 def optimise(roles: Roles, r: Rollout, advantages: torch.Tensor, returns: Optional[torch.Tensor], p,
-             ptx_examples: list, pad_id: int, train_policy: bool = True) -> dict[str, float]:
-    """ppo_epochs passes over the rollout in shuffled minibatches; returns the mean losses."""
+             ptx_examples: list, pad_id: int, train_policy: bool = True, guard: Optional[NonFiniteGuard] = None,
+             where: str = "this update") -> dict[str, float]:
+    """ppo_epochs passes over the rollout in shuffled minibatches; returns the mean losses.
+    `guard` (default: stop on any) checks each loss before its backward and each gradient norm
+    at its optimizer step; `where` names the update in its messages."""
+    guard = guard or NonFiniteGuard(skip=False, setting="ppo.skip_nonfinite")
     policy_loss = POLICY_LOSSES[p.policy_loss]
     sums: dict[str, float] = {}
     steps = 0
-    for _ in range(p.ppo_epochs):
-        for idx in torch.randperm(len(r.mask)).split(p.mini_batch_size // distributed.world_size()):
+    for epoch in range(p.ppo_epochs):
+        for n, idx in enumerate(torch.randperm(len(r.mask)).split(p.mini_batch_size // distributed.world_size())):
+            at = f"{where}, epoch {epoch + 1}, mini-batch {n + 1}"
             step: dict[str, float] = {}
             tokens = r.mask[idx].sum().clamp(min=1)
             # Micro-batches accumulate gradients into one optimizer step: the same update as one
@@ -243,17 +262,21 @@ def optimise(roles: Roles, r: Rollout, advantages: torch.Tensor, returns: Option
             # response tokens, so token means stay exact), with a fraction of the activations.
             # The engines step after every micro-batch and apply the update (clipped) on the last.
             micros = idx.split(micro_rows(p))
+            dropped: set[str] = set()  # roles whose step of this minibatch a non-finite loss dropped
             for i, micro in enumerate(micros):
                 seq, att, m = r.sequences[micro], r.attention_mask[micro], r.mask[micro]
                 weight = m.sum() / tokens
                 parts: dict[str, torch.Tensor] = {}
-                if roles.critic is not None:
+                if roles.critic is not None and "critic" not in dropped:
                     values = token_values(roles.critic, seq, att, r.prompt_len)
                     v_loss, v_clip = value_loss(values, r.values[micro], returns[micro], m, p.value_clip)
-                    roles.critic.backward(weight * p.vf_coef * v_loss, scale_wrt_gas=False)
-                    roles.critic.step()
-                    parts.update(value_loss=v_loss, value_clipfrac=v_clip)
-                if train_policy:
+                    if checked_backward(roles.critic, weight * p.vf_coef * v_loss, guard, at, "the critic's loss"):
+                        parts.update(value_loss=v_loss, value_clipfrac=v_clip)
+                    else:
+                        dropped.add("critic")
+                if roles.critic is not None:
+                    roles.critic.step()  # also when dropped: the engine counts micro-batches
+                if train_policy and "policy" not in dropped:
                     logprobs, entropy = response_logprobs(roles.policy, seq, att, r.prompt_len, p.temperature,
                                                           with_entropy=p.entropy_coef > 0)
                     pg_loss, pg_stats = policy_loss(logprobs, r.logprobs[micro], advantages[micro], m, p)
@@ -265,20 +288,49 @@ def optimise(roles: Roles, r: Rollout, advantages: torch.Tensor, returns: Option
                     if entropy is not None:
                         loss = loss - p.entropy_coef * masked_mean(entropy, m)
                     loss = weight * loss
+                    ptx = None
                     if ptx_examples and i == len(micros) - 1:  # PPO-ptx, in the minibatch's last backward
                         chosen = random.sample(ptx_examples, min(p.ptx_batch_size, len(ptx_examples)))
                         ptx = ptx_loss(roles.policy, chosen, pad_id)
                         loss = loss + p.ptx_coef * ptx
-                        step["ptx_loss"] = ptx.item()
-                    roles.policy.backward(loss, scale_wrt_gas=False)
+                    if checked_backward(roles.policy, loss, guard, at, "the policy's loss"):
+                        parts.update(policy_loss=pg_loss, **pg_stats)
+                        if ptx is not None:
+                            step["ptx_loss"] = ptx.item()
+                    else:
+                        dropped.add("policy")
+                if train_policy:
                     roles.policy.step()
-                    parts.update(policy_loss=pg_loss, **pg_stats)
                 for k, v in parts.items():
                     step[k] = step.get(k, 0.0) + (weight * v).item()
+            # The engines have stepped (or not: LocalEngine and DeepSpeed's overflow check refuse
+            # non-finite gradients); whether they met any decides between stopping and counting.
+            for name, engine in (("critic", roles.critic), ("policy", roles.policy if train_policy else None)):
+                if engine is not None and name not in dropped:
+                    norm = engine.get_global_grad_norm()
+                    guard.finite(at, "this mini-batch's step", {f"the {name}'s gradient norm": norm},
+                                 cannot_skip=_cannot_skip(engine))
             for k, v in step.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
     return {k: v / steps for k, v in sums.items()}
+
+
+def checked_backward(engine, loss: torch.Tensor, guard: NonFiniteGuard, where: str, name: str) -> bool:
+    """engine.backward(loss) when the loss is finite on every rank; else stops, or drops the
+    engine's step of this minibatch (its gradients so far) and returns False."""
+    if not guard.finite(where, "this mini-batch's step", {name: loss.detach()}, cannot_skip=_cannot_skip(engine)):
+        engine.drop_step()
+        return False
+    engine.backward(loss, scale_wrt_gas=False)
+    return True
+
+
+def _cannot_skip(engine) -> Optional[str]:
+    if isinstance(engine, LocalEngine):
+        return None
+    return ("under DeepSpeed a mini-batch's step cannot be skipped (the engine accumulates and applies its gradients "
+            "itself); a non-finite reward or advantage still skips its update")
 
 
 def ptx_loss(policy, examples: list[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ only optimizer state and gradients, which frozen models do not have).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -54,7 +55,9 @@ class LocalEngine(torch.nn.Module):
     `step()` is called after every micro-batch's backward; the optimizer steps (after clipping)
     every `accumulation_steps` calls, as DeepSpeed's does. With several ranks and no DeepSpeed,
     the gradients are averaged across ranks before each step (what DDP does, without its
-    overlap: use deepspeed=zero2 for speed)."""
+    overlap: use deepspeed=zero2 for speed). As DeepSpeed's engines do, it does not step on
+    gradients whose norm is not finite; the loop reads `get_global_grad_norm()` and stops or
+    counts the step (rlhf.core.nonfinite)."""
 
     def __init__(self, module, optimizer, accumulation_steps: int, max_grad_norm: float):
         super().__init__()
@@ -63,6 +66,8 @@ class LocalEngine(torch.nn.Module):
         self.accumulation_steps = accumulation_steps
         self.max_grad_norm = max_grad_norm
         self._micro_steps = 0
+        self._grad_norm: Optional[float] = None
+        self._dropped = False
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
@@ -77,15 +82,30 @@ class LocalEngine(torch.nn.Module):
         self._micro_steps += 1
         if self._micro_steps % self.accumulation_steps:
             return
+        if self._dropped:  # see drop_step
+            self._dropped, self._grad_norm = False, None
+            self.optimizer.zero_grad()
+            return
         params = [w for w in self.module.parameters() if w.requires_grad]
         if distributed.world_size() > 1:
             for w in params:
                 if w.grad is not None:
                     torch.distributed.all_reduce(w.grad)
                     w.grad /= distributed.world_size()
-        torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-        self.optimizer.step()
+        self._grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm).item()
+        if math.isfinite(self._grad_norm):  # else every weight would turn nan
+            self.optimizer.step()
         self.optimizer.zero_grad()
+
+    def drop_step(self) -> None:
+        """The optimizer step under way is not taken: its gradients are dropped at its last
+        micro-batch's step() (a micro-batch of it had a non-finite loss, and was not backwarded)."""
+        self._dropped = True
+
+    def get_global_grad_norm(self) -> Optional[float]:
+        """The gradient norm (before clipping) of the last optimizer step, as DeepSpeed's engine
+        reports it; None before the first, or when that step was dropped."""
+        return self._grad_norm
 
     def save_checkpoint(self, folder: Path, tag: str) -> None:
         """<folder>/<tag>/: the model in Hugging Face format (LoRA: its adapter) and the optimizer."""
