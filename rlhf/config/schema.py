@@ -238,6 +238,9 @@ class TrainConfig:
     warmup: float = 0.05  # < 1: fraction of the steps; >= 1: a number of steps
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # global gradient clipping
+    # Batches of examples of similar length (transformers' length-grouped sampler: random
+    # mega-batches, sorted within), so that little compute goes to padding on real data
+    group_by_length: bool = False
     dropout: float = 0.0  # every dropout probability the model config has (InstructGPT SFT: 0.2)
     eval_every_steps: int = 100  # eval-split loss every N optimizer steps (0: only at the end)
     save_every_steps: int = 500  # checkpoints in <stage>/checkpoints every N steps (0: none)

@@ -39,16 +39,23 @@ log = logging.getLogger(__name__)
 
 def dpo_dataset(tokenizer, triples) -> Dataset:
     """(prompt, chosen, rejected) triples as the token ids trl's DPO collator reads."""
+    prompts = encode_prompts(tokenizer, [t[0] for t in triples])
+    chosen = encode_responses(tokenizer, [t[1] for t in triples])
+    rejected = encode_responses(tokenizer, [t[2] for t in triples])
     return Dataset.from_dict({
-        "prompt_ids": encode_prompts(tokenizer, [t[0] for t in triples]),
-        "chosen_ids": encode_responses(tokenizer, [t[1] for t in triples]),
-        "rejected_ids": encode_responses(tokenizer, [t[2] for t in triples]),
+        "prompt_ids": prompts, "chosen_ids": chosen, "rejected_ids": rejected,
+        # tokens of the longer sequence, which group_by_length sorts by
+        "length": [len(p) + max(len(c), len(r)) for p, c, r in zip(prompts, chosen, rejected)],
     })
 
 
 class PretokenizedDPOTrainer(DPOTrainer):
     def _prepare_dataset(self, dataset, *args, **kwargs):
         return dataset  # tokenized by the data layer: its template, not trl's, frames the prompt
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = [*self._signature_columns, "length"]  # kept for group_by_length's sampler
 
 
 def build_trainer(cfg: RLHFConfig, tokenizer, bundle, callbacks=()) -> tuple[PretokenizedDPOTrainer, dict]:

@@ -41,10 +41,11 @@ def comparison_dataset(tokenizer, comparisons: list[Comparison]) -> Dataset:
     """One row per comparison: its K token sequences (prompt + response) and its pairs."""
     prompts = encode_prompts(tokenizer, [c.prompt for c in comparisons])
     responses = encode_responses(tokenizer, [r for c in comparisons for r in c.responses])
-    rows = {"input_ids": [], "pairs": [], "margin": []}
+    rows = {"input_ids": [], "pairs": [], "margin": [], "length": []}
     start = 0
     for c, prompt_ids in zip(comparisons, prompts):
         rows["input_ids"].append([prompt_ids + r for r in responses[start:start + c.k]])
+        rows["length"].append(max(map(len, rows["input_ids"][-1])))  # padded to its longest: group_by_length
         rows["pairs"].append([list(p) for p in c.pairs()])
         rows["margin"].append(c.margin or 0.0)
         start += c.k

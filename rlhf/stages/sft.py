@@ -34,6 +34,7 @@ def token_dataset(prompts: list[list[int]], responses: list[list[int]]) -> Datas
     return Dataset.from_dict({
         "input_ids": [list(p) + list(r) for p, r in zip(prompts, responses)],
         "completion_mask": [[0] * len(p) + [1] * len(r) for p, r in zip(prompts, responses)],
+        "length": [len(p) + len(r) for p, r in zip(prompts, responses)],  # group_by_length reads it
     })
 
 

@@ -52,6 +52,8 @@ def trainer_args(args_class, t: TrainConfig, cfg: RLHFConfig, checkpoints: Path 
         fp16=cfg.model.dtype == "float16",
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        # the datasets carry a "length" column (tokens of an example's longest sequence)
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         # trl turns it on by default (its configs' gradient_checkpointing=True); ours is the model's
         # choice, under the name transformers 5 reads
         activation_checkpointing=cfg.model.gradient_checkpointing,

@@ -110,3 +110,20 @@ def test_each_offered_loss_type_trains(tokenizer, tmp_path, start, loss_type):
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h] or [trainer.state.log_history[-1]["train_loss"]]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert trainer.state.global_step == 2
+
+
+def test_group_by_length_batches_pairs_of_similar_length(tokenizer, tmp_path, start):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    cfg = config(tmp_path, start, group_by_length=True, per_device_batch_size=4)
+    trainer, _ = build_trainer(cfg, tokenizer, load_data(cfg.data, tokenizer))
+    dataset = trainer._remove_unused_columns(trainer.train_dataset)
+    sampler = trainer._get_train_sampler(dataset)
+    assert isinstance(sampler, LengthGroupedSampler)
+    lengths = dataset["length"]
+    order = list(sampler)
+    spread = lambda batches: sum(max(b) - min(b) for b in batches) / len(batches)  # noqa: E731
+    grouped = [[lengths[i] for i in order[k:k + 4]] for k in range(0, len(order) - 3, 4)]
+    shuffled = [[lengths[i] for i in range(k, k + 4)] for k in range(0, len(order) - 3, 4)]
+    assert spread(grouped) < spread(shuffled) / 2
+    trainer.train()  # the length column reaches the sampler, not the collator's batch
