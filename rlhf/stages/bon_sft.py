@@ -24,7 +24,7 @@ import json
 import logging
 import math
 
-from rlhf.config import RLHFConfig
+from rlhf.config import ConfigError, RLHFConfig
 from rlhf.core import distributed
 from rlhf.core.artifacts import StageRun, save_final, write_atomic
 from rlhf.core.distributed import describe, is_main_process
@@ -71,6 +71,10 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
         log.info("bon_sft round %d: best of %d on %d prompts: %s", k, b.n, len(prompts),
                  {m: round(v, 4) for m, v in pick_metrics.items()})
         kept = [p for p in picks if p["ended"]]  # an answer cut at max_new_tokens teaches no ending
+        if not kept:
+            raise ConfigError(f"bon_sft round {k}: none of the {len(picks)} picks ended with EOS within "
+                              f"{b.max_new_tokens or cfg.data.max_response_tokens} new tokens, so there is nothing to "
+                              "fine-tune on; raise bon_sft.max_new_tokens, or bon_sft.n (more answers per prompt)")
         trainer = sft_trainer(cfg, b, tokenizer, policy_from,
                               token_dataset(encode_prompts(tokenizer, [p["prompt"] for p in kept]),
                                             [p["token_ids"] for p in kept]),

@@ -34,3 +34,34 @@ def test_converted_smollm2_matches_the_gguf_model(tmp_path, monkeypatch):
         answer = plain.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1]:]
     assert "Paris" in tokenizer.decode(answer)
     assert converted(cfg) == folder  # cached: the second call converts nothing
+
+
+def test_smollm2_hh_demo_runs_every_step_at_its_smallest_size(tmp_path, run_cli):
+    """The laptop demo's one command (experiment=smollm2_hh: SFT -> RM -> best-of-n distillation ->
+    compare) on a small HH-format file, each stage a step or two: every stage runs, the RM's eval
+    carries the length baselines, compare reports the distilled policy against SFT with lengths."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    words = "sun rain tree cat dog road lamp book milk bread".split()
+    rows = []
+    for i in range(80):
+        question = f"question {i}: tell me about the {rng.choice(words)} and the {rng.choice(words)}"
+        good, bad = f"Here is a careful answer about item {i}.", f"No {i}."
+        rows.append({"chosen": f"\n\nHuman: {question}\n\nAssistant: {good}",
+                     "rejected": f"\n\nHuman: {question}\n\nAssistant: {bad}"})
+    path = tmp_path / "hh.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run_cli("experiment=smollm2_hh", "stage=pipeline", f"data.path={path}", "logger=none",
+                  "sft.max_steps=2", "rm.max_steps=2", "rm.save_every_steps=0", "rm.normalize_max_demonstrations=8",
+                  "bon_sft.prompts=4", "bon_sft.n=2", "bon_sft.epochs=1", "bon_sft.max_new_tokens=64",
+                  "compare.prompts=4", "compare.max_new_tokens=8", "compare.bootstrap_resamples=50",
+                  cwd=tmp_path, timeout=1500)
+    log = out.stdout + out.stderr
+    assert all(f"stage {s} -> " in log for s in ("sft", "rm", "bon_sft", "compare")), log[-2000:]
+    run = tmp_path / "runs" / "smollm2_hh"
+    rm = json.loads((run / "rm" / "manifest.json").read_text())["metrics"]
+    assert 0 <= rm["eval_accuracy"] <= 1 and {"eval_longer_wins", "eval_shorter_wins"} <= set(rm)
+    report = (run / "compare" / "report.md").read_text()
+    assert "bon_sft" in report and "sft" in report
