@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from rlhf.config import SPLITS, DataConfig, DataFormat, Truncate
-from rlhf.data import sources, toy
+from rlhf.data import oasst, sources, toy
 from rlhf.data.formatting import encode_prompts, encode_responses, truncate_prompt
 from rlhf.data.records import (Comparison, DataError, Demonstration, Dropped, Prompt, Record,
                                RecordError, prompt_key)
@@ -180,7 +180,7 @@ def load_data(cfg: DataConfig, tokenizer, *, check_splits: bool = True) -> DataB
             labels.append(label)
             rows = _counted(rows, counts)
             if src.format is DataFormat.oasst:
-                rows = sources.oasst_conversations(rows, src.fields, src.oasst)
+                rows = oasst.conversations(rows, src.fields, src.oasst)
             adapt = sources.ADAPTERS[src.format.value]
             for location, row in rows:
                 if isinstance(row, RecordError):
