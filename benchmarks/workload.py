@@ -75,7 +75,7 @@ def run_updates(roles, tok, cfg, a, batches, groups=None) -> tuple[dict[str, flo
         phases["generate_s"] += r.seconds["generate"]
         phases["score_s"] += r.seconds["score"]
         t = time.perf_counter()
-        scores = shape_scores(r.raw_scores, r.ended, bias=0.0, clip=cfg.score_clip, no_eos_score=cfg.no_eos_score)
+        scores = shape_scores(r.scores, r.ended, clip=cfg.score_clip, no_eos_score=cfg.no_eos_score)
         _, advantages, returns = advantages_of(r, scores, cfg, cfg.beta)
         optimise(roles, r, advantages, returns, cfg, [], tok.pad_token_id)
         phases["train_s"] += time.perf_counter() - t

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from rlhf import stages
 from rlhf.config import ConfigError, RLHFConfig
@@ -52,6 +52,10 @@ def _main(composed: DictConfig) -> None:
         _quiet_this_rank()
     _quiet_libraries()
     try:
+        variant = _sweep_variant(composed)
+        if variant:
+            with open_dict(composed):
+                composed.variant = variant
         cfg: RLHFConfig = to_config(composed)
         check(cfg)
         if cfg.model.gguf_package and not cfg.model.name_or_path:
@@ -80,6 +84,42 @@ def _main(composed: DictConfig) -> None:
         sys.exit(2)
 
 
+# overrides that never name a point of a sweep: where it writes, and what it runs
+_NOT_IN_VARIANT = {"stage", "run", "runs_dir", "variant", "stages"}
+
+
+def _sweep_variant(composed: DictConfig) -> str | None:
+    """In a multirun (`rlhf -m ...`) without variant= set: this point's name, `key=value` for
+    each override the sweep varies (the comma lists and ranges of the command line), e.g.
+    `algo=grpo,seed=1`; a '/' in a value becomes '_'. Where the command line is not this
+    process's (a launcher that starts jobs elsewhere), every override of the point counts; a
+    multirun that sweeps nothing is a plain run (no variant)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    if composed.get("variant") is not None or not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    parser = OverridesParser.create()
+    try:
+        swept = {o.key_or_group for o in parser.parse_overrides([a for a in sys.argv[1:] if not a.startswith("-")])
+                 if o.is_sweep_override()}
+    except Exception:  # not our command line: fall back to every override of the point
+        swept = None
+    if swept == set():  # a multirun of one point: a plain run
+        return None
+    parts = []
+    for override in parser.parse_overrides(list(hydra_cfg.overrides.task)):
+        key = override.key_or_group
+        if key in _NOT_IN_VARIANT or key.startswith("hydra") or (swept and key not in swept):
+            continue
+        parts.append(f"{key}={override.get_value_element_as_str()}".replace("/", "_"))
+    return ",".join(parts) or None
+
+
 def _quiet_this_rank() -> None:
     """Ranks other than 0 log warnings and errors only, and to the console only: one rlhf.log
     and one progress line per stage, not one per rank."""
@@ -98,11 +138,15 @@ def _quiet_this_rank() -> None:
 def _quiet_libraries() -> None:
     """Library messages about choices we made, not about the user's run: DeepSpeed announces on
     every import that it fell back to the CPU when no GPU is found (we name the CPU, which it
-    then takes silently)."""
+    then takes silently), and warns of a deprecated call of its own on every ZeRO-3 step."""
+    import warnings
+
     import torch
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # DeepSpeed 0.19 under ZeRO-3 warns on every reduce-scatter (hundreds of lines per update)
+    warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor.*deprecated", category=FutureWarning)
 
 
 def list_stages(which: str) -> str:

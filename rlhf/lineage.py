@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from rlhf.core.artifacts import sha256_of
 from rlhf.config import RLHFConfig
 from rlhf.data import describe_source
-from rlhf.stages import STAGES, output_path, resolve_inputs
+from rlhf.stages import STAGES, output_path, resolve_inputs, stage_dir
 
 
 def upstream(cfg: RLHFConfig, stage: str) -> dict[str, str]:
@@ -59,7 +59,7 @@ def output_hash(cfg: RLHFConfig, stage: str) -> str | None:
 
 
 def recorded(cfg: RLHFConfig, stage: str) -> dict:
-    manifest = cfg.run_dir / stage / "manifest.json"
+    manifest = stage_dir(cfg, stage) / "manifest.json"
     return json.loads(manifest.read_text()) if manifest.exists() else {}
 
 

@@ -35,7 +35,7 @@ def run_stages(cfg: RLHFConfig, composed: DictConfig) -> None:
     # One lock for the whole command, pipeline or one stage: a second command on the same run
     # stops at once, naming this one (unless nothing here writes in the run: generate).
     writes = any(stages.get(name).writes_run for name in names)
-    with run_lock(cfg.run_dir) if writes else contextlib.nullcontext():
+    with run_lock(cfg.run_dir, cfg.variant) if writes else contextlib.nullcontext():
         for name in names:
             stage = stages.get(name)
             stage_cfg = dataclasses.replace(cfg, stage=StageConfig(name=name))

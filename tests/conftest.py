@@ -75,10 +75,9 @@ def ppo_update(roles, r, p, beta: float) -> dict:
     """One stage-3 update on rollout `r` as the loop runs it (scores, rewards, advantages,
     optimise), returning the loop's stats."""
     from rlhf.algos.rewards import shape_scores
-    from rlhf.models import reward_bias
     from rlhf.stages.online_rl.loop import advantages_of, optimise, rollout_stats
 
-    scores = shape_scores(r.raw_scores, r.ended, bias=reward_bias(roles.reward), clip=p.score_clip,
+    scores = shape_scores(r.scores, r.ended, clip=p.score_clip,
                           no_eos_score=p.no_eos_score)
     kl, advantages, returns = advantages_of(r, scores, p, beta)
     stats = optimise(roles, r, advantages, returns, p, [], pad_id=0, train_policy=True)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 
 
-def shape_scores(raw: torch.Tensor, ended: torch.Tensor, *, bias: float, clip: float | None,
+def shape_scores(scores: torch.Tensor, ended: torch.Tensor, *, clip: float | None,
                  no_eos_score: float) -> torch.Tensor:
-    """[B] sequence scores: the raw RM score plus its normalisation bias, clipped to +-clip when
-    set; a response that never emitted EOS gets the fixed `no_eos_score` instead (the "EOS
-    trick": an unfinished answer must not be scored as if it were one)."""
-    scores = raw + bias
+    """[B] sequence scores: the reward source's score (a reward model's already normalised),
+    clipped to +-clip when set; a response that never emitted EOS gets the fixed `no_eos_score`
+    instead (the "EOS trick": an unfinished answer must not be scored as if it were one)."""
     if clip is not None:
         scores = scores.clamp(-clip, clip)
     return torch.where(ended, scores, torch.full_like(scores, no_eos_score))

@@ -22,6 +22,7 @@ from rlhf.config.schema import (  # noqa: F401  (the names every layer imports f
     PPOStageConfig,
     PrepareConfig,
     RewardConfig,
+    RewardTerm,
     RLHFConfig,
     RMStageConfig,
     SFTStageConfig,

@@ -243,11 +243,10 @@ def check(cfg: RLHFConfig) -> None:
     if p.kl_loss_coef < 0:
         problems.append(f"ppo.kl_loss_coef={p.kl_loss_coef}: must be >= 0")
     rw = cfg.reward
-    if rw.source not in ("model", "function"):
-        problems.append(f"reward.source={rw.source!r}: choose model or function")
-    elif rw.source == "function" and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", rw.function or ""):
-        problems.append(f"reward.function={rw.function!r}: with reward.source=function name a callable as "
-                        "package.module:name, e.g. reward.function=rlhf.data.toy:gold_score")
+    problems += _reward_problems(cfg.reward)
+    if cfg.variant is not None and (not cfg.variant.strip() or "/" in cfg.variant or "\n" in cfg.variant):
+        problems.append(f"variant={cfg.variant!r}: it names folders (runs/<run>/<stage>@<variant>), so it must be "
+                        "non-empty and hold no '/'")
     if p.samples_per_prompt < 1 or p.rollout_batch_size % p.samples_per_prompt:
         problems.append(f"ppo.rollout_batch_size={p.rollout_batch_size} counts responses, so it must be divisible "
                         f"by ppo.samples_per_prompt={p.samples_per_prompt} (>= 1)")
@@ -277,6 +276,30 @@ def check(cfg: RLHFConfig) -> None:
 
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _reward_problems(rw) -> list[str]:
+    callable_name = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
+    problems = []
+    if rw.source not in ("model", "function", "ensemble"):
+        problems.append(f"reward.source={rw.source!r}: choose model, function or ensemble")
+    elif rw.source == "function" and not re.fullmatch(callable_name, rw.function or ""):
+        problems.append(f"reward.function={rw.function!r}: with reward.source=function name a callable as "
+                        "package.module:name, e.g. reward.function=rlhf.data.toy:gold_score")
+    elif rw.source == "ensemble" and len(rw.members) == 1:
+        problems.append(f"reward.members={list(rw.members)}: an ensemble needs at least 2 reward models "
+                        "(or leave it empty for every rm and rm@* of the run)")
+    if rw.combine not in ("mean", "mean_minus_std"):
+        problems.append(f"reward.combine={rw.combine!r}: choose mean or mean_minus_std")
+    if rw.std_coef < 0:
+        problems.append(f"reward.std_coef={rw.std_coef}: must be >= 0")
+    for i, term in enumerate(rw.add):
+        if (term.model is None) == (term.function is None):
+            problems.append(f"reward.add[{i}]: give one of model (a reward-model folder) or function "
+                            "(package.module:name)")
+        elif term.function is not None and not re.fullmatch(callable_name, term.function):
+            problems.append(f"reward.add[{i}].function={term.function!r}: name a callable as package.module:name")
+    return problems
 
 
 def _bucket_total(fractions: dict[str, float], shared: list[str]) -> float:

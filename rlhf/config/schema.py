@@ -378,15 +378,36 @@ class PPOStageConfig:
 
 
 @dataclass
-class RewardConfig:
-    """Stage 3's reward source (conf/reward/). `model`: the reward model of ppo.reward_from with
-    its saved normalisation. `function`: a Python callable (prompt, response) -> float named
-    `module:name`, e.g. the toy task's gold scorer (reward=toy_gold) or an exact-match check;
-    no reward model is read, and a callable that raises or returns a non-finite number stops the
-    run naming the prompt. A function's code is imported, so name only code you trust."""
+class RewardTerm:
+    """A weighted term added to stage 3's reward (reward.add): a reward model or a function."""
 
-    source: str = "model"  # model | function
+    weight: float = 1.0
+    model: Optional[str] = None  # a reward-model folder (normalised as its RM stage saved it)
+    function: Optional[str] = None  # or "package.module:callable" (prompt, response) -> float
+
+
+@dataclass
+class RewardConfig:
+    """Stage 3's reward source (conf/reward/), and what compare's bon:<n> and bon_sft pick by.
+    `model`: the reward model of ppo.reward_from with its saved normalisation. `function`: a
+    Python callable (prompt, response) -> float named `module:name`, e.g. the toy task's gold
+    scorer (reward=toy_gold) or an exact-match check; a callable that raises or returns a
+    non-finite number stops the run naming the prompt. `ensemble`: several reward models (e.g.
+    one per seed: `rlhf -m stage=rm seed=1,2,3` beside this run's rm), each normalised first,
+    combined as the mean or as mean - std_coef x std (Coste et al. 2023). A function's code is
+    imported, so name only code you trust. rlhf/sampling/reward.py has the sources."""
+
+    source: str = "model"  # model | function | ensemble
     function: Optional[str] = None  # source=function: "package.module:callable"
+    # source=ensemble: the members' folders; empty = every reward model of this run: runs/<run>/rm/final
+    # and its sweep points' runs/<run>/rm@*/final
+    members: List[str] = field(default_factory=list)
+    combine: str = "mean"  # ensemble: mean | mean_minus_std (uncertainty-penalised)
+    std_coef: float = 1.0  # ensemble, mean_minus_std: the lambda of mean - lambda x std across members
+    weight: float = 1.0  # the source's weight when reward.add sums other terms with it
+    # more weighted terms summed with the source, e.g. a format check:
+    # reward.add='[{function: mypackage.checks:format_ok, weight: 0.5}]'
+    add: List[RewardTerm] = field(default_factory=list)
 
 
 @dataclass
@@ -394,8 +415,10 @@ class CompareConfig:
     """`rlhf stage=compare`: policies side by side on held-out prompts (rlhf/compare.py)."""
 
     # name -> checkpoint folder, hub id, or "bon:<n>": the best of n samples of `bon_from`, picked
-    # by the reward model. null = this run's policies (sft, ppo, dpo, bon_sft: those that exist),
-    # bon:4 when a reward model judges, and the base model when model.name_or_path names one.
+    # by the reward source (reward=; for reward=model the judging RM). null = this run's policies
+    # (sft, ppo, dpo, bon_sft: those that exist, and their sweeps' points ppo@..., named by
+    # folder), bon:4 when a reward model judges or reward= names another source, and the base
+    # model when model.name_or_path names one.
     # On the command line:
     # compare.policies='{sft: runs/a/sft/final, ppo_b: runs/b/ppo/final, bon8: "bon:8"}'
     policies: Any = None  # a dict, or null (typed Any: Hydra cannot merge a new dict into a typed one)
@@ -476,6 +499,12 @@ class RLHFConfig:
     run: str = "default"  # run name: outputs go to <runs_dir>/<run>/<stage>/
     runs_dir: str = "runs"
     seed: int = 0
+    # One configuration of a run's stages beside the others, e.g. one point of a sweep: its
+    # stages write runs/<run>/<stage>@<variant>/ and read an earlier stage's <stage>@<variant>
+    # where it exists, else the run's <stage> (so a sweep of stage=ppo shares the run's sft and
+    # rm). Every point of a multirun (`rlhf -m ...`) is given one from the overrides the sweep
+    # varies, e.g. ppo@algo=grpo,seed=1, so no point overwrites another. null = runs/<run>/<stage>/
+    variant: Optional[str] = None
     stage: StageConfig = field(default_factory=StageConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -502,5 +531,5 @@ class RLHFConfig:
 
     @property
     def stage_dir(self) -> Path:
-        """runs/<run>/<stage>: the same on every rank, as it holds no timestamp."""
-        return self.run_dir / self.stage.name
+        """runs/<run>/<stage>[@<variant>]: the same on every rank, as it holds no timestamp."""
+        return self.run_dir / (f"{self.stage.name}@{self.variant}" if self.variant else self.stage.name)

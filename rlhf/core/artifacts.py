@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -125,6 +126,8 @@ class StageRun:
         if exc is not None:
             self.manifest["error"] = f"{exc_type.__name__}: {exc}"
         self.manifest["duration_s"] = round(time.time() - self._start, 3)
+        # the process's peak so far: the stage's own when it ran alone (not in a pipeline's process)
+        self.manifest["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         self.save()
 
     def save(self) -> None:

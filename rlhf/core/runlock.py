@@ -1,4 +1,6 @@
-"""One writer per run: `runs/<run>/.lock`, held while a command's stages write in the run.
+"""One writer per run: `runs/<run>/.lock`, held while a command's stages write in the run
+(`runs/<run>/.lock@<variant>` for a variant, e.g. one point of a sweep, which writes only its own
+<stage>@<variant> folders: the points of a parallel sweep run side by side).
 
 A second `rlhf ... run=<same>` started meanwhile (a resubmitted job, a typo in a sweep) would
 resume from the same checkpoints and overwrite the same final/; it stops at once instead, with an
@@ -39,13 +41,13 @@ LOCK_NAME = ".lock"
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Holds `<run_dir>/.lock` for the duration (every rank calls this; rank 0 takes the lock).
-    Raises ConfigError, naming the holder, when another process holds it."""
+def run_lock(run_dir: Path, variant: str | None = None) -> Iterator[None]:
+    """Holds `<run_dir>/.lock[@<variant>]` for the duration (every rank calls this; rank 0 takes
+    the lock). Raises ConfigError, naming the holder, when another process holds it."""
     stream, refusal = None, None
     if distributed.is_main_process():
         try:
-            stream = _acquire(Path(run_dir) / LOCK_NAME)
+            stream = _acquire(Path(run_dir) / (f"{LOCK_NAME}@{variant}" if variant else LOCK_NAME))
         except ConfigError as e:
             refusal = str(e)
     # Every rank stops, not only the one that tried: the others would wait for it forever.

@@ -11,7 +11,7 @@ import torch
 
 from rlhf.data.records import PromptLike
 from rlhf.sampling.generate import Sample, generate
-from rlhf.sampling.score import reward_scores
+from rlhf.sampling.reward import reward_scores
 
 
 @dataclass

@@ -1,15 +1,13 @@
-"""Reward sources: scoring (prompt, response) pairs with a reward model, formatted exactly as
-it trained on them, or with a Python function (FunctionReward)."""
+"""Scoring (prompt, response) pairs with a reward model, formatted exactly as it trained on
+them. The reward sources built on it (a model, a function, an ensemble, a weighted sum) are in
+reward.py."""
 
 from __future__ import annotations
 
-import importlib
-import math
 from typing import Sequence
 
 import torch
 
-from rlhf.config import ConfigError
 from rlhf.data import encode_prompts, encode_responses
 from rlhf.data.records import PromptLike
 from rlhf.models.reward import reward_bias
@@ -44,41 +42,3 @@ def score(model, tokenizer, prompts: Sequence[PromptLike], responses: Sequence[s
     finally:
         model.train(was_training)
     return raw + reward_bias(model) if normalized else raw
-
-
-class FunctionReward:
-    """A reward source that is a Python callable (prompt, response) -> float, named
-    `package.module:name` (reward.source=function): the toy task's gold scorer, an exact-match
-    check. It scores decoded text, so it needs no model, no tokens and no normalisation."""
-
-    def __init__(self, spec: str):
-        module, _, name = spec.partition(":")
-        try:
-            self.fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"reward.function={spec!r}: cannot load it ({e}); give package.module:name of a "
-                              "callable (prompt, response) -> float on the Python path") from e
-        if not callable(self.fn):
-            raise ConfigError(f"reward.function={spec!r} is not callable")
-        self.spec = spec
-
-    def score_texts(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
-        scores = []
-        for prompt, response in zip(prompts, responses):
-            try:
-                value = float(self.fn(prompt, response))
-            except Exception as e:  # the user's code: any failure stops the run, naming the input
-                raise ConfigError(f"reward.function={self.spec} raised {type(e).__name__}: {e} on prompt "
-                                  f"{prompt!r}, response {response!r}") from e
-            if not math.isfinite(value):
-                raise ConfigError(f"reward.function={self.spec} returned {value} on prompt {prompt!r}, response "
-                                  f"{response!r}: a reward must be a finite number")
-            scores.append(value)
-        return torch.tensor(scores)
-
-
-def reward_scores(reward, tokenizer, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
-    """Scores from either reward source: a reward model (normalised) or a FunctionReward."""
-    if isinstance(reward, FunctionReward):
-        return reward.score_texts(prompts, responses)
-    return score(reward, tokenizer, prompts, responses)

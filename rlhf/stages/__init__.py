@@ -67,8 +67,14 @@ def _compare_has_rm(cfg: RLHFConfig) -> bool:
     return cfg.compare.reward_from is not None or output_path(cfg, "rm").exists()
 
 
-def _compare_policies(cfg: RLHFConfig) -> dict[str, str]:
-    return {f"policy:{name}": spec for name, spec in sorted(compare_policies(cfg, require=False).items())}
+def _reward_inputs(cfg: RLHFConfig) -> dict[str, str]:
+    return {f"reward:{role}": path for role, path in reward_models(cfg, require=False).items()}
+
+
+def _compare_inputs(cfg: RLHFConfig) -> dict[str, str]:
+    """Compare's policies, and the reward models its bon:<n> picks by when reward= is not the judge."""
+    policies = {f"policy:{name}": spec for name, spec in sorted(compare_policies(cfg, require=False).items())}
+    return {**policies, **(_reward_inputs(cfg) if cfg.reward.source != "model" or cfg.reward.add else {})}
 
 
 def _evaluate_has_rm(cfg: RLHFConfig) -> bool:
@@ -91,19 +97,21 @@ _REGISTERED = (
           "ppo", inputs=(Input("policy_from", produced_by="sft"),
                          Input("reward_from", produced_by="rm", needed=_reads_reward_model),
                          Input("value_from", same_as=("reward_from", "policy_from"), needed=_uses_critic)),
-          output="final", produces_policy=True, in_pipeline=True, also_reads=("reward",)),
+          output="final", produces_policy=True, in_pipeline=True, also_reads=("reward",),
+          dynamic_inputs=_reward_inputs),
     Stage("dpo", "rlhf.stages.dpo", "stage 3 offline: DPO (trl) on the comparisons, from the SFT policy", "dpo",
           inputs=(Input("init_from", produced_by="sft"),), output="final", produces_policy=True, in_pipeline=True,
           by_default=False),
     Stage("bon_sft", "rlhf.stages.bon_sft", "stage 3 offline: fine-tune the policy on its best of n answers by the "
           "reward", "bon_sft", inputs=(Input("init_from", produced_by="sft"),
                                        Input("reward_from", produced_by="rm", needed=_reads_reward_model)),
-          output="final", produces_policy=True, in_pipeline=True, by_default=False, also_reads=("reward",)),
+          output="final", produces_policy=True, in_pipeline=True, by_default=False, also_reads=("reward",),
+          dynamic_inputs=_reward_inputs),
     Stage("compare", "rlhf.stages.compare", "the policies side by side on held-out prompts", "compare",
           inputs=(Input("reward_from", produced_by="rm", needed=_compare_has_rm),
                   Input("reference_from", produced_by="sft"),
                   Input("bon_from", same_as=("reference_from",))),
-          output="report.md", in_pipeline=True, dynamic_inputs=_compare_policies),
+          output="report.md", in_pipeline=True, dynamic_inputs=_compare_inputs, also_reads=("reward",)),
     Stage("generate", "rlhf.stages.generate", "print a policy's answers to prompts", "generate", writes_run=False),
     Stage("evaluate", "rlhf.stages.evaluate", "a reward model on any comparisons (accuracy, length baseline) "
           "and policies on any prompts (win rates)", "evaluate",
@@ -126,8 +134,39 @@ def pipeline_stages(*, optional: bool = False) -> list[str]:
 
 
 def stage_dir(cfg: RLHFConfig, name: str) -> Path:
-    """runs/<run>/<name>: where a stage of this run writes."""
+    """Where stage `name` of this run writes (the stage running) or wrote: runs/<run>/<name>, or
+    with cfg.variant runs/<run>/<name>@<variant> for the stage running and for earlier stages
+    that this variant ran itself (else the run's own)."""
+    if cfg.variant:
+        own = cfg.run_dir / f"{name}@{cfg.variant}"
+        if name == cfg.stage.name or own.exists():
+            return own
     return cfg.run_dir / name
+
+
+def variants(cfg: RLHFConfig, name: str) -> list[Path]:
+    """Every folder of stage `name` in this run that holds its output: runs/<run>/<name> and the
+    sweep points' runs/<run>/<name>@*, in name order."""
+    found = [cfg.run_dir / name, *sorted(cfg.run_dir.glob(f"{name}@*"))]
+    return [folder for folder in found if (folder / STAGES[name].output).exists()]
+
+
+def reward_models(cfg: RLHFConfig, *, require: bool = True) -> dict[str, str]:
+    """The reward models `reward=` reads beyond a stage's own reward_from: an ensemble's members
+    (`member_<i>`: reward.members, or every reward model of this run) and added terms' models
+    (`add_<i>`). With `require`, an ensemble of fewer than two is an error that says what to run."""
+    rc, found = cfg.reward, {}
+    if rc.source == "ensemble":
+        members = list(rc.members) or [str(folder / "final") for folder in variants(cfg, "rm")]
+        if require and len(members) < 2:
+            raise ConfigError(f"reward.source=ensemble: reward.members is empty and run {cfg.run!r} has "
+                              f"{len(members)} reward model(s) ({members or 'none'}); train more with one command, "
+                              f"e.g. `rlhf -m stage=rm run={cfg.run} seed=1,2,3` (each writes runs/{cfg.run}/"
+                              "rm@seed=<n>), or set reward.members=[<folder>, <folder>, ...]")
+        found.update({f"member_{i}": path for i, path in enumerate(members)})
+    found.update({f"add_{i}": term.model for i, term in enumerate(rc.add) if term.model})
+    return found
+
 
 
 def output_path(cfg: RLHFConfig, name: str) -> Path:
@@ -167,20 +206,21 @@ def policy_stages() -> list[str]:
 
 def compare_policies(cfg: RLHFConfig, *, require: bool = True) -> dict[str, str]:
     """compare.policies, or by default: the base model (when model.name_or_path names one), this
-    run's policies that exist (every stage that produces one), and bon:4 when a reward model
-    judges (it picks bon's answers)."""
+    run's policies that exist (every stage that produces one, and every point of its sweeps,
+    named by folder: ppo, ppo@algo=grpo, ...), and bon:4 when a reward model judges or reward=
+    names another source to pick its answers by."""
     c = cfg.compare
     if c.policies:
         return dict(c.policies)
     policies = {"base": cfg.model.name_or_path} if cfg.model.name_or_path else {}
     for name in policy_stages():
-        if output_path(cfg, name).exists():
-            policies[name] = str(output_path(cfg, name))
+        for folder in variants(cfg, name):  # the stage's own folder and its sweep points'
+            policies[folder.name] = str(folder / STAGES[name].output)
     if require and "sft" not in policies:
         raise ConfigError(f"compare.policies is empty, so compare uses this run's stages, but "
                           f"{output_path(cfg, 'sft')} does not exist: run `rlhf stage=sft run={cfg.run}` first, or "
                           "set compare.policies")
-    if _compare_has_rm(cfg):
+    if _compare_has_rm(cfg) or cfg.reward.source != "model":
         policies["bon:4"] = "bon:4"
     if require and c.baseline not in policies:
         raise ConfigError(f"compare.baseline={c.baseline!r} is not among the default policies {list(policies)}")

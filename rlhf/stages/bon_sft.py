@@ -32,8 +32,8 @@ from rlhf.core.preemption import stop_request
 from rlhf.core.tracking import Tracker
 from rlhf.data import describe_source, encode_prompts, load_data
 from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
-from rlhf.sampling import FunctionReward, best_of_n
-from rlhf.stages import resolve_inputs
+from rlhf.sampling import best_of_n, build_reward
+from rlhf.stages import resolve_inputs, reward_models
 from rlhf.stages.sft import sft_dataset, sft_trainer, token_dataset
 from rlhf.stages.training import gold_metrics, last_checkpoint, loss_summary, stage_callbacks, trained_model
 
@@ -44,16 +44,15 @@ SEED_OFFSET = 2_000_003  # candidates' seeds, apart from compare's and the gold 
 
 def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     b = cfg.bon_sft
-    inputs = resolve_inputs(cfg, "bon_sft")
+    inputs = {**resolve_inputs(cfg, "bon_sft"), **reward_models(cfg)}
     tokenizer = load_tokenizer(cfg.model)
     bundle = load_data(cfg.data, tokenizer)
     prompts = [p.prompt for p in bundle.require("ppo", "prompts")][: b.prompts]
     eval_demos = bundle.require("eval", "demonstrations")
-    stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), **inputs,
-                                    "reward": cfg.reward.function if cfg.reward.source == "function" else "model"}
+    reward = build_reward(cfg.reward, lambda path: load_reward_model(cfg.model, tokenizer, path).eval(), tokenizer,
+                          inputs)
+    stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), **inputs, "reward": reward.describe()}
     stage_run.manifest["data"] = {**bundle.summary(), "prompts": len(prompts)}
-    reward = (load_reward_model(cfg.model, tokenizer, inputs["reward_from"]).eval() if cfg.reward.source == "model"
-              else FunctionReward(cfg.reward.function))
     tracker = Tracker(cfg.logger, cfg.stage_dir, "bon_sft")
     stop = stop_request()
 

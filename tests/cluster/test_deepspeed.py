@@ -1,5 +1,5 @@
-"""SFT, RM and PPO under DeepSpeed ZeRO-2 and ZeRO-3 (and DPO under ZeRO-2) on 2 CPU ranks (torchrun, gloo), as a
-cluster runs them: `torchrun --nproc_per_node 2 -m rlhf.cli stage=... deepspeed=zero3`.
+"""SFT, RM, PPO and GRPO under DeepSpeed ZeRO-2 and ZeRO-3 (and DPO under ZeRO-2) on 2 CPU ranks
+(torchrun, gloo), as a cluster runs them: `torchrun --nproc_per_node 2 -m rlhf.cli stage=... deepspeed=zero3`.
 
 Each launch has a timeout, after which torchrun is stopped with its ranks, so a rank that
 crashes or hangs cannot stall the suite (torchrun itself stops every rank when one fails)."""
@@ -179,3 +179,89 @@ def test_zero2_dpo_trains_on_two_ranks_and_resumes_after_sigkill(root):
     assert m["distributed"]["zero_stage"] == 2 and m["distributed"]["world_size"] == 2
     before, after = weights(root, "zero2", "sft"), weights(root, "zero2", "dpo")
     assert max((before[k] - after[k]).abs().max().item() for k in before) > 1e-5
+
+
+GRPO = ["stage=ppo", "algo=grpo", "ppo.updates=3", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4",
+        "ppo.micro_batch_size=1", "ppo.eval_prompts=8", "ppo.save_every_updates=1", "ppo.learning_rate=1e-3"]
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL to torchrun and to every rank (each in a session of its own, so killing torchrun's
+    process group alone would leave them to finish the job)."""
+    import psutil
+
+    for process in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    proc.wait(timeout=120)
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_grpo_trains_on_two_ranks_without_a_critic_and_resumes_after_sigkill(root, zero):
+    """GRPO (algo=grpo: no critic) from this module's SFT policy and RM, 3 updates with a checkpoint
+    after each, killed once update_1 is complete, then rerun: the rerun continues from the newest
+    complete checkpoint (not from scratch), on the prompts after the ones already used, and ends
+    with a policy that moved and no value model anywhere."""
+    import time
+
+    import torch
+
+    run = f"grpo_{zero}"
+    inputs = [f"ppo.policy_from={root / 'runs' / zero / 'sft' / 'final'}",
+              f"ppo.reward_from={root / 'runs' / zero / 'rm' / 'final'}"]
+    args = [f"run={run}", f"deepspeed={zero}", *GRPO, *inputs]
+    stage = root / "runs" / run / "ppo"
+    checkpoints = stage / "checkpoints"
+    # a port of its own (not the one the rerun below, nor the other parametrization, uses)
+    port = 29500 + (os.getpid() + 11 + int(zero[-1])) % 1000
+    # Output to a file, not a pipe: nothing reads a pipe while this waits, and ZeRO-3's warnings
+    # (one per reduce-scatter) fill one in a few updates, which blocks the ranks on their next write.
+    printed = root / f"{run}.killed.log"
+    with open(printed, "w") as sink:
+        proc = subprocess.Popen(cli_command(*DATA, *args, ranks=2, master_port=port), cwd=root, stdout=sink,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not (checkpoints / "update_1").exists():  # renamed from update_1.tmp once every rank wrote its part
+        if proc.poll() is not None:
+            pytest.fail(f"grpo ended before checkpoint 1:\n{printed.read_text()[-3000:]}")
+        if time.time() > deadline:
+            kill_tree(proc)
+            pytest.fail(f"no {checkpoints / 'update_1'} after 300 s:\n{printed.read_text()[-3000:]}")
+        time.sleep(0.05)
+    kill_tree(proc)
+    assert not (stage / "final").exists()
+    written = sorted(int(p.name.split("_")[1]) for p in checkpoints.glob("update_*") if not p.name.endswith(".tmp"))
+    assert written and written[-1] < 3, written  # killed before the last update's checkpoint
+    killed_at = written[-1]
+    assert not (checkpoints / f"update_{killed_at}" / "value").exists()
+    saved = torch.load(checkpoints / f"update_{killed_at}" / "trainer_state.pt", weights_only=True)
+    prompts_per_update = 8 // 4  # rollout_batch_size / grpo's samples_per_prompt
+    assert saved["update"] == killed_at and saved["format"] == zero
+    assert saved["prompts"]["position"] == killed_at * prompts_per_update
+
+    out = launch(root, *args)
+    resumed = [line for line in out.splitlines() if "resumed from" in line]
+    assert resumed and resumed[0].endswith(f"checkpoints/update_{killed_at} at update {killed_at}"), out[-3000:]
+    assert f"{run}/ppo/checkpoints" in resumed[0]
+    m = manifest(root, run, "ppo")
+    assert m["status"] == "completed" and m["metrics"]["updates"] == 3
+    # no critic: neither trained (no value/ state in any checkpoint) nor built (not among the roles)
+    assert set(m["distributed"]) == {"policy", "ref", "reward"}
+    assert m["distributed"]["policy"]["zero_stage"] == int(zero[-1]) and m["distributed"]["policy"]["world_size"] == 2
+    kept = sorted(p.name for p in checkpoints.iterdir())
+    assert "update_3" in kept and not any(p.endswith(".tmp") for p in kept), kept
+    for name in kept:
+        assert sorted(p.name for p in (checkpoints / name).iterdir() if p.is_dir()) == ["policy"], name
+    # the resumed run went on with the prompt stream where the killed one stopped: 3 updates' prompts in all
+    final_state = torch.load(checkpoints / "update_3" / "trainer_state.pt", weights_only=True)
+    assert final_state["update"] == 3 and final_state["prompts"]["position"] == 3 * prompts_per_update
+    # the policy learned, and final/ loads as a plain Hugging Face model
+    before, after = weights(root, zero, "sft"), weights(root, run, "ppo")
+    assert set(before) == set(after)
+    assert max((before[k] - after[k]).abs().max().item() for k in before) > 1e-5
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(stage / "final")
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in after.items())
+    assert torch.isfinite(model(input_ids=torch.tensor([[5, 6, 7]])).logits).all()

@@ -26,6 +26,19 @@ def test_prepare_on_the_default_writes_run_dir_and_prints_summary(tmp_path, run_
     assert not list(tmp_path.glob("outputs"))  # no timestamped Hydra folders
 
 
+def test_every_point_of_a_sweep_writes_its_own_folder_named_by_what_the_sweep_varies(tmp_path, run_cli):
+    run_cli("-m", "stage=prepare", "run=s", "seed=0,1", "data.toy.num_prompts=200", "prepare.examples_per_split=0",
+            cwd=tmp_path, timeout=TIMEOUT)
+    run_dir = tmp_path / "runs" / "s"
+    assert sorted(p.name for p in run_dir.glob("prepare*")) == ["prepare@seed=0", "prepare@seed=1"]
+    for seed in (0, 1):
+        config = yaml.safe_load((run_dir / f"prepare@seed={seed}" / "config.yaml").read_text())
+        assert config["seed"] == seed and config["variant"] == f"seed={seed}"
+    # one command, no sweep: the stage's own folder, as before
+    run_cli("stage=prepare", "run=s", "data.toy.num_prompts=200", cwd=tmp_path, timeout=TIMEOUT)
+    assert (run_dir / "prepare" / "manifest.json").exists()
+
+
 def test_cfg_job_prints_the_composed_config(tmp_path, run_cli):
     out = run_cli("--cfg", "job", "data=hh_rlhf", cwd=tmp_path, timeout=TIMEOUT)
     cfg = yaml.safe_load(out.stdout)

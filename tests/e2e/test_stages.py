@@ -174,7 +174,11 @@ def test_compare_report_agrees_with_its_samples_and_redraws_from_results(runs, t
     assert sampled["bon:4"]["kl_method"] == "analytic"
     report = (out / "report.md").read_text()
     assert "| ppo |" in report and "| bon:4 |" in report and "win rate by gold" in report
-    for png in ("scores.png", "rm_vs_kl.png", "training.png"):
+    assert results["methods"] == {"ppo": "ppo, RM"}  # from ppo's manifest: algorithm and reward source
+    assert "| ppo | ppo, RM |" in report  # the policies table
+    evals = results["eval_curves"]["ppo"]["evals"]
+    assert [e["update"] for e in evals] == [0, 3, 6] and all("kl_sampled_mean" in e for e in evals)
+    for png in ("scores.png", "rm_vs_kl.png", "training.png", "gold_vs_sqrt_kl.png"):
         with Image.open(out / png) as image:
             image.load()  # decodes every pixel
             assert image.format == "PNG" and min(image.size) > 100
@@ -289,3 +293,43 @@ def test_evaluate_answers_the_first_turn_of_a_questions_file(runs, tmp_path, run
     samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
     assert sorted(s["prompt"] for s in samples) == [q["turns"][0] for q in questions]
     assert "| sft |" in (folder / "report.md").read_text()
+
+
+def test_a_sweep_of_critic_free_algorithms_against_an_rm_ensemble_keeps_every_point(runs, run_cli):
+    """`rlhf -m stage=rm seed=1,2` adds two ensemble members beside the run's rm; a sweep over
+    algo= writes one folder per point; each trains against the ensemble, builds no critic, and
+    records its method; compare sets every point beside sft and bon:4 (picked by the ensemble),
+    labelled by method. Runs last in this module: it adds folders to the shared run."""
+    root = runs.parent.parent
+    run_cli("-m", *SMALL, "stage=rm", "seed=1,2", "rm.epochs=1", "rm.eval_every_steps=0", cwd=root)
+    assert manifest(runs, "rm@seed=2")["status"] == "completed"
+    run_cli("-m", *SMALL, "stage=ppo", "algo=grpo,rloo", "reward=ensemble", "reward.combine=mean_minus_std",
+            "reward.std_coef=0.5", "ppo.rollout_batch_size=32", "ppo.mini_batch_size=16", "ppo.eval_prompts=32",
+            "ppo.eval_every_updates=1", "ppo.learning_rate=1e-4", "ppo.updates=2", cwd=root)
+    members = ["runs/small/rm/final", "runs/small/rm@seed=1/final", "runs/small/rm@seed=2/final"]  # as resolved
+    for algo in ("grpo", "rloo"):
+        m = manifest(runs, f"ppo@algo={algo}")
+        assert m["status"] == "completed" and m["metrics"]["updates"] == 2
+        assert m["method"]["label"] == f"{algo}, ensemble of 3 (mean - 0.5 std)"
+        assert m["method"]["reward"]["ensemble"] == members
+        assert [m["inputs"][f"member_{i}"] for i in range(3)] == members
+        assert set(m["distributed"]) == {"policy", "ref", "reward_0", "reward_1", "reward_2"}  # no critic
+        assert not (runs / f"ppo@algo={algo}" / "checkpoints" / "update_2" / "value").exists()
+        assert [e["update"] for e in m["metrics"]["evals"]] == [0, 1, 2]
+    assert not (runs / "ppo" / "checkpoints" / "update_2").exists()  # the run's own ppo untouched
+
+    run_cli(*SMALL, "stage=compare", "variant=family", "reward=ensemble", "compare.prompts=16",
+            "compare.samples_per_prompt=1", "compare.modes=[sampled]", "compare.bootstrap_resamples=100", cwd=root)
+    out = runs / "compare@family"
+    results = json.loads((out / "results.json").read_text())
+    names = list(results["policies"])  # (bon_sft too, from a test above)
+    assert names[:4] == ["sft", "ppo", "ppo@algo=grpo", "ppo@algo=rloo"] and names[-1] == "bon:4"
+    assert results["methods"]["ppo@algo=rloo"] == "rloo, ensemble of 3 (mean - 0.5 std)"
+    assert results["bon_reward"]["ensemble"] == members
+    bon = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()
+           if json.loads(line)["policy"] == "bon:4"]
+    assert bon and all(len(s["candidates"]) == 4 and "pick_score" in s["candidates"][0] for s in bon)
+    # the pick is the candidate the ensemble scored highest; the RM column is the judge's score
+    for s in bon:
+        assert s["response"] == max(s["candidates"], key=lambda c: c["pick_score"])["response"]
+    assert "ppo@algo=grpo | grpo, ensemble of 3 (mean - 0.5 std)" in (out / "report.md").read_text()

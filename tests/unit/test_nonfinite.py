@@ -79,7 +79,7 @@ def poisoned_ppo(monkeypatch):
             if len(seen["prompts"]) == at:
                 if (cfg.stage_dir / "checkpoints").exists():
                     seen["checkpoints"] = sha256_of(cfg.stage_dir / "checkpoints")
-                r.raw_scores[1] = NAN
+                r.scores[1] = NAN
             return r
 
         monkeypatch.setattr(loop, "load_roles", keep_roles)
@@ -146,7 +146,7 @@ def rollout_and_roles(tokenizer):
                   critic=local_engine(critic, torch.optim.AdamW(critic.parameters(), lr=1e-3), p))
     prompts = ["sort ascending: 3 1 2", "sort descending: 5 9 1 0", "reverse: 1 2 3", "sort ascending: 7 7"] * 2
     r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens=4)
-    scores = shape_scores(r.raw_scores, r.ended, bias=0.0, clip=p.score_clip, no_eos_score=p.no_eos_score)
+    scores = shape_scores(r.scores, r.ended, clip=p.score_clip, no_eos_score=p.no_eos_score)
     _, advantages, returns = advantages_of(r, scores, p, 0.05)
     return roles, r, advantages, returns, p
 

@@ -12,7 +12,7 @@ from rlhf.algos.policy_loss import clipped_surrogate
 from rlhf.algos.rewards import shape_scores, token_rewards
 from rlhf.config import ModelConfig, PPOStageConfig
 from rlhf.data import encode_prompts
-from rlhf.models import REWARD_NORM_KEY, build_tiny_model, reward_bias
+from rlhf.models import REWARD_NORM_KEY, build_tiny_model
 from rlhf.sampling import response_logprobs, sample
 from rlhf.stages.online_rl.roles import Roles, local_engine
 from rlhf.stages.online_rl.rollout import eos_mask, rollout
@@ -43,7 +43,7 @@ def roles(tokenizer):
 
 
 def scores_of(r, roles, p):
-    return shape_scores(r.raw_scores, r.ended, bias=reward_bias(roles.reward), clip=p.score_clip,
+    return shape_scores(r.scores, r.ended, clip=p.score_clip,
                         no_eos_score=p.no_eos_score)
 
 
@@ -95,8 +95,8 @@ def test_score_at_eos_penalty_without_eos_and_nothing_after_eos(roles, tokenizer
     for i in (0, 2):
         ids = encode_prompts(tokenizer, [PROMPTS[i]])[0] + responses[i][: int(r.mask[i].sum())]
         with torch.no_grad():
-            alone = roles.reward(torch.tensor([ids])).logits[0, 0].item()
-        assert r.raw_scores[i].item() == pytest.approx(alone, abs=1e-4)
+            alone = roles.reward.model(torch.tensor([ids])).logits[0, 0].item()
+        assert r.scores[i].item() == pytest.approx(alone + 0.5, abs=1e-4)
         assert scores[i].item() == pytest.approx(alone + 0.5, abs=1e-4)
     # the reference's log-probs match a forward pass on the unpadded sequence
     ids = encode_prompts(tokenizer, [PROMPTS[2]])[0] + responses[2][:4]

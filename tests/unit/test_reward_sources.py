@@ -41,7 +41,7 @@ def test_a_function_reward_scores_text_and_names_the_input_it_fails_on():
 def test_reward_config_is_checked():
     with pytest.raises(ConfigError, match="reward.function=None: with reward.source=function name a callable"):
         check(RLHFConfig(reward=RewardConfig(source="function")))
-    with pytest.raises(ConfigError, match="reward.source='oracle': choose model or function"):
+    with pytest.raises(ConfigError, match="reward.source='oracle': choose model, function or ensemble"):
         check(RLHFConfig(reward=RewardConfig(source="oracle")))
     check(RLHFConfig(reward=RewardConfig(source="function", function="rlhf.data.toy:gold_score")))
 
@@ -73,7 +73,7 @@ def test_the_rollout_scores_decoded_responses_with_the_function(tokenizer):
     p = PPOStageConfig(rollout_batch_size=2, mini_batch_size=2)
     r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens=5, prompts=prompts)
     assert [c[0] for c in CALLS] == prompts and [c[1] for c in CALLS] == r.texts
-    assert r.raw_scores.tolist() == [float(len(t)) for t in r.texts]
+    assert r.scores.tolist() == [float(len(t)) for t in r.texts]
     with pytest.raises(ValueError, match="pass the prompts"):
         rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens=5)
 
@@ -137,3 +137,100 @@ def test_best_of_n_picks_the_best_by_a_function_and_prefers_answers_that_ended(t
         if any(c[i].ended for c in ended.candidates):
             assert len(pick.text) == max(len(c[i].text) for c in ended.candidates if c[i].ended)
     assert any(a.text != b.text for a, b in zip(found.best, ended.best))  # the option changed a pick
+
+
+# ---- ensembles and weighted sums (rlhf/sampling/reward.py) ----
+
+class ConstantRM(torch.nn.Module):
+    """A stand-in reward model: fixed raw scores per call, and a saved normalisation."""
+
+    def __init__(self, raw: list[float], bias: float, raw_std: float):
+        super().__init__()
+        from types import SimpleNamespace
+
+        from rlhf.models import REWARD_NORM_KEY
+
+        self.raw = torch.tensor(raw)
+        self.config = SimpleNamespace(**{REWARD_NORM_KEY: {"bias": bias, "raw_std": raw_std}})
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.raw[input_ids[:, 0], None])  # row i's first token is i
+
+
+def test_an_ensemble_normalises_each_member_then_takes_the_mean_or_mean_minus_std():
+    from rlhf.sampling import EnsembleReward, ModelReward
+    from rlhf.sampling.reward import combine_members
+
+    raws = [[1.0, 2.0, 3.0], [10.0, 0.0, 4.0], [0.5, 0.5, -1.0]]
+    biases, stds = [-1.0, -2.0, 0.5], [1.0, 4.0, 0.5]
+    members = [ModelReward(ConstantRM(r, b, s), None, f"rm{i}") for i, (r, b, s) in enumerate(zip(raws, biases, stds))]
+    seq, att = torch.arange(3)[:, None].repeat(1, 4), torch.ones(3, 4, dtype=torch.long)
+    common = sum(stds) / 3
+    # naive: each member's (raw + bias) rescaled to the members' mean std, then across members
+    normalised = [[(raws[m][i] + biases[m]) * common / stds[m] for i in range(3)] for m in range(3)]
+    for combine, coef in (("mean", 0.0), ("mean_minus_std", 0.5)):
+        ensemble = EnsembleReward([ModelReward(m.model, None, m.path) for m in members], combine, coef)
+        got = ensemble.score_sequences(seq, att, None, None, chunk_rows=2)
+        for i in range(3):
+            column = [normalised[m][i] for m in range(3)]
+            mean = sum(column) / 3
+            std = math.sqrt(sum((x - mean) ** 2 for x in column) / 2)
+            assert got[i].item() == pytest.approx(mean - coef * std, abs=1e-5)
+    assert combine_members(torch.tensor([[1.0], [3.0]]), "mean_minus_std", 1.0).item() == pytest.approx(2 - math.sqrt(2))
+    with pytest.raises(ConfigError, match="at least 2 reward models"):
+        EnsembleReward(members[:1])
+
+
+def test_a_weighted_sum_adds_its_terms_and_describes_them():
+    from rlhf.sampling import FunctionReward, ModelReward, WeightedSum
+
+    rm = ModelReward(ConstantRM([1.0, -1.0], bias=0.5, raw_std=1.0), None, "runs/r/rm/final")
+    total = WeightedSum([(2.0, rm), (0.5, FunctionReward(f"{__name__}:length_reward"))])
+    seq, att = torch.arange(2)[:, None].repeat(1, 3), torch.ones(2, 3, dtype=torch.long)
+    got = total.score_sequences(seq, att, ["p", "q"], ["abcd", ""], chunk_rows=8)
+    assert got.tolist() == pytest.approx([2.0 * 1.5 + 0.5 * 4, 2.0 * -0.5 + 0.0])
+    assert total.describe() == {"sum": [{"weight": 2.0, "model": "runs/r/rm/final"},
+                                        {"weight": 0.5, "function": f"{__name__}:length_reward"}]}
+
+
+def test_ensemble_members_default_to_every_reward_model_of_the_run_and_say_how_to_train_more(tmp_path):
+    from rlhf.config import RewardTerm
+
+    def rm_folder(name):
+        (tmp_path / "r" / name / "final").mkdir(parents=True)
+
+    cfg = RLHFConfig(runs_dir=str(tmp_path), run="r", reward=RewardConfig(source="ensemble"))
+    rm_folder("rm")
+    with pytest.raises(ConfigError, match=r"has 1 reward model.*rlhf -m stage=rm run=r seed=1,2,3"):
+        stages.reward_models(cfg)
+    rm_folder("rm@seed=1")
+    rm_folder("rm@seed=2")
+    (tmp_path / "r" / "rm@seed=3").mkdir()  # unfinished: no final/
+    assert stages.reward_models(cfg) == {"member_0": str(tmp_path / "r/rm/final"),
+                                         "member_1": str(tmp_path / "r/rm@seed=1/final"),
+                                         "member_2": str(tmp_path / "r/rm@seed=2/final")}
+    assert "reward_from" not in stages.resolve_inputs(cfg, "ppo", require=False)  # the members replace it
+    given = RLHFConfig(runs_dir=str(tmp_path), run="r",
+                       reward=RewardConfig(source="ensemble", members=["a", "b"],
+                                           add=[RewardTerm(model="c", weight=0.1)]))
+    assert stages.reward_models(given) == {"member_0": "a", "member_1": "b", "add_0": "c"}
+    # the members are inputs of stage 3: another set is another fingerprint
+    assert lineage.fingerprint(cfg, "ppo")["sha256"] != lineage.fingerprint(given, "ppo")["sha256"]
+    assert "reward:member_2" in lineage.fingerprint(cfg, "ppo")["inputs"]
+
+
+def test_ensemble_and_sum_settings_are_checked():
+    from rlhf.config import RewardTerm
+
+    with pytest.raises(ConfigError, match=r"reward.members=\['a'\]: an ensemble needs at least 2"):
+        check(RLHFConfig(reward=RewardConfig(source="ensemble", members=["a"])))
+    with pytest.raises(ConfigError, match="reward.combine='max': choose mean or mean_minus_std"):
+        check(RLHFConfig(reward=RewardConfig(combine="max")))
+    with pytest.raises(ConfigError, match=r"reward.add\[0\]: give one of model .* or function"):
+        check(RLHFConfig(reward=RewardConfig(add=[RewardTerm(weight=1.0)])))
+    with pytest.raises(ConfigError, match=r"reward.add\[1\].function='nope'"):
+        check(RLHFConfig(reward=RewardConfig(add=[RewardTerm(model="m"), RewardTerm(function="nope")])))
+    check(RLHFConfig(reward=RewardConfig(source="ensemble", combine="mean_minus_std", std_coef=0.5,
+                                         add=[RewardTerm(function="rlhf.data.toy:gold_score", weight=0.5)])))

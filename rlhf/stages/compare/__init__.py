@@ -1,8 +1,10 @@
 """`rlhf stage=compare`: the policies each stage produced, side by side on held-out prompts.
 
     policies  named checkpoints or hub ids (default: every policy this run's stages wrote: sft,
-              ppo, dpo, bon_sft), and bon:<n>, the best of n samples of a base policy picked by
-              the reward model: the classic baseline PPO must beat
+              ppo, dpo, bon_sft and their sweeps' points, ppo@algo=grpo, ..., each labelled by
+              how it was trained), and bon:<n>, the best of n samples of a base policy picked
+              by the reward source (`reward=`; the judging RM for reward=model): the classic
+              baseline stage 3 must beat
     judge     the reward model (compare.reward_from, default this run's rm) and, on the toy
               task, the gold scorer; a run without an RM (DPO alone) is judged by gold only
     answers   the eval split's first `compare.prompts` prompts; in sampled mode
@@ -35,10 +37,10 @@ from rlhf.core.artifacts import StageRun, write_atomic, write_json
 from rlhf.core.distributed import is_main_process
 from rlhf.data import load_data
 from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
-from rlhf.sampling import Sample, best_of_n, generate, response_logprob_sums, score
-from rlhf.stages import compare_policies, output_path, resolve_inputs, stage_dir
+from rlhf.sampling import Sample, best_of_n, build_reward, generate, response_logprob_sums, score
+from rlhf.stages import compare_policies, output_path, resolve_inputs, reward_models, stage_dir
 from rlhf.stages.compare.report import training_curves, write_report
-from rlhf.stages.compare.stats import bon_kl, summarise
+from rlhf.stages.compare.stats import bon_kl, by_method, summarise
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +67,35 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     prompts = [x.prompt for x in bundle.require("eval", "prompts")][: c.prompts]
     stage_run.manifest["inputs"] = {"policies": policies, "reward_from": reward_from, "reference_from": reference_from,
                               "bon_from": bon_from, "prompts": len(prompts)}
+    stage_run.manifest["inputs"]["labels"] = {name: label for name, spec in policies.items()
+                                              if (label := method_of(spec))}
     if reward_from is None:
         if bundle.gold_scorer is None:
             raise ConfigError(f"compare needs a judge: no reward model ({output_path(cfg, 'rm')} does not "
                               f"exist and compare.reward_from is null) and data {cfg.data.name!r} has no gold scorer. "
                               f"Run `rlhf stage=rm run={cfg.run}` first, or set compare.reward_from=<RM folder>")
         bons = [name for name, spec in policies.items() if spec.startswith("bon:")]
-        if bons:
+        if bons and cfg.reward.source == "model":
             raise ConfigError(f"compare.policies {bons}: best-of-n picks by a reward model, and there is none "
                               f"(run `rlhf stage=rm run={cfg.run}`, or set compare.reward_from)")
         log.info("compare: no reward model in run %r, so the answers are judged by the gold scorer alone", cfg.run)
 
     rm = load_reward_model(cfg.model, tokenizer, reward_from).eval() if reward_from else None
+    picker = bon_picker(cfg, tokenizer, rm, reward_from, policies)
     reference = load_causal_lm(cfg.model, tokenizer, reference_from).eval()
     bon_base = None
     if "sampled" in c.modes and any(spec.startswith("bon:") for spec in policies.values()):
         bon_base = reference if bon_from == reference_from else load_causal_lm(cfg.model, tokenizer, bon_from).eval()
     results = judge(cfg, c, policies, prompts, out, tokenizer=tokenizer, rm=rm, gold_scorer=bundle.gold_scorer,
-                    reference=reference, bon_base=bon_base)
+                    reference=reference, bon_base=bon_base, bon_reward=picker)
     if results is None:  # another rank's: rank 0 writes
         return
+    results["methods"] = {name: label for name, spec in policies.items() if (label := method_of(spec))}
+    results["eval_curves"] = eval_curves(policies)
+    results["costs"] = training_costs(policies)
+    results["by_method"] = by_method(results)
+    if picker is not None and picker is not rm:
+        results["bon_reward"] = picker.describe()
     results["training_curves"] = training_curves(Path(c.ppo_logs) if c.ppo_logs else stage_dir(cfg, "ppo") / "logs")
     write_json(out / "results.json", results)
     write_report(results, out)
@@ -92,13 +103,65 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     log.info("compare: %s", out / "report.md")
 
 
+def bon_picker(cfg: RLHFConfig, tokenizer, rm, reward_from, policies: dict[str, str]):
+    """What bon:<n> picks by: the `reward=` source (an ensemble, a function, a weighted sum);
+    for reward=model, the judging reward model itself. None without bon:<n>."""
+    if not any(spec.startswith("bon:") for spec in policies.values()):
+        return None
+    if cfg.reward.source == "model" and not cfg.reward.add:
+        return rm
+    paths = {**({"reward_from": reward_from} if reward_from else {}), **reward_models(cfg)}
+    return build_reward(cfg.reward, lambda path: load_reward_model(cfg.model, tokenizer, path).eval(), tokenizer,
+                        paths)
+
+
+def _manifest_of(spec: str) -> dict:
+    """The manifest of the stage that wrote a policy folder (runs/<run>/<stage>/final), or {}."""
+    manifest = Path(spec).parent / "manifest.json"
+    try:
+        found = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def method_of(spec: str) -> str | None:
+    """How a policy folder was trained, as its stage recorded it ("grpo, RM"), for the report."""
+    return (_manifest_of(spec).get("method") or {}).get("label")
+
+
+def eval_curves(policies: dict[str, str]) -> dict[str, dict]:
+    """Each stage-3 policy's evaluations during training (gold score and KL of sampled answers
+    by update), as its manifest recorded them, with its method label: the points of the
+    gold-vs-sqrt(KL) plot."""
+    curves = {}
+    for name, spec in policies.items():
+        manifest = _manifest_of(spec) if not spec.startswith("bon:") else {}
+        evals = (manifest.get("metrics") or {}).get("evals")
+        if evals and manifest.get("method"):
+            curves[name] = {"label": manifest["method"]["label"], "evals": evals}
+    return curves
+
+
+def training_costs(policies: dict[str, str]) -> dict[str, dict]:
+    """The wall time and peak memory of the stage that wrote each policy, from its manifest."""
+    costs = {}
+    for name, spec in policies.items():
+        manifest = _manifest_of(spec) if not spec.startswith("bon:") else {}
+        found = {k: manifest[k] for k in ("duration_s", "peak_rss_mb") if k in manifest}
+        if found:
+            costs[name] = found
+    return costs
+
+
 def judge(cfg: RLHFConfig, c: CompareConfig, policies: dict[str, str], prompts: list, out: Path, *, tokenizer, rm,
-          gold_scorer, reference=None, bon_base=None, section: str = "compare") -> dict | None:
+          gold_scorer, reference=None, bon_base=None, bon_reward=None, section: str = "compare") -> dict | None:
     """Compare's core, which evaluate calls too: every policy answers `prompts` as `c` says
     (modes, samples per prompt, temperature), the answers are scored by the RM and the gold
     scorer, written to out/samples.jsonl and summarised (what results.json holds). KL is
     measured to `reference` when one is given; bon:<n> samples `bon_base` (its KL the analytic
-    one when that is the reference). Under torchrun the prompts are shared out across ranks;
+    one when that is the reference) and picks by `bon_reward` (default the RM). Under torchrun
+    the prompts are shared out across ranks;
     rank 0 gathers and returns the summary, the others None. `section` names the config
     section in errors."""
     from tqdm.auto import tqdm
@@ -116,8 +179,9 @@ def judge(cfg: RLHFConfig, c: CompareConfig, policies: dict[str, str], prompts: 
         if spec.startswith("bon:"):
             if "sampled" not in c.modes:
                 continue
-            records += _best_of_n(name, int(spec[4:]), bon_base, bon_base is reference, rm, tokenizer,
-                                  gold_scorer, prompts, mine, cfg, c, max_new_tokens)
+            records += _best_of_n(name, int(spec[4:]), bon_base, bon_base is reference, rm,
+                                  rm if bon_reward is None else bon_reward, tokenizer, gold_scorer, prompts, mine,
+                                  cfg, c, max_new_tokens)
             progress.update(c.samples_per_prompt * int(spec[4:]))
             continue
         policy = _load_policy(cfg, tokenizer, f"{section}.policies.{name}", spec)
@@ -178,19 +242,21 @@ def _records(name, mode, sample, indices, answers: list[Sample], rm, tokenizer, 
     return rows
 
 
-def _best_of_n(name, n, base, base_is_reference, rm, tokenizer, gold_scorer, prompts, mine, cfg, c,
+def _best_of_n(name, n, base, base_is_reference, rm, picker, tokenizer, gold_scorer, prompts, mine, cfg, c,
                max_new_tokens) -> list[dict]:
-    """Sampled mode only: best-of-n of greedy answers would be the greedy answer."""
+    """Sampled mode only: best-of-n of greedy answers would be the greedy answer. `picker` is
+    the reward source that picks; `rm` judges (the same model for reward=model)."""
     rows = []
     for j in range(c.samples_per_prompt):
-        picks = best_of_n(base, rm, tokenizer, [prompts[i] for i in mine],
+        picks = best_of_n(base, picker, tokenizer, [prompts[i] for i in mine],
                           seeds=[cfg.seed + BON_SEED_OFFSET + j * n + k for k in range(n)],
                           max_new_tokens=max_new_tokens, temperature=c.temperature, batch_size=c.batch_size)
         kl = torch.full((len(picks.best),), bon_kl(n)) if base_is_reference else None
         chosen = _records(name, "sampled", j, mine, picks.best, rm, tokenizer, gold_scorer, kl, "analytic",
-                          picks.best_scores)
+                          picks.best_scores if picker is rm else None)
+        key = "rm_score" if picker is rm else "pick_score"  # pick_score: by the reward= source
         for i, row in enumerate(chosen):  # the n candidates stay in samples.jsonl, beside the pick
-            row["candidates"] = [{"response": cand[i].text, "rm_score": float(picks.scores[k, i])}
+            row["candidates"] = [{"response": cand[i].text, key: float(picks.scores[k, i])}
                                  for k, cand in enumerate(picks.candidates)]
         rows += chosen
     return rows

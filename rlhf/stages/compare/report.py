@@ -43,6 +43,17 @@ def report_lines(results: dict, out: Path) -> list[str]:
              f"[low, high] is a {results['confidence']:.0%} bootstrap interval over prompts "
              f"({results['bootstrap_resamples']} resamples). \"Longer than baseline\" is the win rate by length "
              "(tokens): what a judge that prefers longer answers would give.", ""]
+    methods, costs = results.get("methods") or {}, results.get("costs") or {}
+    if methods or costs:
+        lines += ["## Policies", "", "How each policy was trained (stage 3: algorithm, reward source), and what "
+                  "its stage cost (wall time, peak RSS of its process).", "",
+                  "| policy | trained as | wall time | peak RSS |", "|---|---|---|---|"]
+        for name in results["modes"][next(iter(results["modes"]))]:
+            if name in methods or name in costs:
+                cost = costs.get(name, {})
+                lines.append(f"| {name} | {methods.get(name, '–')} | {_seconds(cost.get('duration_s'))} | "
+                             f"{_mb(cost.get('peak_rss_mb'))} |")
+        lines.append("")
     for mode, table in results["modes"].items():
         lines += [f"## {mode}", "",
                   "| policy | RM score | gold score | win rate by RM | win rate by gold | longer than baseline | KL (nats) "
@@ -53,6 +64,16 @@ def report_lines(results: dict, out: Path) -> list[str]:
                          f"{_fmt(e['win_rate_gold'])} | {_fmt(e.get('win_rate_length'))} | {kl} | {e['tokens']:.1f} | "
                          f"{e['eos_rate']:.0%} | {e['distinct_1']:.2f} / {e['distinct_2']:.2f} |")
         lines.append("")
+    for mode, rows in (results.get("by_method") or {}).items():
+        lines += [f"## {mode}, by method", "", "Policies trained the same way (e.g. one per seed) pooled: the mean "
+                  "of their figures, [lowest, highest] among them; wall time and peak RSS their medians.", "",
+                  "| trained as | policies | RM score | gold score | win rate by RM | win rate by gold | KL (nats) "
+                  "| wall time | peak RSS |", "|---|---|---|---|---|---|---|---|---|"]
+        for label, row in rows.items():
+            lines.append(f"| {label} | {len(row['policies'])} | {_fmt(row['rm_score'])} | {_fmt(row['gold_score'])} | "
+                         f"{_fmt(row['win_rate_rm'])} | {_fmt(row['win_rate_gold'])} | {_fmt(row['kl'])} | "
+                         f"{_seconds(row['duration_s'])} | {_mb(row['peak_rss_mb'])} |")
+        lines.append("")
     if results["examples"]:
         lines += ["## Examples", ""]
         for ex in results["examples"]:
@@ -62,6 +83,14 @@ def report_lines(results: dict, out: Path) -> list[str]:
     plots = write_plots(results, out)
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return lines
+
+
+def _seconds(x) -> str:
+    return "–" if x is None else f"{x:.0f} s"
+
+
+def _mb(x) -> str:
+    return "–" if x is None else f"{x:.0f} MB"
 
 
 def _fmt(x) -> str:
@@ -113,6 +142,9 @@ def write_plots(results: dict, out: Path) -> list[Path]:
             fig.tight_layout()
             written.append(_save(fig, out / ("rm_vs_kl.png" if y == "rm_score" else "gold_vs_kl.png")))
 
+    if results.get("eval_curves"):
+        written.append(gold_vs_sqrt_kl(results, out))
+
     curves = results.get("training_curves")
     if curves and "score" in curves:
         # per-update figures are one rollout batch each: noisy, so each line is a moving mean
@@ -137,6 +169,37 @@ def write_plots(results: dict, out: Path) -> list[Path]:
         fig.tight_layout()
         written.append(_save(fig, out / "training.png"))
     return written
+
+
+def gold_vs_sqrt_kl(results: dict, out: Path) -> Path:
+    """Gold score against sqrt(KL to the reference) along training (Gao et al. 2022's axes), one
+    curve per method: the mean over its policies (seeds) at each evaluation, from update 0 (the
+    starting policy). bon:<n> and other policies of the sampled table as points, where they
+    have a gold score and a KL."""
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[dict]] = {}
+    for curve in results["eval_curves"].values():
+        groups.setdefault(curve["label"], []).append({e["update"]: e for e in curve["evals"]})
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for label, runs in sorted(groups.items()):
+        updates = sorted(set.intersection(*(set(u for u, e in r.items() if "kl_sampled_mean" in e or u == 0)
+                                            for r in runs)))
+        xs = [math.sqrt(max(float(np.mean([r[u].get("kl_sampled_mean", 0.0) for r in runs])), 0.0)) for u in updates]
+        ys = [float(np.mean([r[u]["gold_sampled_mean"] for r in runs])) for u in updates]
+        ax.plot(xs, ys, marker="o", ms=3, label=f"{label} ({len(runs)})" if len(runs) > 1 else label)
+    table = results["modes"].get("sampled", {})
+    for name, e in table.items():
+        if name.startswith("bon:") and e.get("gold_score") and e.get("kl"):
+            ax.plot(math.sqrt(max(e["kl"]["mean"], 0.0)), e["gold_score"]["mean"], "k*", ms=10)
+            ax.annotate(name, (math.sqrt(max(e["kl"]["mean"], 0.0)), e["gold_score"]["mean"]), fontsize=8,
+                        xytext=(4, -10), textcoords="offset points")
+    ax.set_xlabel("sqrt(KL to the reference), sqrt(nats)")
+    ax.set_ylabel("gold score of sampled answers")
+    ax.set_title("gold score vs sqrt(KL) during training (eval prompts)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out / "gold_vs_sqrt_kl.png")
 
 
 def _moving_mean(values: list[float], window: int = 5) -> list[float]:

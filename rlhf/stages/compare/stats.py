@@ -117,3 +117,33 @@ def _matrix(rows: list[dict], metric: str, prompts: int) -> np.ndarray:
 
 def _prompt_text(prompt) -> str:
     return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+def by_method(results: dict) -> dict[str, dict]:
+    """Policies trained the same way (the same method label, e.g. one per seed of a sweep)
+    pooled, per mode: each figure's mean over the policies and its range over them [min, max],
+    for labels with two or more policies. The seeds' spread, not a sampling interval."""
+    groups: dict[str, list[str]] = {}
+    for name, label in (results.get("methods") or {}).items():
+        groups.setdefault(label, []).append(name)
+    out: dict[str, dict] = {}
+    for mode, table in results["modes"].items():
+        rows = {}
+        for label, names in groups.items():
+            names = [n for n in names if n in table]
+            if len(names) < 2:
+                continue
+            row: dict = {"policies": names}
+            for metric in ("rm_score", "gold_score", "win_rate_rm", "win_rate_gold", "kl"):
+                values = [table[n][metric].get("mean", table[n][metric].get("value")) for n in names
+                          if table[n][metric] is not None]
+                row[metric] = ({"mean": float(np.mean(values)), "low": float(min(values)), "high": float(max(values))}
+                               if values else None)
+            costs = [results.get("costs", {}).get(n, {}) for n in names]
+            for key in ("duration_s", "peak_rss_mb"):
+                values = [c[key] for c in costs if key in c]
+                row[key] = float(np.median(values)) if values else None
+            rows[label] = row
+        if rows:
+            out[mode] = rows
+    return out

@@ -3,7 +3,8 @@
     for each update:
         prompts     the next rollout_batch_size / samples_per_prompt prompts of the ppo split
         rollout     samples_per_prompt responses each, with reference log-probs, the critic's
-                    values (when there is one) and reward-model scores (rollout.py)
+                    values (when there is one) and the reward source's scores (rollout.py; the
+                    source: reward=model|function|ensemble, rlhf/sampling/reward.py)
         rewards     the normalised score on the last token (no_eos_score for an unfinished
                     response), -beta * KL to the reference on every token (rlhf/algos/rewards.py;
                     with ppo.kl_in_reward=false the KL goes into the loss instead, as GRPO does)
@@ -45,9 +46,9 @@ from rlhf.core.preemption import stop_request
 from rlhf.core.tracking import Tracker
 from rlhf.data import describe_source, encode_prompts, encode_responses, load_data
 from rlhf.data.stream import Stream
-from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer, reward_bias
-from rlhf.sampling import FunctionReward, gold_evaluation, response_logprobs
-from rlhf.stages import resolve_inputs
+from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
+from rlhf.sampling import build_reward, gold_evaluation, response_logprobs
+from rlhf.stages import resolve_inputs, reward_models
 from rlhf.stages.online_rl.checkpoint import load_latest, save_checkpoint
 from rlhf.stages.online_rl.roles import LocalEngine, Roles, build_roles, micro_rows
 from rlhf.stages.online_rl.rollout import Rollout, rollout, token_values
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     p = cfg.ppo
     check_batch_sizes(p)
-    inputs = resolve_inputs(cfg, "ppo")
+    inputs = {**resolve_inputs(cfg, "ppo"), **reward_models(cfg)}
     max_new_tokens = p.max_new_tokens or cfg.data.max_response_tokens
     torch.manual_seed(cfg.seed + distributed.rank())  # ranks draw different samples
     random.seed(cfg.seed)
@@ -72,15 +73,20 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     stage_run.manifest["data"] = data.summary()
 
     roles = load_roles(cfg, tokenizer, inputs)
+    # what compare labels this policy by: the algorithm and the reward it was trained against
+    stage_run.manifest["method"] = {"algorithm": algorithm_name(p), "reward": roles.reward.describe(),
+                                    "label": method_label(p, roles.reward.describe())}
     kl_ctl = KLController(p.beta, p.kl_target, p.kl_horizon)
     ema = EMA(module_of(roles.policy), p.ema_decay) if p.ema_decay else None
     start = 0
+    evals: list[dict] = []  # every evaluation so far: the manifest's curve (compare plots gold vs sqrt(KL))
     resumed = load_latest(cfg.stage_dir / "checkpoints", roles)
     if resumed:
         path, saved = resumed
         start = saved["update"]
         kl_ctl.load_state_dict(saved["kl"])
         prompts.load_state_dict(saved["prompts"])
+        evals = list(saved.get("evals", []))
         log.info("resumed from %s at update %d", path, start)
     tracker = Tracker(cfg.logger, cfg.stage_dir, "ppo")
     stop = stop_request()
@@ -88,18 +94,20 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
 
     def checkpoint(update: int):
         return save_checkpoint(cfg.stage_dir / "checkpoints", roles, update,
-                               {"kl": kl_ctl.state_dict(), "prompts": prompts.state_dict()})
+                               {"kl": kl_ctl.state_dict(), "prompts": prompts.state_dict(), "evals": evals})
 
     def evaluate(step: int) -> dict:
         metrics = evaluate_policy(roles, tokenizer, eval_prompts, data.gold_scorer, max_new_tokens, cfg.seed)
         tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
+        if metrics:
+            evals.append({"update": step, **metrics})
+            stage_run.metrics["evals"] = evals
         return metrics
 
     if start == 0:
         stage_run.metrics.update({f"start_{k}": v for k, v in evaluate(0).items()})
     from tqdm.auto import tqdm
 
-    bias = reward_bias(module_of(roles.reward)) if cfg.reward.source == "model" else 0.0
     progress = tqdm(range(start, p.updates), desc="ppo", disable=not is_main_process(), initial=start,
                     total=p.updates)
     for update in progress:
@@ -107,12 +115,12 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
         r = rollout(roles, tokenizer, encode_prompts(tokenizer, batch_prompts), p, max_new_tokens, groups,
                     prompts=batch_prompts)
         started = time.perf_counter()
-        scores = shape_scores(r.raw_scores, r.ended, bias=bias, clip=p.score_clip, no_eos_score=p.no_eos_score)
+        scores = shape_scores(r.scores, r.ended, clip=p.score_clip, no_eos_score=p.no_eos_score)
         kl, advantages, returns = advantages_of(r, scores, p, kl_ctl.beta)
         # Before any optimisation of this update: a nan reward or advantage reaches every weight.
         # (A skipped update saves no checkpoint: nothing changed since the last one.)
         if not guard.finite(f"update {update + 1}", "this update",
-                            {"the reward": r.raw_scores, "the shaped score": scores, "the advantage": advantages,
+                            {"the reward": r.scores, "the shaped score": scores, "the advantage": advantages,
                              "the return": returns}, rows=batch_prompts):
             stage_run.metrics["nonfinite_skipped"] = guard.skipped
             continue
@@ -149,10 +157,12 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     stage_run.metrics["updates"] = p.updates
     tracker.close()
     checkpoint(p.updates)
-    stage_run.manifest["distributed"] = {role: distributed.describe(model, cfg) if isinstance(model, torch.nn.Module)
-                                         else {"function": model.spec} for role, model in roles.all().items()}
+    stage_run.manifest["distributed"] = {role: distributed.describe(model, cfg) for role, model in roles.models().items()}
+    if not roles.reward.models():  # a function alone
+        stage_run.manifest["distributed"]["reward"] = roles.reward.describe()
     save_final(roles.policy, tokenizer, cfg.stage_dir / "final")
-    log.info("stage 3 (%s) done: %s", p.advantage, {k: v for k, v in stage_run.metrics.items() if k != "last_update"})
+    log.info("stage 3 (%s) done: %s", p.advantage,
+             {k: v for k, v in stage_run.metrics.items() if k not in ("last_update", "evals")})
     log.info("final policy: %s", cfg.stage_dir / "final")
 
 
@@ -182,10 +192,29 @@ def load_roles(cfg: RLHFConfig, tokenizer, inputs: dict[str, str]) -> Roles:
         return build_roles(cfg, policy=load_causal_lm(cfg.model, tokenizer, inputs["policy_from"]),
                            critic=(load_reward_model(cfg.model, tokenizer, inputs["value_from"])
                                    if needs_critic(cfg.ppo.advantage) else None),
-                           reward=(load_reward_model(cfg.model, tokenizer, inputs["reward_from"])
-                                   if cfg.reward.source == "model" else FunctionReward(cfg.reward.function)),
+                           reward=build_reward(cfg.reward, lambda path: load_reward_model(cfg.model, tokenizer, path),
+                                               tokenizer, inputs),
                            ref=None if cfg.model.lora.enabled else load_causal_lm(cfg.model, tokenizer,
                                                                                   inputs["policy_from"]))
+
+
+def algorithm_name(p) -> str:
+    """The method's usual name: PPO for GAE with a critic, else the advantage estimator's."""
+    return "ppo" if p.advantage == "gae" else p.advantage
+
+
+def method_label(p, reward: dict) -> str:
+    """e.g. "grpo, RM", "ppo, ensemble of 4 (mean - 1.0 std)", "rloo, rlhf.data.toy:gold_score"."""
+    def source(d: dict) -> str:
+        if "model" in d:
+            return "RM"
+        if "function" in d:
+            return d["function"]
+        if "ensemble" in d:
+            how = "mean" if d["combine"] == "mean" else f"mean - {d['std_coef']:g} std"
+            return f"ensemble of {len(d['ensemble'])} ({how})"
+        return " + ".join(f"{t['weight']:g} x {source(t)}" for t in d["sum"])
+    return f"{algorithm_name(p)}, {source(reward)}"
 
 
 def encode_demonstrations(tokenizer, demos) -> list[tuple[list[int], list[int]]]:
@@ -208,7 +237,8 @@ def evaluate_policy(roles: Roles, tokenizer, prompts, gold_scorer, max_new_token
         return {}
     # Every rank evaluates all prompts (same seed, same result): simpler than sharing them out.
     with full_weights(roles.policy) as policy:
-        return gold_evaluation(policy, tokenizer, prompts, gold_scorer, max_new_tokens=max_new_tokens, seed=seed)
+        return gold_evaluation(policy, tokenizer, prompts, gold_scorer, max_new_tokens=max_new_tokens, seed=seed,
+                               reference=roles.ref)
 
 
 class EMA:
@@ -346,7 +376,7 @@ def rollout_stats(r: Rollout, scores: torch.Tensor, kl: torch.Tensor, returns: O
     beta = beta if p.kl_in_reward else 0.0  # the KL penalty's share of the reward
     stats = {
         "score": scores.mean().item(),
-        "score_raw": r.raw_scores.mean().item(),
+        "score_raw": r.scores.mean().item(),  # the reward source's, before the no-EOS score and clipping
         "kl": kl.sum(1).mean().item(),  # per sequence, nats
         "non_score_reward": (-beta * kl).sum(1).mean().item(),
         "entropy": masked_mean(r.entropy, r.mask).item(),

@@ -10,8 +10,8 @@ Two engines, not one: policy and critic have their own optimizers and learning r
 critic trains alone during its warm-up, and each saves and consolidates on its own; one engine
 over a module holding both would need hand-split parameter groups for the same result.
 
-The frozen roles (reference, reward) are plain replicated modules, except under ZeRO-3 where
-they become inference engines with their weights sharded like the trained ones (ZeRO-1/2 shard
+The frozen roles (reference, the reward source's models) are plain replicated modules, except
+under ZeRO-3 where they become inference engines with their weights sharded like the trained ones (ZeRO-1/2 shard
 only optimizer state and gradients, which frozen models do not have).
 """
 
@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from rlhf.core import distributed
 from rlhf.core.distributed import is_main_process
 from rlhf.models import AdapterDisabled, apply_lora
+from rlhf.sampling.reward import ModelReward
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +40,24 @@ class Roles:
 
     policy: torch.nn.Module
     ref: torch.nn.Module
-    reward: object  # a reward model (torch module), or a reward function (rlhf.sampling.FunctionReward)
+    # a reward source (rlhf.sampling.reward: a model, a function, an ensemble, a weighted sum);
+    # a bare reward model is taken as ModelReward (normalised by its saved bias)
+    reward: object
     critic: Optional[torch.nn.Module] = None  # None: the advantage estimator needs no values
+
+    def __post_init__(self):
+        if isinstance(self.reward, torch.nn.Module):
+            self.reward = ModelReward(self.reward, None, "model")
 
     def trained(self) -> dict[str, torch.nn.Module]:
         """The engines that learn and are checkpointed, by checkpoint folder name."""
         return {"policy": self.policy, **({"value": self.critic} if self.critic is not None else {})}
 
-    def all(self) -> dict[str, torch.nn.Module]:
-        return {**self.trained(), "ref": self.ref, "reward": self.reward}
+    def models(self) -> dict[str, torch.nn.Module]:
+        """Every model of stage 3 by role: the trained ones, the reference, the reward model(s)."""
+        rewards = [m.model for m in self.reward.models()]
+        named = {"reward": rewards[0]} if len(rewards) == 1 else {f"reward_{i}": m for i, m in enumerate(rewards)}
+        return {**self.trained(), "ref": self.ref, **named}
 
 
 class LocalEngine(torch.nn.Module):
@@ -154,8 +164,10 @@ def build_roles(cfg, policy, reward, critic=None, ref=None) -> Roles:
         ref = None  # after the policy's engine exists: the adapter-off view of its module
     else:
         ref = ref.eval().requires_grad_(False)
-    is_model = isinstance(reward, torch.nn.Module)  # else a reward function (rlhf.sampling.FunctionReward)
-    reward = reward.eval().requires_grad_(False) if is_model else reward
+    if isinstance(reward, torch.nn.Module):
+        reward = ModelReward(reward, None, "model")
+    for member in reward.models():
+        member.model = member.model.eval().requires_grad_(False)
     lrs = {"policy": p.learning_rate, "critic": p.value_learning_rate or p.learning_rate}
     engines = {}
     for name, model in (("policy", policy), ("critic", critic)):
@@ -179,15 +191,15 @@ def build_roles(cfg, policy, reward, critic=None, ref=None) -> Roles:
     if ref is None:
         ref = AdapterDisabled(distributed.module_of(engines["policy"]))
     if ds.name != "none" and distributed.zero_stage(ds.config) == 3:
-        frozen = {}
-        for name, model in (("ref", ref), ("reward", reward)):
-            if not isinstance(model, torch.nn.Module):
-                frozen[name] = model
-                continue
+        def frozen(model):
             config = distributed.engine_config(ds.config, model, batch_size=micro * world,
                                                micro_batch_size_per_device=micro, max_grad_norm=p.max_grad_norm,
                                                dtype=cfg.model.dtype, train=False)
-            frozen[name] = distributed.initialize(model, config)
-            frozen[name].eval()  # (a DeepSpeed engine's eval() returns None)
-        ref, reward = frozen["ref"], frozen["reward"]
+            engine = distributed.initialize(model, config)
+            engine.eval()  # (a DeepSpeed engine's eval() returns None)
+            return engine
+
+        ref = frozen(ref)
+        for member in reward.models():  # every reward model of the source (an ensemble's members)
+            member.model = frozen(member.model)
     return Roles(policy=engines["policy"], ref=ref, reward=reward, critic=engines.get("critic"))

@@ -3,8 +3,9 @@
 Each prompt is answered `samples_per_prompt` times (the copies share a group id); every
 response is sampled from the policy (temperature T, top_k 0, top_p 1) and cut after its first
 EOS, keeping each token's log-prob as it is sampled; then one forward pass each of the reference,
-the critic (when there is one) and the reward model, in chunks of micro-batch rows to bound the
-memory of the reference's logits. Turning scores into rewards is the loop's business, not this.
+the critic (when there is one) and the reward source's models (a function reads the decoded
+text), in chunks of micro-batch rows to bound the memory of the reference's logits. Turning
+scores into rewards is the loop's business, not this.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Rollout:
     logprobs: torch.Tensor  # [B, R] under the policy that sampled them (logits / T)
     ref_logprobs: torch.Tensor  # [B, R] under the frozen reference
     values: Optional[torch.Tensor]  # [B, R] the critic's, before each token; None without a critic
-    raw_scores: torch.Tensor  # [B] the reward model's output before normalisation, or the reward function's
+    scores: torch.Tensor  # [B] the reward source's (a reward model's normalised, a function's as returned)
     ended: torch.Tensor  # [B] bool: the response emitted EOS
     entropy: torch.Tensor  # [B, R]
     groups: torch.Tensor  # [B] the prompt each response answers
@@ -66,11 +67,8 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
             groups: Optional[torch.Tensor] = None, min_new_tokens: int = 0, prompts: Optional[list] = None) -> Rollout:
     """`prompt_ids` are formatted prompts (rlhf.data.encode_prompts), one row per response;
     `groups` their prompt ids (default: each its own); `prompts` the prompts themselves, which a
-    reward function (rather than a model) scores with the decoded responses. min_new_tokens > 0
+    reward function scores with the decoded responses (a reward model reads the tokens). min_new_tokens > 0
     holds EOS back until then (the throughput benchmark samples fixed-length responses)."""
-    by_text = hasattr(roles.reward, "score_texts")  # a function of the text, not a model
-    if by_text and prompts is None:
-        raise ValueError("a reward function scores (prompt, response) texts: pass the prompts to rollout()")
     roles.policy.eval()
     start = time.perf_counter()
     batch = tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt")
@@ -88,21 +86,18 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
 
     generated = time.perf_counter()
 
-    parts: dict[str, list[torch.Tensor]] = {"ref": [], "values": [], "raw": []}
+    parts: dict[str, list[torch.Tensor]] = {"ref": [], "values": []}
     # (under ZeRO-3 each of these forward passes is a collective: every rank runs as many chunks)
     for rows in torch.arange(len(sequences)).split(micro_rows(p)):
         seq, att = sequences[rows], attention_mask[rows]
         parts["ref"].append(response_logprobs(roles.ref, seq, att, prompt_len, p.temperature)[0])
         if roles.critic is not None:
             parts["values"].append(token_values(roles.critic, seq, att, prompt_len))
-        if not by_text:  # the RM reads the last non-pad token: the EOS of an ended response
-            parts["raw"].append(roles.reward(input_ids=seq, attention_mask=att,
-                                             position_ids=positions(att)).logits[:, 0])
     ref_logprobs = torch.cat(parts["ref"]).float()
     values = torch.cat(parts["values"]).float() * mask if parts["values"] else None
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    raw = roles.reward.score_texts(prompts, texts).float() if by_text else torch.cat(parts["raw"]).float()
+    scores = roles.reward.score_sequences(sequences, attention_mask, prompts, texts, micro_rows(p)).float()
     roles.policy.train()
     seconds = {"generate": generated - start, "score": time.perf_counter() - generated}
-    return Rollout(sequences, attention_mask, mask.float(), logprobs, ref_logprobs, values, raw, ended, entropy,
+    return Rollout(sequences, attention_mask, mask.float(), logprobs, ref_logprobs, values, scores, ended, entropy,
                    groups if groups is not None else torch.arange(len(sequences)), texts, seconds)

@@ -1,0 +1,207 @@
+"""Reward sources: what stage 3 optimises, what best-of-n picks by (compare's bon:<n>, bon_sft).
+
+    ModelReward     a reward model, normalised as the RM stage saved it (demonstrations score 0)
+    FunctionReward  a Python callable (prompt, response) -> float: the toy task's gold scorer,
+                    an exact-match check; no model, no tokens, no normalisation
+    EnsembleReward  several reward models, each put on a common scale first (mean 0 and the
+                    members' mean std on the demonstrations), combined as their mean or as
+                    mean - lambda * std across members (Coste et al. 2023, "Reward Model
+                    Ensembles Help Mitigate Overoptimization": the uncertainty-weighted objective)
+    WeightedSum     weighted terms added up (reward.weight x the source + reward.add: e.g. an RM
+                    plus a format check)
+
+Each scores decoded text (`score_texts`) and, in stage 3's rollout, the policy's own token
+sequences (`score_sequences`: a reward model reads the tokens it was sampled as, with no
+re-tokenization; a function reads the text). Both return [B] float tensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from rlhf.config import ConfigError
+from rlhf.core.ops import positions
+from rlhf.data.records import PromptLike
+from rlhf.models.reward import REWARD_NORM_KEY, reward_bias
+from rlhf.sampling.score import score
+
+
+def _config_of(model):
+    """The Hugging Face config of a model, a DeepSpeed engine around one, or a peft wrapper."""
+    return getattr(getattr(model, "module", model), "config")
+
+
+class ModelReward:
+    """A reward model as a reward source; `model` may be replaced by a DeepSpeed inference
+    engine around it (stage 3 under ZeRO-3 does, rlhf.stages.online_rl.roles)."""
+
+    def __init__(self, model, tokenizer, path: str, scale: float = 1.0):
+        self.model, self.tokenizer, self.path = model, tokenizer, path
+        self.scale = scale  # an ensemble member's factor to the common scale (EnsembleReward)
+
+    @property
+    def bias(self) -> float:
+        return reward_bias(getattr(self.model, "module", self.model))
+
+    @property
+    def raw_std(self) -> Optional[float]:
+        """The std of the raw scores of the demonstrations, as the RM stage measured it."""
+        return (getattr(_config_of(self.model), REWARD_NORM_KEY, None) or {}).get("raw_std")
+
+    def models(self) -> list["ModelReward"]:
+        return [self]
+
+    def describe(self) -> dict:
+        return {"model": self.path}
+
+    def score_texts(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
+        return score(self.model, self.tokenizer, prompts, responses) * self.scale
+
+    @torch.no_grad()
+    def score_sequences(self, sequences: torch.Tensor, attention_mask: torch.Tensor, prompts, texts,
+                        chunk_rows: int) -> torch.Tensor:
+        """The RM reads the last non-pad token: the EOS of an ended response. In chunks of
+        `chunk_rows` (under ZeRO-3 each forward is a collective: every rank runs as many)."""
+        raw = [self.model(input_ids=seq, attention_mask=att, position_ids=positions(att)).logits[:, 0].float()
+               for seq, att in zip(sequences.split(chunk_rows), attention_mask.split(chunk_rows))]
+        return (torch.cat(raw) + self.bias) * self.scale
+
+
+class FunctionReward:
+    """A reward source that is a Python callable (prompt, response) -> float, named
+    `package.module:name`. A callable that raises or returns a non-finite number stops the run,
+    naming the prompt and the response."""
+
+    def __init__(self, spec: str, setting: str = "reward.function"):
+        module, _, name = spec.partition(":")
+        try:
+            self.fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"{setting}={spec!r}: cannot load it ({e}); give package.module:name of a "
+                              "callable (prompt, response) -> float on the Python path") from e
+        if not callable(self.fn):
+            raise ConfigError(f"{setting}={spec!r} is not callable")
+        self.spec, self.setting = spec, setting
+
+    def models(self) -> list[ModelReward]:
+        return []
+
+    def describe(self) -> dict:
+        return {"function": self.spec}
+
+    def score_texts(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
+        scores = []
+        for prompt, response in zip(prompts, responses):
+            try:
+                value = float(self.fn(prompt, response))
+            except Exception as e:  # the user's code: any failure stops the run, naming the input
+                raise ConfigError(f"{self.setting}={self.spec} raised {type(e).__name__}: {e} on prompt "
+                                  f"{prompt!r}, response {response!r}") from e
+            if not math.isfinite(value):
+                raise ConfigError(f"{self.setting}={self.spec} returned {value} on prompt {prompt!r}, response "
+                                  f"{response!r}: a reward must be a finite number")
+            scores.append(value)
+        return torch.tensor(scores)
+
+    def score_sequences(self, sequences, attention_mask, prompts, texts, chunk_rows: int) -> torch.Tensor:
+        if prompts is None:
+            raise ValueError("a reward function scores (prompt, response) texts: pass the prompts to rollout()")
+        return self.score_texts(prompts, texts)
+
+
+def combine_members(scores: torch.Tensor, combine: str, std_coef: float) -> torch.Tensor:
+    """[members, B] -> [B]: the mean, or mean - std_coef * std (the members' sample std)."""
+    mean = scores.mean(0)
+    if combine == "mean":
+        return mean
+    return mean - std_coef * scores.std(0, unbiased=True)
+
+
+class EnsembleReward:
+    """Several reward models as one source. Each member is normalised first: its saved bias
+    (demonstrations mean 0), and a factor putting its demonstration std at the members' mean, so
+    no member dominates by scale and the ensemble's scale stays an RM's (beta, no_eos_score and
+    score_clip keep their meaning)."""
+
+    COMBINES = ("mean", "mean_minus_std")
+
+    def __init__(self, members: list[ModelReward], combine: str = "mean", std_coef: float = 1.0):
+        if len(members) < 2:
+            raise ConfigError(f"reward.source=ensemble needs at least 2 reward models, got {len(members)}")
+        stds = [m.raw_std for m in members]
+        if all(s is not None and s > 0 for s in stds):
+            common = sum(stds) / len(stds)
+            for m, s in zip(members, stds):
+                m.scale = common / s
+        self.members, self.combine, self.std_coef = members, combine, std_coef
+
+    def models(self) -> list[ModelReward]:
+        return list(self.members)
+
+    def describe(self) -> dict:
+        return {"ensemble": [m.path for m in self.members], "combine": self.combine,
+                **({"std_coef": self.std_coef} if self.combine == "mean_minus_std" else {})}
+
+    def member_scores_texts(self, prompts, responses) -> torch.Tensor:
+        return torch.stack([m.score_texts(prompts, responses) for m in self.members])
+
+    def score_texts(self, prompts, responses) -> torch.Tensor:
+        return combine_members(self.member_scores_texts(prompts, responses), self.combine, self.std_coef)
+
+    def score_sequences(self, sequences, attention_mask, prompts, texts, chunk_rows: int) -> torch.Tensor:
+        scores = torch.stack([m.score_sequences(sequences, attention_mask, prompts, texts, chunk_rows)
+                              for m in self.members])
+        return combine_members(scores, self.combine, self.std_coef)
+
+
+class WeightedSum:
+    """sum_i weight_i x source_i."""
+
+    def __init__(self, terms: list[tuple[float, object]]):
+        self.terms = terms
+
+    def models(self) -> list[ModelReward]:
+        return [m for _, source in self.terms for m in source.models()]
+
+    def describe(self) -> dict:
+        return {"sum": [{"weight": w, **source.describe()} for w, source in self.terms]}
+
+    def score_texts(self, prompts, responses) -> torch.Tensor:
+        return sum(w * source.score_texts(prompts, responses) for w, source in self.terms)
+
+    def score_sequences(self, sequences, attention_mask, prompts, texts, chunk_rows: int) -> torch.Tensor:
+        return sum(w * source.score_sequences(sequences, attention_mask, prompts, texts, chunk_rows)
+                   for w, source in self.terms)
+
+
+def build_reward(rc, load_model: Callable[[str], torch.nn.Module], tokenizer, paths: dict[str, str]):
+    """The reward source `rc` (a RewardConfig) describes. `paths`: the reward models by role,
+    as rlhf.stages.reward_models resolves them ("reward_from" for source=model, "member_<i>" for
+    an ensemble's, "add_<i>" for an added term's model); `load_model` loads one (eval mode)."""
+    if rc.source == "model":
+        main = ModelReward(load_model(paths["reward_from"]), tokenizer, paths["reward_from"])
+    elif rc.source == "function":
+        main = FunctionReward(rc.function)
+    else:
+        members = [paths[k] for k in sorted((k for k in paths if k.startswith("member_")), key=lambda k: int(k[7:]))]
+        main = EnsembleReward([ModelReward(load_model(p), tokenizer, p) for p in members], rc.combine, rc.std_coef)
+    if rc.weight == 1.0 and not rc.add:
+        return main
+    terms: list[tuple[float, object]] = [(rc.weight, main)]
+    for i, term in enumerate(rc.add):
+        if term.function:
+            terms.append((term.weight, FunctionReward(term.function, f"reward.add[{i}].function")))
+        else:
+            terms.append((term.weight, ModelReward(load_model(paths[f"add_{i}"]), tokenizer, paths[f"add_{i}"])))
+    return WeightedSum(terms)
+
+
+def reward_scores(reward, tokenizer, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
+    """Scores from any reward source, or from a bare reward model (normalised)."""
+    if hasattr(reward, "score_texts"):
+        return reward.score_texts(prompts, responses)
+    return score(reward, tokenizer, prompts, responses)

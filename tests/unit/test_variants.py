@@ -1,0 +1,57 @@
+"""Variants (a sweep's points): each writes runs/<run>/<stage>@<variant>, reads the run's earlier
+stages unless it ran them itself, takes its own lock, and compare finds every point."""
+
+import pytest
+
+from rlhf import lineage, stages
+from rlhf.config import ConfigError, RLHFConfig, StageConfig
+from rlhf.config.check import check
+
+
+def finished(folder):
+    (folder / "final").mkdir(parents=True)
+    return folder / "final"
+
+
+def test_a_variant_writes_its_own_folder_and_reads_the_runs_earlier_stages(tmp_path):
+    sft = finished(tmp_path / "r" / "sft")
+    finished(tmp_path / "r" / "rm")
+    cfg = RLHFConfig(runs_dir=str(tmp_path), run="r", variant="algo=grpo,seed=1", stage=StageConfig("ppo"))
+    assert cfg.stage_dir == tmp_path / "r" / "ppo@algo=grpo,seed=1"
+    assert stages.resolve_inputs(cfg, "ppo")["policy_from"] == str(sft)
+    # a variant that ran its own sft (a swept pipeline) reads that one
+    own = finished(tmp_path / "r" / "sft@algo=grpo,seed=1")
+    assert stages.resolve_inputs(cfg, "ppo")["policy_from"] == str(own)
+    (tmp_path / "r" / "ppo").mkdir()
+    (tmp_path / "r" / "ppo" / "manifest.json").write_text('{"status": "completed"}')
+    assert lineage.recorded(cfg, "ppo") == {}  # its own manifest, not the run's ppo's
+    plain = RLHFConfig(runs_dir=str(tmp_path), run="r", stage=StageConfig("ppo"))
+    assert plain.stage_dir == tmp_path / "r" / "ppo"
+
+
+def test_compare_sets_every_point_of_a_sweep_beside_the_runs_policies(tmp_path):
+    for name in ("sft", "ppo", "ppo@algo=grpo", "ppo@algo=rloo", "dpo@dpo.beta=0.5"):
+        finished(tmp_path / "r" / name)
+    (tmp_path / "r" / "ppo@algo=ppo,seed=9").mkdir()  # still running: no final/
+    cfg = RLHFConfig(runs_dir=str(tmp_path), run="r", stage=StageConfig("compare"))
+    policies = stages.compare_policies(cfg)
+    assert list(policies) == ["sft", "ppo", "ppo@algo=grpo", "ppo@algo=rloo", "dpo@dpo.beta=0.5"]
+    assert policies["ppo@algo=grpo"] == str(tmp_path / "r" / "ppo@algo=grpo" / "final")
+
+
+def test_a_variant_must_name_a_folder():
+    for bad in ("a/b", " ", ""):
+        with pytest.raises(ConfigError, match="variant=.*non-empty and hold no '/'"):
+            check(RLHFConfig(variant=bad))
+    check(RLHFConfig(variant="algo=grpo,seed=1"))
+
+
+def test_a_variant_takes_its_own_lock(tmp_path):
+    from rlhf.core.runlock import run_lock
+
+    with run_lock(tmp_path / "r"):
+        with run_lock(tmp_path / "r", "seed=1"):  # a point of a sweep beside the run's own command
+            assert (tmp_path / "r" / ".lock@seed=1").exists()
+        with pytest.raises(ConfigError, match="in use"):
+            with run_lock(tmp_path / "r"):
+                pass
