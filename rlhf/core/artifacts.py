@@ -104,6 +104,7 @@ class StageRun:
 
     def __enter__(self) -> "StageRun":
         self._start = time.time()
+        reset_peak_rss()
         self.manifest.update({
             "stage": self.dir.name,
             "run": self.dir.parent.name,
@@ -126,13 +127,32 @@ class StageRun:
         if exc is not None:
             self.manifest["error"] = f"{exc_type.__name__}: {exc}"
         self.manifest["duration_s"] = round(time.time() - self._start, 3)
-        # the process's peak so far: the stage's own when it ran alone (not in a pipeline's process)
-        self.manifest["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        self.manifest["peak_rss_mb"] = peak_rss_mb()
         self.save()
 
     def save(self) -> None:
         if is_main_process():
             write_json(self.dir / "manifest.json", self.manifest)
+
+
+def reset_peak_rss() -> None:
+    """Starts the peak RSS afresh (Linux: /proc/self/clear_refs), so that a stage's manifest
+    holds its own peak, not the process's (a pipeline, a multirun's points in one process)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the process's peak then
+
+
+def peak_rss_mb() -> float:
+    """This rank's peak resident memory since the last reset_peak_rss (else since it started)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: kB
 
 
 def save_final(model, tokenizer, path: Path) -> None:

@@ -55,3 +55,22 @@ def test_a_variant_takes_its_own_lock(tmp_path):
         with pytest.raises(ConfigError, match="in use"):
             with run_lock(tmp_path / "r"):
                 pass
+
+
+def test_a_stage_records_its_own_peak_memory_not_the_process_one(tmp_path):
+    """A multirun's points (and a pipeline's stages) share a process: each manifest holds the
+    peak of its own stage."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from rlhf.core.artifacts import StageRun
+
+    with StageRun(tmp_path / "a", OmegaConf.create({})):
+        big = bytearray(400 * 2**20)
+        big[::4096] = b"x" * len(big[::4096])  # touch every page
+        del big
+    with StageRun(tmp_path / "b", OmegaConf.create({})):
+        pass
+    peaks = [json.loads((tmp_path / s / "manifest.json").read_text())["peak_rss_mb"] for s in "ab"]
+    assert peaks[0] > peaks[1] + 300, peaks
