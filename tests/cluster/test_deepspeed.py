@@ -198,7 +198,8 @@ def kill_tree(proc: subprocess.Popen) -> None:
 
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_grpo_trains_on_two_ranks_without_a_critic_and_resumes_after_sigkill(root, zero):
-    """GRPO (algo=grpo: no critic) from this module's SFT policy and RM, 3 updates with a checkpoint
+    """GRPO (algo=grpo: no critic) from this module's SFT policy and RM (under ZeRO-3 as an
+    ensemble of two, whose members are sharded engines too), 3 updates with a checkpoint
     after each, killed once update_1 is complete, then rerun: the rerun continues from the newest
     complete checkpoint (not from scratch), on the prompts after the ones already used, and ends
     with a policy that moved and no value model anywhere."""
@@ -207,8 +208,10 @@ def test_grpo_trains_on_two_ranks_without_a_critic_and_resumes_after_sigkill(roo
     import torch
 
     run = f"grpo_{zero}"
-    inputs = [f"ppo.policy_from={root / 'runs' / zero / 'sft' / 'final'}",
-              f"ppo.reward_from={root / 'runs' / zero / 'rm' / 'final'}"]
+    rm = root / "runs" / zero / "rm" / "final"
+    # under ZeRO-3 the reward is an ensemble (the RM twice): each member its own sharded engine
+    reward = [f"ppo.reward_from={rm}"] if zero == "zero2" else ["reward=ensemble", f"reward.members=[{rm},{rm}]"]
+    inputs = [f"ppo.policy_from={root / 'runs' / zero / 'sft' / 'final'}", *reward]
     args = [f"run={run}", f"deepspeed={zero}", *GRPO, *inputs]
     stage = root / "runs" / run / "ppo"
     checkpoints = stage / "checkpoints"
@@ -246,7 +249,7 @@ def test_grpo_trains_on_two_ranks_without_a_critic_and_resumes_after_sigkill(roo
     m = manifest(root, run, "ppo")
     assert m["status"] == "completed" and m["metrics"]["updates"] == 3
     # no critic: neither trained (no value/ state in any checkpoint) nor built (not among the roles)
-    assert set(m["distributed"]) == {"policy", "ref", "reward"}
+    assert set(m["distributed"]) == {"policy", "ref", *(["reward"] if zero == "zero2" else ["reward_0", "reward_1"])}
     assert m["distributed"]["policy"]["zero_stage"] == int(zero[-1]) and m["distributed"]["policy"]["world_size"] == 2
     kept = sorted(p.name for p in checkpoints.iterdir())
     assert "update_3" in kept and not any(p.endswith(".tmp") for p in kept), kept

@@ -55,6 +55,8 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
         if not path.is_file():
             raise ConfigError(f"compare.from_results={path}: no such file (a results.json of an earlier compare)")
         results = json.loads(path.read_text())
+        if "methods" in results:  # derived from the rest: redrawn with today's code
+            results["by_method"] = by_method(results)
         write_report(results, out)
         stage_run.metrics["from_results"] = str(path)
         return

@@ -68,10 +68,14 @@ def report_lines(results: dict, out: Path) -> list[str]:
         lines += [f"## {mode}, by method", "", "Policies trained the same way (e.g. one per seed) pooled: the mean "
                   "of their figures, [lowest, highest] among them; wall time and peak RSS their medians.", "",
                   "| trained as | policies | RM score | gold score | win rate by RM | win rate by gold | KL (nats) "
-                  "| wall time | peak RSS |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| gold during training: peak (update) | wall time | peak RSS |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for label, row in rows.items():
+            peak = row.get("eval_gold_peak")
+            during = (f"{peak['value']:.3f} ({peak['update']}); {peak['last']:.3f} at {peak['last_update']}"
+                      if peak else "–")
             lines.append(f"| {label} | {len(row['policies'])} | {_fmt(row['rm_score'])} | {_fmt(row['gold_score'])} | "
-                         f"{_fmt(row['win_rate_rm'])} | {_fmt(row['win_rate_gold'])} | {_fmt(row['kl'])} | "
+                         f"{_fmt(row['win_rate_rm'])} | {_fmt(row['win_rate_gold'])} | {_fmt(row['kl'])} | {during} | "
                          f"{_seconds(row['duration_s'])} | {_mb(row['peak_rss_mb'])} |")
         lines.append("")
     if results["examples"]:

@@ -139,6 +139,7 @@ def by_method(results: dict) -> dict[str, dict]:
                           if table[n][metric] is not None]
                 row[metric] = ({"mean": float(np.mean(values)), "low": float(min(values)), "high": float(max(values))}
                                if values else None)
+            row["eval_gold_peak"] = _peak([results.get("eval_curves", {}).get(n) for n in names])
             costs = [results.get("costs", {}).get(n, {}) for n in names]
             for key in ("duration_s", "peak_rss_mb"):
                 values = [c[key] for c in costs if key in c]
@@ -147,3 +148,17 @@ def by_method(results: dict) -> dict[str, dict]:
         if rows:
             out[mode] = rows
     return out
+
+
+def _peak(curves: list) -> dict | None:
+    """Where the policies' mean gold score (sampled, eval prompts) peaked during training: the
+    update, the value, and the value at the last evaluation; None without curves for all."""
+    if not curves or any(c is None for c in curves):
+        return None
+    by_update = [{e["update"]: e["gold_sampled_mean"] for e in c["evals"]} for c in curves]
+    updates = sorted(set.intersection(*(set(u) for u in by_update)))
+    if not updates:
+        return None
+    mean = {u: float(np.mean([b[u] for b in by_update])) for u in updates}
+    best = max(updates, key=lambda u: (mean[u], -u))
+    return {"update": best, "value": mean[best], "last_update": updates[-1], "last": mean[updates[-1]]}
