@@ -89,8 +89,11 @@ def test_without_a_gold_scorer_the_gold_columns_are_empty_not_zero(tmp_path):
     assert "| ppo | 1.000 [" in (tmp_path / "report.md").read_text()
 
 
-def test_policies_trained_the_same_way_are_pooled_with_their_range_and_peak_during_training():
-    from rlhf.stages.compare.stats import by_method
+def test_policies_that_differ_only_by_seed_are_pooled_with_their_range_and_peak_during_training():
+    from rlhf.stages.compare.stats import by_method, seedless
+
+    assert seedless("ppo@algo=grpo,reward=model,seed=2") == "ppo@algo=grpo,reward=model"
+    assert seedless("ppo@seed=1") == "ppo" and seedless("ppo") == "ppo"
 
     def entry(gold, kl):
         return {"rm_score": None, "gold_score": {"mean": gold, "low": gold - 0.01, "high": gold + 0.01},
@@ -100,24 +103,22 @@ def test_policies_trained_the_same_way_are_pooled_with_their_range_and_peak_duri
     def curve(label, golds):
         return {"label": label, "evals": [{"update": 4 * i, "gold_sampled_mean": g} for i, g in enumerate(golds)]}
 
+    a0, a1, b = "ppo@algo=grpo,seed=0", "ppo@algo=grpo,seed=1", "ppo@algo=grpo,beta=0"
     results = {
-        "modes": {"sampled": {"sft": entry(0.9, 0.0), "a@seed=0": entry(0.92, 0.1), "a@seed=1": entry(0.96, 0.3),
-                              "b": entry(0.95, 0.2)}},
-        "methods": {"a@seed=0": "grpo, RM", "a@seed=1": "grpo, RM", "b": "ppo, RM"},
-        "eval_curves": {"a@seed=0": curve("grpo, RM", [0.90, 0.94, 0.93]),
-                        "a@seed=1": curve("grpo, RM", [0.90, 0.92, 0.97])},
-        "costs": {"a@seed=0": {"duration_s": 10.0, "peak_rss_mb": 400.0},
-                  "a@seed=1": {"duration_s": 30.0, "peak_rss_mb": 500.0}},
+        "modes": {"sampled": {"sft": entry(0.9, 0.0), a0: entry(0.92, 0.1), a1: entry(0.96, 0.3), b: entry(0.95, 0.2)}},
+        "methods": {a0: "grpo, RM", a1: "grpo, RM", b: "grpo, RM"},
+        "eval_curves": {a0: curve("grpo, RM", [0.90, 0.94, 0.93]), a1: curve("grpo, RM", [0.90, 0.92, 0.97])},
+        "costs": {a0: {"duration_s": 10.0, "peak_rss_mb": 400.0}, a1: {"duration_s": 30.0, "peak_rss_mb": 500.0}},
     }
     pooled = by_method(results)["sampled"]
-    assert list(pooled) == ["grpo, RM"]  # "ppo, RM" has one policy: nothing to pool
-    row = pooled["grpo, RM"]
-    assert row["policies"] == ["a@seed=0", "a@seed=1"]
+    assert list(pooled) == ["ppo@algo=grpo"]  # the beta=0 point differs by more than its seed: alone
+    row = pooled["ppo@algo=grpo"]
+    assert row["policies"] == [a0, a1] and row["label"] == "grpo, RM"
     assert row["gold_score"] == pytest.approx({"mean": 0.94, "low": 0.92, "high": 0.96})
     assert row["kl"] == pytest.approx({"mean": 0.2, "low": 0.1, "high": 0.3})
     assert row["rm_score"] is None and row["duration_s"] == 20.0 and row["peak_rss_mb"] == 450.0
     # the mean curve is 0.90, 0.93, 0.95: its peak is the last evaluation
     assert row["eval_gold_peak"] == pytest.approx({"update": 8, "value": 0.95, "last_update": 8, "last": 0.95})
-    results["eval_curves"]["a@seed=1"] = curve("grpo, RM", [0.90, 0.96, 0.91])  # mean 0.90, 0.95, 0.92
-    assert by_method(results)["sampled"]["grpo, RM"]["eval_gold_peak"] == pytest.approx(
+    results["eval_curves"][a1] = curve("grpo, RM", [0.90, 0.96, 0.91])  # mean 0.90, 0.95, 0.92
+    assert by_method(results)["sampled"]["ppo@algo=grpo"]["eval_gold_peak"] == pytest.approx(
         {"update": 4, "value": 0.95, "last_update": 8, "last": 0.92})

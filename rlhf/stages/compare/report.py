@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from rlhf.core.artifacts import write_atomic
+from rlhf.stages.compare.stats import seedless
 
 
 def training_curves(logs: Path) -> dict | None:
@@ -65,16 +66,16 @@ def report_lines(results: dict, out: Path) -> list[str]:
                          f"{e['eos_rate']:.0%} | {e['distinct_1']:.2f} / {e['distinct_2']:.2f} |")
         lines.append("")
     for mode, rows in (results.get("by_method") or {}).items():
-        lines += [f"## {mode}, by method", "", "Policies trained the same way (e.g. one per seed) pooled: the mean "
-                  "of their figures, [lowest, highest] among them; wall time and peak RSS their medians.", "",
-                  "| trained as | policies | RM score | gold score | win rate by RM | win rate by gold | KL (nats) "
+        lines += [f"## {mode}, over seeds", "", "Policies that differ only by seed pooled: the mean of their "
+                  "figures, [lowest, highest] among them; wall time and peak RSS their medians.", "",
+                  "| policies | trained as | seeds | RM score | gold score | win rate by RM | win rate by gold | KL (nats) "
                   "| gold during training: peak (update) | wall time | peak RSS |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for label, row in rows.items():
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for group, row in rows.items():
             peak = row.get("eval_gold_peak")
             during = (f"{peak['value']:.3f} ({peak['update']}); {peak['last']:.3f} at {peak['last_update']}"
                       if peak else "–")
-            lines.append(f"| {label} | {len(row['policies'])} | {_fmt(row['rm_score'])} | {_fmt(row['gold_score'])} | "
+            lines.append(f"| {group}@seed=* | {row['label']} | {len(row['policies'])} | {_fmt(row['rm_score'])} | {_fmt(row['gold_score'])} | "
                          f"{_fmt(row['win_rate_rm'])} | {_fmt(row['win_rate_gold'])} | {_fmt(row['kl'])} | {during} | "
                          f"{_seconds(row['duration_s'])} | {_mb(row['peak_rss_mb'])} |")
         lines.append("")
@@ -177,14 +178,14 @@ def write_plots(results: dict, out: Path) -> list[Path]:
 
 def gold_vs_sqrt_kl(results: dict, out: Path) -> Path:
     """Gold score against sqrt(KL to the reference) along training (Gao et al. 2022's axes), one
-    curve per method: the mean over its policies (seeds) at each evaluation, from update 0 (the
+    curve per policy up to its seed: the mean over its seeds at each evaluation, from update 0 (the
     starting policy). bon:<n> and other policies of the sampled table as points, where they
     have a gold score and a KL."""
     import matplotlib.pyplot as plt
 
     groups: dict[str, list[dict]] = {}
-    for curve in results["eval_curves"].values():
-        groups.setdefault(curve["label"], []).append({e["update"]: e for e in curve["evals"]})
+    for name, curve in results["eval_curves"].items():  # one curve per policy up to its seed
+        groups.setdefault(f"{seedless(name)}: {curve['label']}", []).append({e["update"]: e for e in curve["evals"]})
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for label, runs in sorted(groups.items()):
         updates = sorted(set.intersection(*(set(u for u, e in r.items() if "kl_sampled_mean" in e or u == 0)

@@ -119,21 +119,29 @@ def _prompt_text(prompt) -> str:
     return prompt if isinstance(prompt, str) else prompt[-1]["content"]
 
 
+def seedless(name: str) -> str:
+    """A policy's name without the seed of its sweep point: ppo@algo=grpo,seed=1 -> ppo@algo=grpo
+    (ppo@seed=2 -> ppo). Policies with the same seedless name differ only by seed."""
+    stage, _, variant = name.partition("@")
+    rest = [part for part in variant.split(",") if part and not part.startswith("seed=")]
+    return f"{stage}@{','.join(rest)}" if rest else stage
+
+
 def by_method(results: dict) -> dict[str, dict]:
-    """Policies trained the same way (the same method label, e.g. one per seed of a sweep)
-    pooled, per mode: each figure's mean over the policies and its range over them [min, max],
-    for labels with two or more policies. The seeds' spread, not a sampling interval."""
+    """Policies that differ only by seed (ppo@algo=grpo,seed=0, ...=1, ...) pooled, per mode:
+    each figure's mean over them and its range [min, max], for groups of two or more stage-3
+    policies (those with a method label). The seeds' spread, not a sampling interval."""
     groups: dict[str, list[str]] = {}
-    for name, label in (results.get("methods") or {}).items():
-        groups.setdefault(label, []).append(name)
+    for name in (results.get("methods") or {}):
+        groups.setdefault(seedless(name), []).append(name)
     out: dict[str, dict] = {}
     for mode, table in results["modes"].items():
         rows = {}
-        for label, names in groups.items():
+        for group, names in groups.items():
             names = [n for n in names if n in table]
             if len(names) < 2:
                 continue
-            row: dict = {"policies": names}
+            row: dict = {"policies": names, "label": results["methods"][names[0]]}
             for metric in ("rm_score", "gold_score", "win_rate_rm", "win_rate_gold", "kl"):
                 values = [table[n][metric].get("mean", table[n][metric].get("value")) for n in names
                           if table[n][metric] is not None]
@@ -144,7 +152,7 @@ def by_method(results: dict) -> dict[str, dict]:
             for key in ("duration_s", "peak_rss_mb"):
                 values = [c[key] for c in costs if key in c]
                 row[key] = float(np.median(values)) if values else None
-            rows[label] = row
+            rows[group] = row
         if rows:
             out[mode] = rows
     return out
