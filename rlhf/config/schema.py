@@ -356,7 +356,7 @@ class PPOStageConfig:
     gamma: float = 1.0  # discount (GAE)
     lam: float = 0.95  # GAE's lambda
     clip: float = 0.2  # policy ratio clip
-    entropy_coef: float = 0.0
+    entropy_coef: float = 0.0  # + entropy bonus (exploration); < 0 minimises entropy (sharpens the policy)
     # PPO-ptx: + ptx_coef x LM loss on the sft split's demonstrations (InstructGPT: 27.8); 0 = off
     ptx_coef: float = 0.0
     ptx_batch_size: int = 16

@@ -308,7 +308,7 @@ def optimise(roles: Roles, r: Rollout, advantages: torch.Tensor, returns: Option
                     roles.critic.step()  # also when dropped: the engine counts micro-batches
                 if train_policy and "policy" not in dropped:
                     logprobs, entropy = response_logprobs(roles.policy, seq, att, r.prompt_len, p.temperature,
-                                                          with_entropy=p.entropy_coef > 0)
+                                                          with_entropy=p.entropy_coef != 0)
                     pg_loss, pg_stats = policy_loss(logprobs, r.logprobs[micro], advantages[micro], m, p)
                     loss = pg_loss
                     if p.kl_loss_coef > 0:  # KL to the reference in the loss, not the reward (GRPO)
