@@ -139,3 +139,34 @@ def test_a_critic_free_update_with_the_kl_in_the_loss(tokenizer):
     assert stats["non_score_reward"] == 0.0  # the KL is in the loss, not the reward
     changed = [k for k, v in policy.state_dict().items() if not torch.equal(v, before[k])]
     assert changed
+
+
+def test_a_negative_entropy_coefficient_lowers_the_policys_entropy(tokenizer):
+    """ppo.entropy_coef < 0 is entropy minimisation: with advantages of zero (every score
+    equal), the only gradient is the entropy term's, and the policy's entropy falls."""
+    from rlhf.config import ModelConfig
+    from rlhf.data import encode_prompts
+    from rlhf.models import build_tiny_model
+    from rlhf.sampling import FunctionReward
+    from rlhf.stages.online_rl.roles import Roles, local_engine
+    from rlhf.stages.online_rl.rollout import rollout
+    from tests.conftest import ppo_update
+
+    prompts = ["sort ascending: 3 1 2", "sort descending: 5 9 1"] * 4
+    entropies = {}
+    for coef in (0.0, -0.5):
+        torch.manual_seed(0)
+        policy = build_tiny_model(ModelConfig(), tokenizer)
+        p = PPOStageConfig(advantage="grpo", samples_per_prompt=2, rollout_batch_size=8, mini_batch_size=8,
+                           kl_in_reward=False, ppo_epochs=4, entropy_coef=coef, no_eos_score=0.0)
+        roles = Roles(policy=policy, ref=build_tiny_model(ModelConfig(), tokenizer).eval(),
+                      reward=FunctionReward("rlhf.data.toy:gold_score"))
+        roles.reward.score_texts = lambda ps, rs: torch.zeros(len(rs))  # one score for all: no advantage
+        r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens=4, prompts=prompts,
+                    groups=torch.arange(4).repeat_interleave(2))
+        roles.policy = local_engine(policy, torch.optim.AdamW(policy.parameters(), lr=1e-2), p)
+        ppo_update(roles, r, p, beta=0.0)
+        after = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens=4, prompts=prompts,
+                        groups=torch.arange(4).repeat_interleave(2))
+        entropies[coef] = (after.entropy.sum() / after.mask.sum()).item()
+    assert entropies[-0.5] < entropies[0.0] - 0.1, entropies
