@@ -1,6 +1,7 @@
 """The acceptance runs of stage 3: on the built-in default (SFT, then RM, exactly as `make run`
-runs them, seed 0), PPO, DPO and best-of-n distillation each give a policy whose sampled answers
-score higher on the gold scorer than the SFT policy's, on the same held-out eval prompts."""
+runs them, seed 0), PPO, GRPO, RLOO, DPO and best-of-n distillation each give a policy whose
+sampled answers score higher on the gold scorer than the SFT policy's, on the same held-out eval
+prompts."""
 
 import json
 
@@ -17,7 +18,13 @@ def run(tmp_path_factory, run_cli):
     for stage in ("sft", "rm", "ppo", "dpo", "bon_sft"):
         run_cli("logger=none", f"stage={stage}", f"sft.gold_eval_prompts={PROMPTS}", f"dpo.gold_eval_prompts={PROMPTS}",
                 f"bon_sft.gold_eval_prompts={PROMPTS}", cwd=root, timeout=900)
+    # the two cheapest of the family (no critic), at the episode budget of the study: 40 x 64
+    run_cli("-m", "logger=none", "stage=ppo", "algo=grpo,rloo", f"ppo.updates={FAMILY_UPDATES}",
+            "ppo.eval_every_updates=0", cwd=root, timeout=900)
     return root / "runs" / "default"
+
+
+FAMILY_UPDATES = 40
 
 
 def metrics(run, stage):
@@ -35,6 +42,18 @@ def test_ppo_policy_beats_sft_on_the_gold_scorer(run):
     assert ppo > sft + 0.01, (sft, ppo)
     assert m["final_gold_sampled_perfect"] > m["start_gold_sampled_perfect"]
     # the greedy answers, near perfect after SFT, are not traded away
+    assert m["final_gold_greedy_mean"] > m["start_gold_greedy_mean"] - 0.02
+
+
+@pytest.mark.parametrize("algo", ["grpo", "rloo"])
+def test_critic_free_policies_beat_sft_on_the_gold_scorer(run, algo):
+    m = metrics(run, f"ppo@algo={algo}")
+    sft, final = m["start_gold_sampled_mean"], m["final_gold_sampled_mean"]
+    # Measured 2026-12-01 at 40 x 64 episodes, seeds 0-2 (docs/results.md, stage 3 as a family):
+    # GRPO +0.011, +0.017, +0.026; RLOO +0.014, +0.015, +0.027 over SFT on these 512 prompts; with
+    # compare's paired win rate by gold clear of 0.5 on every seed. A policy that does not move
+    # scores exactly the SFT's (same prompts, same seed).
+    assert final > sft + 0.005, (sft, final)
     assert m["final_gold_greedy_mean"] > m["start_gold_greedy_mean"] - 0.02
 
 

@@ -178,31 +178,37 @@ def write_plots(results: dict, out: Path) -> list[Path]:
 
 def gold_vs_sqrt_kl(results: dict, out: Path) -> Path:
     """Gold score against sqrt(KL to the reference) along training (Gao et al. 2022's axes), one
-    curve per policy up to its seed: the mean over its seeds at each evaluation, from update 0 (the
-    starting policy). bon:<n> and other policies of the sampled table as points, where they
-    have a gold score and a KL."""
+    curve per policy up to its seed: the mean over its seeds at each evaluation, from update 0
+    (the starting policy). Colour by algorithm, line style by reward source (model solid,
+    ensemble dashed, function dotted). bon:<n> from the sampled table as a star."""
     import matplotlib.pyplot as plt
 
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, tuple[str, list[dict]]] = {}
     for name, curve in results["eval_curves"].items():  # one curve per policy up to its seed
-        groups.setdefault(f"{seedless(name)}: {curve['label']}", []).append({e["update"]: e for e in curve["evals"]})
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for label, runs in sorted(groups.items()):
+        label, runs = groups.setdefault(seedless(name), (curve["label"], []))
+        runs.append({e["update"]: e for e in curve["evals"]})
+    algorithms = sorted({label.split(",")[0] for label, _ in groups.values()})
+    colours = {a: plt.get_cmap("tab10")(i % 10) for i, a in enumerate(algorithms)}
+    shared = {label for label, _ in groups.values() if sum(lab == label for lab, _ in groups.values()) > 1}
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for group, (label, runs) in sorted(groups.items()):
         updates = sorted(set.intersection(*(set(u for u, e in r.items() if "kl_sampled_mean" in e or u == 0)
                                             for r in runs)))
         xs = [math.sqrt(max(float(np.mean([r[u].get("kl_sampled_mean", 0.0) for r in runs])), 0.0)) for u in updates]
         ys = [float(np.mean([r[u]["gold_sampled_mean"] for r in runs])) for u in updates]
-        ax.plot(xs, ys, marker="o", ms=3, label=f"{label} ({len(runs)})" if len(runs) > 1 else label)
-    table = results["modes"].get("sampled", {})
-    for name, e in table.items():
+        reward = label.split(", ", 1)[1] if ", " in label else ""
+        style = "--" if reward.startswith("ensemble") else "-" if reward == "RM" else ":"
+        seeds = f", {len(runs)} seeds" if len(runs) > 1 else ""
+        ax.plot(xs, ys, style, marker="o", ms=3, color=colours[label.split(",")[0]], label=f"{group}: {label}{seeds}" if label in shared else f"{label}{seeds}")
+    for name, e in results["modes"].get("sampled", {}).items():
         if name.startswith("bon:") and e.get("gold_score") and e.get("kl"):
-            ax.plot(math.sqrt(max(e["kl"]["mean"], 0.0)), e["gold_score"]["mean"], "k*", ms=10)
-            ax.annotate(name, (math.sqrt(max(e["kl"]["mean"], 0.0)), e["gold_score"]["mean"]), fontsize=8,
-                        xytext=(4, -10), textcoords="offset points")
+            x, y = math.sqrt(max(e["kl"]["mean"], 0.0)), e["gold_score"]["mean"]
+            ax.plot(x, y, "k*", ms=10)
+            ax.annotate(f"{name} (compare's prompts)", (x, y), fontsize=8, xytext=(4, -10), textcoords="offset points")
     ax.set_xlabel("sqrt(KL to the reference), sqrt(nats)")
     ax.set_ylabel("gold score of sampled answers")
-    ax.set_title("gold score vs sqrt(KL) during training (eval prompts)", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title("gold score vs sqrt(KL) during training (eval prompts; mean over seeds)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _save(fig, out / "gold_vs_sqrt_kl.png")
 
