@@ -200,6 +200,10 @@ class AdapterDisabled(torch.nn.Module):
         super().__init__()
         self._policy = [policy]  # a list, so that the policy's parameters are not registered twice
 
+    @property
+    def device(self) -> torch.device:  # it has no parameters of its own to tell
+        return self._policy[0].device
+
     def forward(self, **kwargs):
         policy = self._policy[0]
         with policy.disable_adapter():

@@ -90,7 +90,7 @@ def response_logprob_sums(model, tokenizer, samples: Sequence[Sample], temperatu
     its EOS) at `temperature`: one term of a sampled KL estimate between two policies."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model.device  # (PPO's LoRA reference, the policy with its adapter off, owns no parameters)
     sums = []
     try:
         for start in range(0, len(samples), batch_size):

@@ -4,6 +4,7 @@ the adapter model's logits. The stages run with LoRA through the CLI: e2e/test_l
 
 import copy
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -77,3 +78,23 @@ def test_merged_final_is_a_plain_checkpoint_with_the_adapter_models_logits(token
     assert not any("lora" in k for k in merged.state_dict())
     with torch.no_grad():
         assert torch.allclose(merged(input_ids=ids).logits, adapter_logits, atol=1e-4)
+
+
+def test_the_kl_to_the_adapter_off_reference_is_measured_at_evaluation(tokenizer):
+    """Stage 3's evaluation measures the KL of sampled answers to the reference; with LoRA that is
+    the policy with its adapter off, a module with no parameters of its own."""
+    from rlhf.data.toy import gold_score
+    from rlhf.sampling import gold_evaluation
+
+    torch.manual_seed(0)
+    policy = apply_lora(build_tiny_model(ModelConfig(), tokenizer), LORA, "causal")
+    metrics = gold_evaluation(policy, tokenizer, PROMPTS, gold_score, max_new_tokens=4, seed=0,
+                              reference=AdapterDisabled(policy))
+    assert metrics["kl_sampled_mean"] == pytest.approx(0.0, abs=1e-5)  # a fresh adapter changes nothing
+    with torch.no_grad():
+        for name, w in policy.named_parameters():
+            if "lora_B" in name:
+                w.add_(0.5)
+    moved = gold_evaluation(policy, tokenizer, PROMPTS, gold_score, max_new_tokens=4, seed=0,
+                            reference=AdapterDisabled(policy))
+    assert moved["kl_sampled_mean"] > 0.01
