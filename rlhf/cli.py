@@ -86,14 +86,26 @@ def _main(composed: DictConfig) -> None:
 
 # overrides that never name a point of a sweep: where it writes, and what it runs
 _NOT_IN_VARIANT = {"stage", "run", "runs_dir", "variant", "stages"}
+# the keys a multirun varies, as the launching process read them from its command line: a
+# launcher that runs each point elsewhere (hydra/launcher=slurm) passes the environment on
+SWEPT_ENV = "RLHF_SWEPT_OVERRIDES"
+
+
+def swept_keys(args: list[str]) -> set[str]:
+    """The keys of a command line's sweep overrides (comma lists, ranges, choice(...))."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return {o.key_or_group for o in OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+            if o.is_sweep_override()}
 
 
 def _sweep_variant(composed: DictConfig) -> str | None:
     """In a multirun (`rlhf -m ...`) without variant= set: this point's name, `key=value` for
     each override the sweep varies (the comma lists and ranges of the command line), e.g.
-    `algo=grpo,seed=1`; a '/' in a value becomes '_'. Where the command line is not this
-    process's (a launcher that starts jobs elsewhere), every override of the point counts; a
-    multirun that sweeps nothing is a plain run (no variant)."""
+    `algo=grpo,seed=1`; a '/' in a value becomes '_'. The swept keys come from the launching
+    process (SWEPT_ENV, which jobs started elsewhere inherit), else from this command line, else
+    every override of the point counts. A multirun that varies only run= (or nothing) gives plain
+    runs (no variant)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
@@ -104,12 +116,14 @@ def _sweep_variant(composed: DictConfig) -> str | None:
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
     parser = OverridesParser.create()
-    try:
-        swept = {o.key_or_group for o in parser.parse_overrides([a for a in sys.argv[1:] if not a.startswith("-")])
-                 if o.is_sweep_override()}
-    except Exception:  # not our command line: fall back to every override of the point
-        swept = None
-    if swept == set():  # a multirun of one point: a plain run
+    if SWEPT_ENV in os.environ:  # set by main() where the sweep was launched, inherited by its jobs
+        swept = set(filter(None, os.environ[SWEPT_ENV].split(",")))
+    else:
+        try:
+            swept = swept_keys(sys.argv[1:])
+        except Exception:  # not our command line: fall back to every override of the point
+            swept = None
+    if swept == set():  # a multirun that varies nothing a folder could be named by: plain runs
         return None
     parts = []
     for override in parser.parse_overrides(list(hydra_cfg.overrides.task)):
@@ -166,6 +180,11 @@ def main() -> None:
             print(list_stages(arg.split("=", 1)[1] if "=" in arg else "pipeline"))
             return
     sys.argv[:] = distributed.adopt_launcher_env(sys.argv)
+    if any(arg in ("-m", "--multirun") for arg in sys.argv[1:]):
+        try:
+            os.environ[SWEPT_ENV] = ",".join(sorted(swept_keys(sys.argv[1:])))
+        except Exception:  # a malformed override: Hydra's own error says which
+            pass
     _main()
 
 

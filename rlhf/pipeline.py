@@ -58,6 +58,9 @@ def run_stages(cfg: RLHFConfig, composed: DictConfig) -> None:
                     stage_run.manifest["outputs"] = {"path": str(stages.output_path(stage_cfg, name)),
                                                      "sha256": lineage.output_hash(stage_cfg, name)}
             gc.collect()  # the stage's models, before the next stage loads its own
+    # Every rank ends the command together: a rank that exits while rank 0 still writes (compare's
+    # report) tears down its side of the process group under it (gloo aborts the process)
+    barrier()
 
 
 def _drop_stale_checkpoints(cfg: RLHFConfig, name: str, expected: str) -> None:
