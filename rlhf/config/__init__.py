@@ -1,5 +1,6 @@
-"""The configuration: the schema, every option documented beside its field (schema.py), and the
-step from Hydra's composed config to a checked `RLHFConfig` (check.py)."""
+"""The configuration: the schema, every option documented beside its field (schema.py; the data
+layer's in data.py), and the step from Hydra's composed config to a checked `RLHFConfig`
+(check.py)."""
 
 from rlhf.config.schema import (  # noqa: F401  (the names every layer imports from rlhf.config)
     SPLITS,
