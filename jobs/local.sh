@@ -15,7 +15,8 @@ while [ $# -gt 0 ]; do
         *) break ;;
     esac
 done
-[ -n "$stages" ] || stages=$("$python" -m rlhf.cli --list-stages)
+# (a later round of the feedback loop, loop.round=<n> among the overrides, lists its own stages)
+[ -n "$stages" ] || stages=$("$python" -m rlhf.cli --list-stages "$@")
 for stage in $stages; do
     echo "== $stage"
     "$python" -m torch.distributed.run --standalone --nproc_per_node "$nproc" -m rlhf.cli "stage=$stage" "$@"

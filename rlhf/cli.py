@@ -85,7 +85,7 @@ def _main(composed: DictConfig) -> None:
 
 
 # overrides that never name a point of a sweep: where it writes, and what it runs
-_NOT_IN_VARIANT = {"stage", "run", "runs_dir", "variant", "stages"}
+_NOT_IN_VARIANT = {"stage", "run", "runs_dir", "variant", "stages", "loop.round"}  # a round has its folder
 # the keys a multirun varies, as the launching process read them from its command line: a
 # launcher that runs each point elsewhere (hydra/launcher=slurm) passes the environment on
 SWEPT_ENV = "RLHF_SWEPT_OVERRIDES"
@@ -163,21 +163,26 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor.*deprecated", category=FutureWarning)
 
 
-def list_stages(which: str) -> str:
+def list_stages(which: str, round: int = 1) -> str:
+    """`rlhf --list-stages`: the pipeline's stages (of round `round` of the feedback loop: `rlhf
+    --list-stages loop.round=2`), for jobs/submit.sh; `--list-stages=all`: every stage, one a line."""
     if which == "all":
         width = max(map(len, stages.STAGES))
-        rows = [f"{s.name:<{width}}  {s.summary}" + ("" if s.in_pipeline and s.by_default else
+        when = {"all": "", "first": "  (pipeline: round 1 only)", "later": "  (pipeline: rounds 2 and later)"}
+        rows = [f"{s.name:<{width}}  {s.summary}" + (when[s.rounds] if s.in_pipeline and s.by_default else
                                                       "  (pipeline: only when named in stages=)" if s.in_pipeline
                                                       else "  (not in the pipeline)")
                 for s in stages.STAGES.values()]
-        return "\n".join([*rows, f"{stages.CHAIN:<{width}}  runs {' -> '.join(stages.pipeline_stages())}"])
-    return " ".join(stages.pipeline_stages())
+        return "\n".join([*rows, f"{stages.CHAIN:<{width}}  runs {' -> '.join(stages.pipeline_stages())}; in a later "
+                                 f"round (loop.round=2) {' -> '.join(stages.pipeline_stages(round=2))}"])
+    return " ".join(stages.pipeline_stages(round=round))
 
 
 def main() -> None:
     for arg in sys.argv[1:]:
         if arg.split("=", 1)[0] == "--list-stages":
-            print(list_stages(arg.split("=", 1)[1] if "=" in arg else "pipeline"))
+            round_ = next((int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("loop.round=")), 1)
+            print(list_stages(arg.split("=", 1)[1] if "=" in arg else "pipeline", round_))
             return
     sys.argv[:] = distributed.adopt_launcher_env(sys.argv)
     if any(arg in ("-m", "--multirun") for arg in sys.argv[1:]):

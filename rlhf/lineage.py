@@ -29,9 +29,12 @@ def upstream(cfg: RLHFConfig, stage: str) -> dict[str, str]:
 
 
 def content_id(path: str) -> str:
-    """A model's identity: the output hash its stage recorded (a folder this package wrote), a
+    """An input's identity: a file's fresh content hash (a collected file a person may have ranked
+    since it was written), the output hash its stage recorded (a folder this package wrote), a
     fresh hash of a local folder otherwise, or the hub id as given."""
     p = Path(path)
+    if p.is_file():
+        return sha256_of(p)
     manifest = p.parent / "manifest.json"
     if manifest.exists():
         recorded = json.loads(manifest.read_text()).get("outputs", {}).get("sha256")

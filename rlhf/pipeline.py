@@ -31,7 +31,7 @@ log = logging.getLogger("rlhf")
 
 def run_stages(cfg: RLHFConfig, composed: DictConfig) -> None:
     pipeline = cfg.stage.name == stages.CHAIN
-    names = (cfg.stages or stages.pipeline_stages()) if pipeline else [cfg.stage.name]
+    names = (cfg.stages or stages.pipeline_stages(round=cfg.loop.round)) if pipeline else [cfg.stage.name]
     # One lock for the whole command, pipeline or one stage: a second command on the same run
     # stops at once, naming this one (unless nothing here writes in the run: generate).
     writes = any(stages.get(name).writes_run for name in names)

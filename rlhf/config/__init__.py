@@ -5,6 +5,7 @@ layer's in data.py), and the step from Hydra's composed config to a checked `RLH
 from rlhf.config.schema import (  # noqa: F401  (the names every layer imports from rlhf.config)
     SPLITS,
     BonSFTStageConfig,
+    CollectConfig,
     CompareConfig,
     ConfigError,
     DataConfig,
@@ -16,6 +17,7 @@ from rlhf.config.schema import (  # noqa: F401  (the names every layer imports f
     GenerateConfig,
     LoggerBackend,
     LoggerConfig,
+    LoopConfig,
     LoraConfig,
     OasstConfig,
     ModelConfig,
@@ -28,6 +30,7 @@ from rlhf.config.schema import (  # noqa: F401  (the names every layer imports f
     RMStageConfig,
     SFTStageConfig,
     SourceConfig,
+    round_dir,
     SplitConfig,
     StageConfig,
     TinyModelConfig,

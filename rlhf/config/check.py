@@ -22,6 +22,9 @@ DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "
 
 def register_schemas() -> None:
     ConfigStore.instance().store(name="rlhf_schema", node=RLHFConfig)
+    # hydra.run.dir: a later round's stages log beside their outputs, in runs/<run>/round_<n>/
+    if not OmegaConf.has_resolver("round_folder"):
+        OmegaConf.register_new_resolver("round_folder", lambda n: "" if int(n) == 1 else f"round_{n}/")
 
 
 def to_config(composed: DictConfig) -> RLHFConfig:
@@ -257,7 +260,8 @@ def check(cfg: RLHFConfig) -> None:
     if p.max_new_tokens is not None and p.max_new_tokens > cfg.data.max_response_tokens:
         problems.append(f"ppo.max_new_tokens={p.max_new_tokens} exceeds data.max_response_tokens="
                         f"{cfg.data.max_response_tokens}, the longest response the SFT and RM saw")
-    chain = stages.pipeline_stages(optional=True)
+    problems += _loop_problems(cfg, stages)
+    chain = stages.pipeline_stages(optional=True, round=cfg.loop.round)
     if cfg.stages is not None:
         order = [s for s in chain if s in cfg.stages]
         if not cfg.stages or list(cfg.stages) != order:
@@ -276,6 +280,43 @@ def check(cfg: RLHFConfig) -> None:
 
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _loop_problems(cfg: RLHFConfig, stages) -> list[str]:
+    """collect.* and loop.*: the feedback loop's rounds."""
+    c, lp, problems = cfg.collect, cfg.loop, []
+    if lp.round < 1:
+        problems.append(f"loop.round={lp.round}: rounds count from 1")
+    for name in ("rm_from", "policy_from"):
+        if getattr(lp, name) not in ("sft", "previous"):
+            problems.append(f"loop.{name}={getattr(lp, name)!r}: choose sft or previous")
+    if lp.policy_stage not in stages.policy_stages():
+        problems.append(f"loop.policy_stage={lp.policy_stage!r}: choose a stage that trains a policy, one of "
+                        f"{stages.policy_stages()}")
+    if c.labeller not in ("gold", "none"):
+        problems.append(f"collect.labeller={c.labeller!r}: choose gold (the toy task's simulated labeller) or none "
+                        "(ranks left empty, for a person to fill in)")
+    elif c.labeller == "gold" and cfg.data.format is not DataFormat.toy and (
+            cfg.stage.name == "collect" or (cfg.stage.name == stages.CHAIN and "collect" in (
+                cfg.stages or stages.pipeline_stages(round=lp.round)))):
+        problems.append(f"collect.labeller=gold ranks by the toy task's gold scorer, and data.format="
+                        f"{cfg.data.format.value} has none: set collect.labeller=none and rank the file "
+                        "(docs/collect.md)")
+    if c.answers_per_prompt < 2:
+        problems.append(f"collect.answers_per_prompt={c.answers_per_prompt}: a comparison needs K >= 2")
+    unknown = [s for s in c.splits if s not in SPLITS]
+    if unknown or (not c.splits and not c.prompts_file):
+        problems.append(f"collect.splits={list(c.splits)}: choose one or more of {list(SPLITS)} "
+                        "(or set collect.prompts_file)")
+    if c.max_prompts is not None and c.max_prompts < 1:
+        problems.append(f"collect.max_prompts={c.max_prompts}: must be >= 1 (or null for all)")
+    if c.temperature <= 0:
+        problems.append(f"collect.temperature={c.temperature}: must be > 0")
+    if c.label_noise is not None and not 0.0 <= c.label_noise <= 1.0:
+        problems.append(f"collect.label_noise={c.label_noise}: must lie in [0, 1]")
+    if cfg.rm.collected_weight < 0:
+        problems.append(f"rm.collected_weight={cfg.rm.collected_weight}: must be >= 0")
+    return problems
 
 
 def _reward_problems(rw) -> list[str]:

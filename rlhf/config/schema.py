@@ -145,6 +145,14 @@ class RMStageConfig(TrainConfig):
     # After training, shift scores so the sft split's demonstrations score mean 0 (InstructGPT).
     normalize: bool = True
     normalize_max_demonstrations: int = 2048  # demonstrations scored to estimate mean and std
+    # The comparisons `rlhf stage=collect` wrote in this run's rounds up to this one (each file a
+    # source of its own, `collected_round_<n>`, beside data=): InstructGPT's rounds. Their
+    # weight as data.sources' weight: 2 = each record twice. false: data= alone.
+    use_collected: bool = True
+    collected_weight: float = 1.0
+    # Toy task: accuracy on pairs (exact answer, the same answer with one digit wrong) built from
+    # this many eval-split prompts: the blind spot stage 3 learns to exploit (0: skip)
+    wrong_digit_pairs: int = 512
 
 
 @dataclass
@@ -363,6 +371,50 @@ class EvaluateConfig:
 
 
 @dataclass
+class CollectConfig:
+    """`rlhf stage=collect` (rlhf/stages/collect.py): answers of the current policy to rank, the
+    data of the next round's reward model (InstructGPT's feedback loop)."""
+
+    # The policy that answers (folder or hub id); null = the previous round's `loop.policy_stage`
+    # (in round 1: this run's sft policy)
+    policy: Optional[str] = None
+    # More policies mixed in, as InstructGPT mixed its labellers' sources: answer j of a prompt
+    # comes from [policy, *mix_with][j mod their number]
+    mix_with: List[str] = field(default_factory=list)
+    # Prompts of these splits (rm: what the next RM trains on; eval: what it is measured on),
+    # or of `prompts_file` (a text file, one prompt a line) instead
+    splits: List[str] = field(default_factory=lambda: ["rm", "eval"])
+    prompts_file: Optional[str] = None
+    max_prompts: Optional[int] = 1024  # the first N prompts (of each split); null = all
+    answers_per_prompt: int = 4  # K sampled answers per prompt; exact duplicates dropped
+    temperature: float = 1.0
+    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
+    batch_size: int = 64  # prompts per generation batch
+    # Who ranks: gold = the toy task's simulated labeller (ranks by the gold scorer, swaps one
+    # adjacent pair with data.toy.label_noise as the built-in comparisons do); none = ranks left
+    # empty (null) for a person to fill in, in any tool (docs/collect.md)
+    labeller: str = "gold"
+    label_noise: Optional[float] = None  # the simulated labeller's noise; null = data.toy.label_noise
+
+
+@dataclass
+class LoopConfig:
+    """InstructGPT's rounds (docs/collect.md): round 1 is sft -> rm -> ppo; each later round
+    collects answers of the previous round's policy, ranks them, trains the reward model on old
+    and new comparisons and runs stage 3 again. Round n writes runs/<run>/round_<n>/<stage>;
+    the SFT policy is round 1's unless the round trains its own."""
+
+    round: int = 1
+    # round > 1: the reward model starts from the sft policy (retrain: sft) or from the previous
+    # round's reward model (continue training it: previous)
+    rm_from: str = "sft"
+    # round > 1: stage 3 starts from the sft policy (sft) or from the previous round's policy
+    # (previous); the frozen reference stays the policy it starts from
+    policy_from: str = "sft"
+    policy_stage: str = "ppo"  # the stage whose policy a later round collects on (ppo, dpo, bon_sft, sft)
+
+
+@dataclass
 class StageConfig:
     name: str = "prepare"  # which stage `rlhf` runs: a name of the stage registry (`rlhf --list-stages`) or pipeline
 
@@ -398,6 +450,8 @@ class RLHFConfig:
     compare: CompareConfig = field(default_factory=CompareConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
     # stage=pipeline: the stages it runs, in the registry's order (`rlhf --list-stages`; null = all
     # of them); each is skipped when its output exists with the same settings and inputs
     # (rlhf/lineage.py).
@@ -408,6 +462,15 @@ class RLHFConfig:
         return Path(self.runs_dir) / self.run
 
     @property
+    def round_dir(self) -> Path:
+        """runs/<run> for round 1, runs/<run>/round_<n> for a later round of the feedback loop."""
+        return round_dir(self.run_dir, self.loop.round)
+
+    @property
     def stage_dir(self) -> Path:
-        """runs/<run>/<stage>[@<variant>]: the same on every rank, as it holds no timestamp."""
-        return self.run_dir / (f"{self.stage.name}@{self.variant}" if self.variant else self.stage.name)
+        """runs/<run>[/round_<n>]/<stage>[@<variant>]: the same on every rank (no timestamp)."""
+        return self.round_dir / (f"{self.stage.name}@{self.variant}" if self.variant else self.stage.name)
+
+
+def round_dir(run_dir: Path, number: int) -> Path:
+    return run_dir if number == 1 else run_dir / f"round_{number}"

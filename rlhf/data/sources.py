@@ -290,7 +290,12 @@ def ranked(row: Row, f, source: str) -> list[Record]:
             name = f"{f.responses}[{i}]"
             if not isinstance(x, dict):
                 raise RecordError(name, "mix of strings and objects; use one or the other", "wrong_type")
-            rank = get(x, f.response_rank)
+            rank = get(x, f.response_rank, required=False)
+            if rank is None:
+                raise RecordError(f"{name}.{f.response_rank}", "not ranked yet (null or missing): a file written by "
+                                  "`rlhf stage=collect collect.labeller=none` is ranked by a person first; give each "
+                                  f"response a {f.response_rank} (0 = best, equal = tie), see docs/collect.md",
+                                  "unranked")
             if isinstance(rank, bool) or not isinstance(rank, (int, float)):
                 raise RecordError(f"{name}.{f.response_rank}", f"expected a number, got "
                                   f"{type(rank).__name__}", "wrong_type")

@@ -106,14 +106,39 @@ def _comparison(prompt: str, target: list[str], cfg, rng: random.Random) -> Comp
         texts.add(" ".join(items))
         if attempts > 1000:  # unreachable for 3+ digits; guards a degenerate config
             raise ValueError(f"cannot make {k} distinct responses for {prompt!r}")
-    scored = sorted(((gold_score(prompt, t), t) for t in sorted(texts)), key=lambda x: -x[0])
+    responses, ranks = gold_ranking(prompt, sorted(texts), cfg.label_noise, rng)
+    return Comparison(prompt, tuple(responses), tuple(ranks), None, "toy")
+
+
+def gold_ranking(prompt: PromptLike, texts: list[str], label_noise: float, rng: random.Random
+                 ) -> tuple[list[str], list[int]]:
+    """The simulated labeller: `texts` best-first by the gold score with their ranks (equal
+    scores tie), and with probability `label_noise` one adjacent non-tied pair swapped (the ranks
+    stay in stated order, so the two swapped answers carry each other's rank). The built-in
+    comparisons and `rlhf stage=collect` (collect.labeller=gold) both rank this way."""
+    scored = sorted(((gold_score(prompt, t), t) for t in texts), key=lambda x: -x[0])
     responses = [t for _, t in scored]
     distinct = sorted({s for s, _ in scored}, reverse=True)
     ranks = [distinct.index(s) for s, _ in scored]  # equal gold scores are ties
-    if rng.random() < cfg.label_noise:
-        # A noisy labeller swaps one adjacent, non-tied pair; the ranks stay in stated order.
-        untied = [i for i in range(k - 1) if ranks[i] < ranks[i + 1]]
+    if rng.random() < label_noise:
+        untied = [i for i in range(len(responses) - 1) if ranks[i] < ranks[i + 1]]
         if untied:
             i = rng.choice(untied)
             responses[i], responses[i + 1] = responses[i + 1], responses[i]
-    return Comparison(prompt, tuple(responses), tuple(ranks), None, "toy")
+    return responses, ranks
+
+
+def wrong_digit(prompt: PromptLike, rng: random.Random) -> str:
+    """The exact answer with one item replaced by another digit: the flaw a tiny reward model
+    misses (it is not visible locally, as a swap or a missing item is), and that stage 3 learns
+    to produce against such a model."""
+    items = answer(prompt).split()
+    i = rng.randrange(len(items))
+    items[i] = rng.choice([d for d in DIGITS if d != items[i]])
+    return " ".join(items)
+
+
+def wrong_digit_near_miss(prompt: PromptLike, response: str) -> bool:
+    """Whether `response` is the exact answer with one item replaced (wrong_digit's flaw)."""
+    target, got = answer(prompt).split(), response.split()
+    return len(got) == len(target) and sum(a != b for a, b in zip(target, got)) == 1

@@ -24,6 +24,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from rlhf.config import ConfigError
+from rlhf.core.distributed import module_of
 from rlhf.core.ops import positions
 from rlhf.data.records import PromptLike
 from rlhf.models.reward import REWARD_NORM_KEY, reward_bias
@@ -32,7 +33,7 @@ from rlhf.sampling.score import score
 
 def _config_of(model):
     """The Hugging Face config of a model, a DeepSpeed engine around one, or a peft wrapper."""
-    return getattr(getattr(model, "module", model), "config")
+    return module_of(model).config
 
 
 class ModelReward:
@@ -45,7 +46,7 @@ class ModelReward:
 
     @property
     def bias(self) -> float:
-        return reward_bias(getattr(self.model, "module", self.model))
+        return reward_bias(module_of(self.model))
 
     @property
     def raw_std(self) -> Optional[float]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from rlhf.config import ConfigError, RLHFConfig
+from rlhf.config import ConfigError, RLHFConfig, round_dir
 
 CHAIN = "pipeline"  # stage=pipeline runs the registered pipeline stages in order (rlhf/pipeline.py)
 
@@ -30,6 +30,9 @@ class Input:
     same_as: tuple[str, ...] = ()  # the first of these inputs that this stage reads
     base_model: bool = False
     needed: Optional[Callable[[RLHFConfig], bool]] = None  # null: always read
+    # In a later round of the feedback loop (loop.round > 1): the stage whose output of the
+    # previous round this input reads instead of the default above (None: the default)
+    previous_round: Optional[Callable[[RLHFConfig], Optional[str]]] = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class Stage:
     # False: writes nothing another stage reads, so it runs beside a stage training in the same
     # run (no run lock, rlhf/core/runlock.py): generate, to look at a checkpoint mid-training
     writes_run: bool = True
+    # Which rounds of the feedback loop (loop.round) run it in the pipeline: all, first (sft: a
+    # later round reads round 1's), later (collect: it needs a previous round's policy)
+    rounds: str = "all"
 
 
 def _uses_critic(cfg: RLHFConfig) -> bool:
@@ -82,6 +88,27 @@ def _evaluate_has_rm(cfg: RLHFConfig) -> bool:
     return cfg.evaluate.reward_from is not None or output_path(cfg, "rm").exists()
 
 
+def _previous_policy(cfg: RLHFConfig) -> Optional[str]:
+    return cfg.loop.policy_stage
+
+
+def _policy_from_previous(cfg: RLHFConfig) -> Optional[str]:
+    return cfg.loop.policy_stage if cfg.loop.policy_from == "previous" else None
+
+
+def _rm_from_previous(cfg: RLHFConfig) -> Optional[str]:
+    return "rm" if cfg.loop.rm_from == "previous" else None
+
+
+def _collected_inputs(cfg: RLHFConfig) -> dict[str, str]:
+    return {f"collected:round_{n}": str(path) for n, path in collected_files(cfg).items()} if cfg.rm.use_collected \
+        else {}
+
+
+def _collect_inputs(cfg: RLHFConfig) -> dict[str, str]:
+    return {f"mix_with_{i}": path for i, path in enumerate(cfg.collect.mix_with)}
+
+
 def _evaluate_policies(cfg: RLHFConfig) -> dict[str, str]:
     return {f"policy:{name}": spec for name, spec in sorted((cfg.evaluate.policies or {}).items())}
 
@@ -90,11 +117,17 @@ _REGISTERED = (
     Stage("prepare", "rlhf.stages.prepare", "load, validate, split and tokenize the data; print the summary",
           "prepare"),
     Stage("sft", "rlhf.stages.sft", "stage 1: supervised fine-tuning on demonstrations", "sft",
-          inputs=(Input("init_from", base_model=True),), output="final", produces_policy=True, in_pipeline=True),
+          inputs=(Input("init_from", base_model=True),), output="final", produces_policy=True, in_pipeline=True,
+          rounds="first"),
+    Stage("collect", "rlhf.stages.collect", "answers of the previous round's policy to rank (a simulated "
+          "labeller on the toy task): the next reward model's comparisons", "collect",
+          inputs=(Input("policy", produced_by="sft", previous_round=_previous_policy),),
+          output="comparisons.jsonl", in_pipeline=True, rounds="later", dynamic_inputs=_collect_inputs),
     Stage("rm", "rlhf.stages.reward_model", "stage 2: reward model on pairwise and K-wise comparisons", "rm",
-          inputs=(Input("init_from", produced_by="sft"),), output="final", in_pipeline=True),
+          inputs=(Input("init_from", produced_by="sft", previous_round=_rm_from_previous),), output="final",
+          in_pipeline=True, dynamic_inputs=_collected_inputs),
     Stage("ppo", "rlhf.stages.online_rl.loop", "stage 3: online RL against the reward (PPO by default, algo=...)",
-          "ppo", inputs=(Input("policy_from", produced_by="sft"),
+          "ppo", inputs=(Input("policy_from", produced_by="sft", previous_round=_policy_from_previous),
                          Input("reward_from", produced_by="rm", needed=_reads_reward_model),
                          Input("value_from", same_as=("reward_from", "policy_from"), needed=_uses_critic)),
           output="final", produces_policy=True, in_pipeline=True, also_reads=("reward",),
@@ -127,34 +160,56 @@ def get(name: str) -> Stage:
     return STAGES[name]
 
 
-def pipeline_stages(*, optional: bool = False) -> list[str]:
-    """What stage=pipeline runs by default, in order; with `optional`, every stage it may run
-    (those named in `stages=` too)."""
-    return [s.name for s in STAGES.values() if s.in_pipeline and (s.by_default or optional)]
+def pipeline_stages(*, optional: bool = False, round: int = 1) -> list[str]:
+    """What stage=pipeline runs by default in round `round` of the feedback loop, in order; with
+    `optional`, every stage it may run (those named in `stages=` too)."""
+    this = "first" if round == 1 else "later"
+    return [s.name for s in STAGES.values()
+            if s.in_pipeline and (s.by_default or optional) and s.rounds in ("all", this)]
 
 
-def stage_dir(cfg: RLHFConfig, name: str) -> Path:
-    """Where stage `name` of this run writes (the stage running) or wrote: runs/<run>/<name>, or
-    with cfg.variant runs/<run>/<name>@<variant> for the stage running and for earlier stages
-    that this variant ran itself (else the run's own)."""
-    if cfg.variant:
-        own = cfg.run_dir / f"{name}@{cfg.variant}"
-        if name == cfg.stage.name or own.exists():
-            return own
-    return cfg.run_dir / name
+def stage_dir(cfg: RLHFConfig, name: str, round: Optional[int] = None) -> Path:
+    """Where stage `name` of this run writes (the stage running) or wrote, in round `round` (null:
+    this one): runs/<run>[/round_<n>]/<name>, or with cfg.variant <name>@<variant> for the stage
+    running and for earlier stages that this variant ran itself (else the run's own). A stage
+    that later rounds do not run (sft) is read from the latest round that has it."""
+    current = cfg.loop.round if round is None else round
+    running = name == cfg.stage.name and current == cfg.loop.round
+    searched = [current] if STAGES[name].rounds != "first" else list(range(current, 0, -1))
+    for number in searched:
+        base = round_dir(cfg.run_dir, number)
+        if cfg.variant and (running or (base / f"{name}@{cfg.variant}").exists()):
+            return base / f"{name}@{cfg.variant}"
+        if running or (base / name).exists():
+            return base / name
+    return round_dir(cfg.run_dir, searched[-1]) / name
 
 
-def variants(cfg: RLHFConfig, name: str) -> list[Path]:
-    """Every folder of stage `name` in this run that holds its output: runs/<run>/<name> and the
-    sweep points' runs/<run>/<name>@*, in name order."""
-    found = [cfg.run_dir / name, *sorted(cfg.run_dir.glob(f"{name}@*"))]
+def rounds(cfg: RLHFConfig) -> list[int]:
+    """The rounds of the feedback loop this run has folders of: 1, then each runs/<run>/round_<n>."""
+    later = [int(p.name.split("_", 1)[1]) for p in cfg.run_dir.glob("round_*") if p.name.split("_", 1)[1].isdigit()]
+    return [1, *sorted(n for n in later if n > 1)]
+
+
+def variants(cfg: RLHFConfig, name: str, round: Optional[int] = None) -> list[Path]:
+    """Every folder of stage `name` in round `round` (null: this one) that holds its output:
+    <name> and the sweep points' <name>@*, in name order."""
+    base = round_dir(cfg.run_dir, cfg.loop.round if round is None else round)
+    found = [base / name, *sorted(base.glob(f"{name}@*"))]
     return [folder for folder in found if (folder / STAGES[name].output).exists()]
+
+
+def collected_files(cfg: RLHFConfig) -> dict[int, Path]:
+    """round -> the comparisons `rlhf stage=collect` wrote in that round, for rounds up to this one."""
+    found = {n: output_path(cfg, "collect", n) for n in rounds(cfg) if n <= cfg.loop.round}
+    return {n: path for n, path in found.items() if path.exists()}
 
 
 def reward_models(cfg: RLHFConfig, *, require: bool = True) -> dict[str, str]:
     """The reward models `reward=` reads beyond a stage's own reward_from: an ensemble's members
-    (`member_<i>`: reward.members, or every reward model of this run) and added terms' models
-    (`add_<i>`). With `require`, an ensemble of fewer than two is an error that says what to run."""
+    (`member_<i>`: reward.members, or every reward model of this run's round) and added terms'
+    models (`add_<i>`). With `require`, an ensemble of fewer than two is an error that says what
+    to run."""
     rc, found = cfg.reward, {}
     if rc.source == "ensemble":
         members = list(rc.members) or [str(folder / "final") for folder in variants(cfg, "rm")]
@@ -168,9 +223,8 @@ def reward_models(cfg: RLHFConfig, *, require: bool = True) -> dict[str, str]:
     return found
 
 
-
-def output_path(cfg: RLHFConfig, name: str) -> Path:
-    return stage_dir(cfg, name) / STAGES[name].output
+def output_path(cfg: RLHFConfig, name: str, round: Optional[int] = None) -> Path:
+    return stage_dir(cfg, name, round) / STAGES[name].output
 
 
 def resolve_inputs(cfg: RLHFConfig, name: str, *, require: bool = True) -> dict[str, Optional[str]]:
@@ -190,11 +244,22 @@ def resolve_inputs(cfg: RLHFConfig, name: str, *, require: bool = True) -> dict[
             found[item.field] = next(found[name] for name in item.same_as if name in found)
         elif item.base_model:
             found[item.field] = cfg.model.name_or_path
+        elif cfg.loop.round > 1 and item.previous_round and item.previous_round(cfg):
+            previous, earlier = item.previous_round(cfg), cfg.loop.round - 1
+            path = output_path(cfg, previous, earlier)
+            if require and not path.exists():
+                raise ConfigError(f"{stage.section}.{item.field} is null, so {name} of round {cfg.loop.round} reads "
+                                  f"round {earlier}'s {previous}: {path}, which does not exist: run `rlhf "
+                                  f"stage=pipeline run={cfg.run} loop.round={earlier}` first, or set "
+                                  f"{stage.section}.{item.field}=<folder or hub id>")
+            found[item.field] = str(path)
         else:
             path = output_path(cfg, item.produced_by)
             if require and not path.exists():
+                again = f" loop.round={cfg.loop.round}" if cfg.loop.round > 1 and path.is_relative_to(cfg.round_dir) \
+                    else ""
                 raise ConfigError(f"{stage.section}.{item.field} is null, so {name} reads {path}, which does not "
-                                  f"exist: run `rlhf stage={item.produced_by} run={cfg.run}` first, or set "
+                                  f"exist: run `rlhf stage={item.produced_by} run={cfg.run}{again}` first, or set "
                                   f"{stage.section}.{item.field}=<folder or hub id>")
             found[item.field] = str(path)
     return found
@@ -207,15 +272,17 @@ def policy_stages() -> list[str]:
 def compare_policies(cfg: RLHFConfig, *, require: bool = True) -> dict[str, str]:
     """compare.policies, or by default: the base model (when model.name_or_path names one), this
     run's policies that exist (every stage that produces one, and every point of its sweeps,
-    named by folder: ppo, ppo@algo=grpo, ...), and bon:4 when a reward model judges or reward=
-    names another source to pick its answers by."""
+    named by folder: ppo, ppo@algo=grpo, ...; a later round's as round_<n>/ppo), and bon:4 when
+    a reward model judges or reward= names another source to pick its answers by."""
     c = cfg.compare
     if c.policies:
         return dict(c.policies)
     policies = {"base": cfg.model.name_or_path} if cfg.model.name_or_path else {}
-    for name in policy_stages():
-        for folder in variants(cfg, name):  # the stage's own folder and its sweep points'
-            policies[folder.name] = str(folder / STAGES[name].output)
+    for number in rounds(cfg):
+        prefix = "" if number == 1 else f"round_{number}/"
+        for name in policy_stages():
+            for folder in variants(cfg, name, number):  # the stage's own folder and its sweep points'
+                policies[prefix + folder.name] = str(folder / STAGES[name].output)
     if require and "sft" not in policies:
         raise ConfigError(f"compare.policies is empty, so compare uses this run's stages, but "
                           f"{output_path(cfg, 'sft')} does not exist: run `rlhf stage=sft run={cfg.run}` first, or "
@@ -229,10 +296,11 @@ def compare_policies(cfg: RLHFConfig, *, require: bool = True) -> dict[str, str]
 
 def latest_policy(cfg: RLHFConfig) -> str:
     """generate's default: the policy of the last stage (in pipeline order) that wrote one in this
-    run, else the base model."""
-    for name in reversed(policy_stages()):
-        if output_path(cfg, name).exists():
-            return str(output_path(cfg, name))
+    run's latest round that has one, else the base model."""
+    for number in reversed(rounds(cfg)):
+        for name in reversed(policy_stages()):
+            if output_path(cfg, name, number).exists():
+                return str(output_path(cfg, name, number))
     if cfg.model.name_or_path:
         return cfg.model.name_or_path  # the base model, before any stage ran
     written = " or ".join(f"{n}/{STAGES[n].output}" for n in reversed(policy_stages()))

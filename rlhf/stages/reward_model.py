@@ -13,7 +13,9 @@ chosen so that the `sft` split's demonstrations score mean 0; it is saved with t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import random
 
 import numpy as np
 import torch
@@ -21,16 +23,17 @@ from datasets import Dataset
 from trl import RewardConfig, RewardTrainer
 
 from rlhf.algos.preference import kwise_loss
-from rlhf.config import RLHFConfig
+from rlhf.config import DataConfig, DataFormat, RLHFConfig, SourceConfig
 from rlhf.core.artifacts import StageRun, save_final
 from rlhf.core.distributed import describe, full_weights
 from rlhf.core.ops import pad_right
 from rlhf.core.preemption import stop_request
 from rlhf.core.tracking import Tracker
 from rlhf.data import Comparison, describe_source, encode_prompts, encode_responses, load_data
+from rlhf.data.toy import answer, wrong_digit
 from rlhf.models import clear_normalization, load_reward_model, load_tokenizer, peft_lora_config, set_normalization
 from rlhf.sampling import score
-from rlhf.stages import resolve_inputs
+from rlhf.stages import collected_files, resolve_inputs
 from rlhf.stages.evaluate import pairwise_metrics, score_comparisons
 from rlhf.stages.training import last_checkpoint, loss_summary, stage_callbacks, trained_model, trainer_args
 
@@ -100,10 +103,11 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     rm = cfg.rm
     init_from = resolve_inputs(cfg, "rm")["init_from"]
     tokenizer = load_tokenizer(cfg.model)
-    bundle = load_data(cfg.data, tokenizer)
+    data = with_collected(cfg)
+    bundle = load_data(data, tokenizer)
     train = [c for c in bundle.require("rm", "comparisons") if any(True for _ in c.pairs())]
     evals = [c for c in bundle.require("eval", "comparisons") if any(True for _ in c.pairs())]
-    stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), "init_from": init_from}
+    stage_run.manifest["inputs"] = {"data": describe_source(data), "init_from": init_from}
     stage_run.manifest["data"] = bundle.summary()
     stage_run.manifest["data"]["rm_comparisons_all_tied"] = len(bundle.splits["rm"].comparisons) - len(train)
 
@@ -143,6 +147,18 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     log.info("final model: %s", cfg.stage_dir / "final")
 
 
+def with_collected(cfg: RLHFConfig) -> DataConfig:
+    """data= plus, with rm.use_collected, each comparisons file `rlhf stage=collect` wrote in this
+    run's rounds up to this one, as a source named collected_round_<n> (format ranked)."""
+    if not cfg.rm.use_collected:
+        return cfg.data
+    collected = [SourceConfig(name=f"collected_round_{n}", format=DataFormat.ranked, path=str(path),
+                              weight=cfg.rm.collected_weight) for n, path in collected_files(cfg).items()]
+    for source in collected:
+        log.info("RM: reading %s as source %s (weight %s)", source.path, source.name, source.weight)
+    return dataclasses.replace(cfg.data, sources=[*cfg.data.sources, *collected]) if collected else cfg.data
+
+
 def _score_and_evaluate(rm, model, tokenizer, bundle, evals, stage_run):
     if rm.normalize:
         demos = bundle.require("sft", "demonstrations")[: rm.normalize_max_demonstrations]
@@ -151,7 +167,24 @@ def _score_and_evaluate(rm, model, tokenizer, bundle, evals, stage_run):
         if held_out:
             stage_run.metrics["eval_demonstration_score_mean"] = score(
                 model, tokenizer, [d.prompt for d in held_out], [d.response for d in held_out]).mean().item()
-    return evaluate(model, tokenizer, evals, bundle.gold_scorer)
+    metrics, histograms = evaluate(model, tokenizer, evals, bundle.gold_scorer)
+    if bundle.gold_scorer and rm.wrong_digit_pairs:
+        prompts = [p.prompt for p in bundle.splits["eval"].prompts[: rm.wrong_digit_pairs]]
+        metrics.update(wrong_digit_accuracy(model, tokenizer, prompts))
+    return metrics, histograms
+
+
+def wrong_digit_accuracy(model, tokenizer, prompts) -> dict[str, float]:
+    """The toy RM's blind spot: how often it scores each prompt's exact answer above the same
+    answer with one digit wrong (the flaw stage 3 learns to produce against it; ties count half),
+    with a 95% interval. The wrong answers are drawn with a fixed seed: every RM gets the same pairs."""
+    rng = random.Random(0)
+    pairs = [Comparison(p, (answer(p), wrong_digit(p, rng)), (0, 1)) for p in prompts]
+    scores, _, _ = score_comparisons(model, tokenizer, pairs)
+    right = np.array([1.0 if s[0] > s[1] else 0.5 if s[0] == s[1] else 0.0 for s in scores])
+    half = 1.96 * right.std() / np.sqrt(len(right)) if len(right) > 1 else 0.0
+    return {"wrong_digit_accuracy": float(right.mean()), "wrong_digit_accuracy_low": float(right.mean() - half),
+            "wrong_digit_accuracy_high": float(right.mean() + half), "wrong_digit_pairs": len(right)}
 
 
 def normalize(model, tokenizer, demos) -> dict[str, float]:

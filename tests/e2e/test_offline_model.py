@@ -65,3 +65,28 @@ def test_smollm2_hh_demo_runs_every_step_at_its_smallest_size(tmp_path, run_cli)
     assert 0 <= rm["eval_accuracy"] <= 1 and {"eval_longer_wins", "eval_shorter_wins"} <= set(rm)
     report = (run / "compare" / "report.md").read_text()
     assert "bon_sft" in report and "sft" in report
+
+    # Round 2 of the feedback loop on HH-format data: the distilled policy's answers collected
+    # with empty ranks, ranked by a script standing in for a person (rlhf-rank --by), and the
+    # reward model retrained on both sources, then distillation again from its picks.
+    loop = ["experiment=smollm2_hh", f"data.path={path}", "logger=none", "loop.round=2", "loop.policy_stage=bon_sft"]
+    run_cli(*loop, "stage=collect", "collect.labeller=none", "collect.max_prompts=6", "collect.answers_per_prompt=2",
+            "collect.max_new_tokens=12", cwd=tmp_path, timeout=900)
+    collected = run / "round_2" / "collect" / "comparisons.jsonl"
+    records = [json.loads(line) for line in collected.read_text().splitlines()]
+    assert records and all(a["rank"] is None and a["policy"] == "runs/smollm2_hh/bon_sft/final"
+                           for r in records for a in r["responses"])
+    refused = run_cli(*loop, "stage=rm", cwd=tmp_path, expect=2, timeout=900)
+    assert "line 1: field 'responses[0].rank': not ranked yet" in refused.stdout + refused.stderr
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "rlhf.rank", str(collected), "--by", "longer"], check=True)
+    run_cli(*loop, "stage=pipeline", "stages=[rm,bon_sft]", "rm.max_steps=2", "rm.save_every_steps=0",
+            "rm.normalize_max_demonstrations=8", "bon_sft.prompts=4", "bon_sft.n=2", "bon_sft.epochs=1",
+            "bon_sft.max_new_tokens=16", cwd=tmp_path, timeout=1500)
+    rm2 = json.loads((run / "round_2" / "rm" / "manifest.json").read_text())
+    assert rm2["lineage"]["collected:round_2"]["path"] == "runs/smollm2_hh/round_2/collect/comparisons.jsonl"
+    kept = rm2["data"]["sources"]["collected_round_2"]["records_kept"]
+    assert kept == sum(1 for r in collected.read_text().splitlines() if r.strip()) > 0
+    assert (run / "round_2" / "bon_sft" / "final" / "model.safetensors").exists()

@@ -333,3 +333,70 @@ def test_a_sweep_of_critic_free_algorithms_against_an_rm_ensemble_keeps_every_po
     for s in bon:
         assert s["response"] == max(s["candidates"], key=lambda c: c["pick_score"])["response"]
     assert "ppo@algo=grpo | grpo, ensemble of 3 (mean - 0.5 std)" in (out / "report.md").read_text()
+
+
+def test_round_two_collects_on_the_policy_retrains_the_rm_on_both_sources_and_runs_stage_3_again(runs, run_cli):
+    """InstructGPT's loop: `stage=pipeline loop.round=2` collects the round-1 policy's answers
+    (ranked by the simulated labeller), trains the RM on the built-in and the collected
+    comparisons (accuracy of each), runs stage 3 from the SFT policy against it, in
+    runs/<run>/round_2/; a rerun skips every stage; an unranked file stops the RM."""
+    root = runs.parent.parent
+    loop = ["stage=pipeline", "loop.round=2", "stages=[collect,rm,ppo]", "collect.max_prompts=48", "rm.epochs=1",
+            "rm.eval_every_steps=0", *PPO, "ppo.updates=2"]
+    run_cli(*SMALL, *loop, cwd=root)
+    two = runs / "round_2"
+    records = [json.loads(line) for line in (two / "collect" / "comparisons.jsonl").read_text().splitlines()]
+    collect = json.loads((two / "collect" / "manifest.json").read_text())
+    assert collect["inputs"]["policies"] == ["runs/small/ppo/final"]  # round 1's policy
+    assert 0 < len(records) <= 96 and {r["split"] for r in records} == {"rm", "eval"}
+    for r in records:
+        texts = [a["text"] for a in r["responses"]]
+        assert 2 <= len(texts) == len(set(texts)) <= 4  # K distinct answers
+        assert r["labeller"] == "gold (label_noise 0.1)" and len({a["rank"] for a in r["responses"]}) >= 2
+        assert [a["rank"] for a in r["responses"]] == sorted(a["rank"] for a in r["responses"])
+        for a in r["responses"]:
+            assert a["policy"] == "runs/small/ppo/final" and a["temperature"] == 1.0
+            assert a["seed"] >= 3_000_017 and isinstance(a["ended"], bool)
+    m = collect["metrics"]
+    assert m["records"] == len(records) and m["answers"] == 4 * m["prompts"] == 4 * 96
+    assert m["answers_ranked"] == sum(len(r["responses"]) for r in records)
+    assert m["answers_ranked"] + m["duplicate_answers"] <= m["answers"] and 0 < m["gold_mean"] <= 1
+
+    rm = json.loads((two / "rm" / "manifest.json").read_text())
+    assert rm["lineage"]["collected:round_2"]["path"] == "runs/small/round_2/collect/comparisons.jsonl"
+    assert rm["inputs"]["init_from"] == "runs/small/sft/final"  # retrained from round 1's sft
+    for source in ("toy", "collected_round_2"):
+        assert 0.0 <= rm["metrics"][f"eval_accuracy_source_{source}"] <= 1.0
+        assert rm["metrics"][f"eval_pairs_source_{source}"] > 0
+    assert 0.0 <= rm["metrics"]["wrong_digit_accuracy"] <= 1.0 and rm["metrics"]["wrong_digit_pairs"] > 0
+    assert "wrong_digit_accuracy" in manifest(runs, "rm")["metrics"]  # round 1's too
+    ppo = json.loads((two / "ppo" / "manifest.json").read_text())
+    assert ppo["status"] == "completed" and (two / "ppo" / "final" / "model.safetensors").exists()
+    assert ppo["lineage"]["policy_from"]["path"] == "runs/small/sft/final"
+    assert ppo["lineage"]["reward_from"]["path"] == "runs/small/round_2/rm/final"
+    assert "stage ppo -> runs/small/round_2/ppo" in (two / "pipeline" / "rlhf.log").read_text()
+
+    again = run_cli(*SMALL, *loop, cwd=root)
+    assert again.stderr.count("up to date") + again.stdout.count("up to date") == 3
+
+    # a file for a person to rank: empty ranks, and the RM refuses it, naming file and record
+    run_cli(*SMALL, "stage=collect", "loop.round=3", "collect.labeller=none", "collect.max_prompts=4", cwd=root)
+    unranked = runs / "round_3" / "collect" / "comparisons.jsonl"
+    assert all(a["rank"] is None for line in unranked.read_text().splitlines()
+               for a in json.loads(line)["responses"])
+    out = run_cli(*SMALL, "stage=rm", "loop.round=3", cwd=root, expect=2)
+    assert f"runs/small/round_3/collect/comparisons.jsonl line 1: field 'responses[0].rank': not ranked yet" in \
+        out.stderr + out.stdout
+
+
+@pytest.mark.distributed
+def test_collect_shares_prompts_across_two_ranks_and_writes_each_once(runs, run_cli):
+    root = runs.parent.parent
+    run_cli(*SMALL, "stage=collect", "loop.round=2", "variant=two_ranks", "collect.max_prompts=12",
+            "collect.splits=[eval]", cwd=root, ranks=2)
+    records = [json.loads(line) for line in
+               (runs / "round_2" / "collect@two_ranks" / "comparisons.jsonl").read_text().splitlines()]
+    m = json.loads((runs / "round_2" / "collect@two_ranks" / "manifest.json").read_text())["metrics"]
+    assert m["prompts"] == 12 and m["answers"] == 48 and m["records"] == len(records) > 0
+    prompts = [r["prompt"] for r in records]
+    assert len(set(prompts)) == len(prompts)  # no prompt twice: each rank answered its own share

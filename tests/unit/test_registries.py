@@ -208,9 +208,10 @@ def test_model_files_hold_model_size_settings_only(path):
 
 
 # Each layer may import its own and the ones below; rlhf.config.check (the entry's validation,
-# which reads every registry), cli, pipeline and lineage sit on top.
+# which reads every registry), the entry points (cli, rank), pipeline and lineage sit on top.
 LAYERS = [("rlhf.config.schema", "rlhf.config"), ("rlhf.core",), ("rlhf.data", "rlhf.models", "rlhf.algos"),
-          ("rlhf.sampling",), ("rlhf.stages",), ("rlhf.config.check", "rlhf.cli", "rlhf.pipeline", "rlhf.lineage")]
+          ("rlhf.sampling",), ("rlhf.stages",),
+          ("rlhf.config.check", "rlhf.cli", "rlhf.rank", "rlhf.pipeline", "rlhf.lineage")]
 
 
 def _layer(module: str) -> int:
