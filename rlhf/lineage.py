@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -70,3 +71,38 @@ def up_to_date(cfg: RLHFConfig, stage: str, expected: str) -> bool:
     found = recorded(cfg, stage)
     return (output_path(cfg, stage).exists() and found.get("status") == "completed"
             and found.get("fingerprint") == expected)
+
+
+# Settings that say how long or how often, not what: a stage with only these changed continues
+# from its checkpoints (more updates or epochs extend a run) instead of counting as another run.
+CONTINUABLE = re.compile(r"^[a-z_]+\.(updates|epochs|max_steps|eval_every_\w+|save_every_\w+|save_total_limit)$")
+
+
+def changed_settings(cfg: RLHFConfig, stage: str, composed) -> dict[str, str]:
+    """What differs between the run the stage's folder holds and this one: dotted keys of the
+    fingerprint's sections (with both values), and `input <role>` for inputs whose content differs
+    from the recorded lineage."""
+    folder = stage_dir(cfg, stage)
+    if not (folder / "config.yaml").exists():
+        return {}
+    sections = ("seed", "model", "data", STAGES[stage].section, *STAGES[stage].also_reads)
+    before = _flat(OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=False))
+    now = _flat(OmegaConf.to_container(composed, resolve=True, enum_to_str=True))
+    keys = sorted(k for k in set(before) | set(now)
+                  if k.split(".")[0] in sections and before.get(k) != now.get(k))
+    changed = {k: f"{k}: {before.get(k, '-')} -> {now.get(k, '-')}" for k in keys}
+    recorded_inputs = recorded(cfg, stage).get("lineage", {})
+    current = fingerprint(cfg, stage)["inputs"]
+    changed.update({f"input {role}": f"input {role}: another {'file' if role == 'data' else 'model'}"
+                    for role in sorted(set(recorded_inputs) | set(current))
+                    if recorded_inputs.get(role) != current.get(role)})
+    return changed
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}{key}."))
+    return flat

@@ -21,7 +21,7 @@ import shutil
 from omegaconf import DictConfig, open_dict
 
 from rlhf import lineage, stages
-from rlhf.config import RLHFConfig, StageConfig
+from rlhf.config import ConfigError, RLHFConfig, StageConfig
 from rlhf.core.artifacts import StageRun
 from rlhf.core.distributed import barrier, is_main_process
 from rlhf.core.runlock import run_lock
@@ -48,6 +48,8 @@ def run_stages(cfg: RLHFConfig, composed: DictConfig) -> None:
                     log.info("%s: up to date (same settings and inputs as %s), skipped", name, stage_cfg.stage_dir)
                     continue
                 _drop_stale_checkpoints(stage_cfg, name, fingerprint["sha256"])
+            elif fingerprint:
+                _refuse_to_mix(stage_cfg, name, fingerprint["sha256"], stage_composed)
             log.info("stage %s -> %s", name, stage_cfg.stage_dir)
             with StageRun(stage_cfg.stage_dir, stage_composed) as stage_run:
                 if fingerprint:
@@ -61,6 +63,33 @@ def run_stages(cfg: RLHFConfig, composed: DictConfig) -> None:
     # Every rank ends the command together: a rank that exits while rank 0 still writes (compare's
     # report) tears down its side of the process group under it (gloo aborts the process)
     barrier()
+
+
+def _refuse_to_mix(cfg: RLHFConfig, name: str, expected: str, composed: DictConfig) -> None:
+    """One stage run by itself resumes the checkpoints in its folder (after a stop, or with more
+    updates or epochs to extend it); written with other settings or inputs, they would make a
+    model of two runs, so it stops and says what differs. So does a sweep's point whose folder
+    holds another sweep's finished point (points are named by what their sweep varies)."""
+    before = lineage.recorded(cfg, name)
+    if before.get("fingerprint") in (None, expected):
+        return
+    changed = {k: v for k, v in lineage.changed_settings(cfg, name, composed).items()
+               if not lineage.CONTINUABLE.match(k)}
+    resumes = (cfg.stage_dir / "checkpoints").exists()
+    sweep_point = cfg.variant is not None and _in_multirun() and before.get("status") == "completed"
+    if changed and (resumes or sweep_point):
+        what = "has checkpoints" if resumes else "holds a finished run"
+        raise ConfigError(
+            f"{cfg.stage_dir} {what} of {name} with other settings or inputs ({'; '.join(changed.values())}), "
+            f"which this command would {'resume' if resumes else 'overwrite'}. Give this run a folder of its own "
+            f"(variant=<name>, or run=<name>), or delete {cfg.stage_dir} to redo it")
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _drop_stale_checkpoints(cfg: RLHFConfig, name: str, expected: str) -> None:

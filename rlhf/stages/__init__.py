@@ -4,6 +4,9 @@ generate's default policies, the "run stage X first" errors and jobs/ (through `
 --list-stages`) all read it. Adding a stage means an entry below, its module (a function
 `run(cfg, stage_run)`) and conf/stage/<name>.yaml.
 
+Folders are resolved here and nowhere else: runs/<run>/<stage> for round 1 of the feedback loop,
+runs/<run>/round_<n>/<stage> for a later one (loop.round), <stage>@<variant> for a sweep's point.
+
 Imports nothing heavy: `rlhf --list-stages` and the config checks read it before any model.
 """
 

@@ -74,3 +74,39 @@ def test_a_stage_records_its_own_peak_memory_not_the_process_one(tmp_path):
         pass
     peaks = [json.loads((tmp_path / s / "manifest.json").read_text())["peak_rss_mb"] for s in "ab"]
     assert peaks[0] > peaks[1] + 300, peaks
+
+
+def _stage_folder(cfg, settings):
+    """A ppo folder as a run with `settings` leaves it: config.yaml, manifest, a checkpoint."""
+    from omegaconf import OmegaConf
+
+    folder = cfg.stage_dir
+    (folder / "checkpoints" / "update_40").mkdir(parents=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(settings)))
+    (folder / "manifest.json").write_text(
+        '{"status": "completed", "fingerprint": "%s", "lineage": %s}' % (
+            lineage.fingerprint(settings, "ppo")["sha256"],
+            __import__("json").dumps(lineage.fingerprint(settings, "ppo")["inputs"])))
+
+
+def test_one_stage_does_not_resume_checkpoints_written_with_other_settings(tmp_path):
+    """`rlhf stage=ppo reward=ensemble` in a folder whose checkpoints were trained against one
+    RM would make a policy of two runs: it stops and names what differs; more updates extend."""
+    from omegaconf import OmegaConf
+
+    from rlhf.config import RewardConfig
+    from rlhf.pipeline import _refuse_to_mix
+
+    finished(tmp_path / "r" / "sft")
+    finished(tmp_path / "r" / "rm")
+    before = RLHFConfig(runs_dir=str(tmp_path), run="r", variant="seed=1", stage=StageConfig("ppo"))
+    _stage_folder(before, before)
+    longer = RLHFConfig(runs_dir=str(tmp_path), run="r", variant="seed=1", stage=StageConfig("ppo"))
+    longer.ppo.updates = 60
+    _refuse_to_mix(longer, "ppo", lineage.fingerprint(longer, "ppo")["sha256"], OmegaConf.structured(longer))
+    other = RLHFConfig(runs_dir=str(tmp_path), run="r", variant="seed=1", stage=StageConfig("ppo"),
+                       reward=RewardConfig(source="ensemble", members=["a", "b"]))
+    with pytest.raises(ConfigError, match=r"ppo@seed=1 has checkpoints of ppo with other settings or inputs "
+                                          r"\(reward.members: \[\] -> \['a', 'b'\]; reward.source: model -> "
+                                          r"ensemble.*which this command would resume.*variant=<name>"):
+        _refuse_to_mix(other, "ppo", lineage.fingerprint(other, "ppo")["sha256"], OmegaConf.structured(other))
