@@ -262,10 +262,14 @@ def check(cfg: RLHFConfig) -> None:
                         f"{cfg.data.max_response_tokens}, the longest response the SFT and RM saw")
     problems += _loop_problems(cfg, stages)
     chain = stages.pipeline_stages(optional=True, round=cfg.loop.round)
-    if cfg.stages is not None:
+    if cfg.stages is not None and cfg.stage.name == stages.CHAIN:  # (an experiment's stages= is for its pipeline)
         order = [s for s in chain if s in cfg.stages]
         if not cfg.stages or list(cfg.stages) != order:
-            problems.append(f"stages={list(cfg.stages)}: choose from {chain}, each once, in that order")
+            first_only = [s for s in cfg.stages if s in stages.pipeline_stages(optional=True) and s not in chain]
+            hint = (f" ({', '.join(first_only)} of round 1 serves later rounds: name collect instead, e.g. "
+                    f"stages={[s for s in ['collect', *cfg.stages] if s in chain]})".replace("'", "")
+                    if first_only else "")
+            problems.append(f"stages={list(cfg.stages)}: choose from {chain}, each once, in that order{hint}")
     ds = cfg.deepspeed
     if ds.name != "none":
         stage = (ds.config or {}).get("zero_optimization", {}).get("stage")

@@ -279,3 +279,12 @@ def test_submit_chains_rounds_each_with_its_own_stages():
     assert jobs == [("sft", "1"), ("rm", "1"), ("ppo", "1"), ("compare", "1"),
                     ("collect", "2"), ("rm", "2"), ("ppo", "2"), ("compare", "2")]
     assert "afterok:<job id of round_1/compare>" in lines[4] and "--job-name rlhf-round_2-collect" in lines[4]
+
+
+def test_a_later_rounds_pipeline_names_collect_instead_of_sft():
+    cfg = RLHFConfig(stage=StageConfig("pipeline"), stages=["sft", "rm", "bon_sft", "compare"], loop=LoopConfig(round=2))
+    with pytest.raises(ConfigError, match=r"sft of round 1 serves later rounds: name collect instead, e.g. "
+                                          r"stages=\[collect, rm, bon_sft, compare\]"):
+        check(cfg)
+    cfg.stage = StageConfig("collect")  # an experiment's stages= is for its pipeline, not for one stage
+    check(cfg)
