@@ -79,9 +79,8 @@ CONTINUABLE = re.compile(r"^[a-z_]+\.(updates|epochs|max_steps|eval_every_\w+|sa
 
 
 def changed_settings(cfg: RLHFConfig, stage: str, composed) -> dict[str, str]:
-    """What differs between the run the stage's folder holds and this one: dotted keys of the
-    fingerprint's sections (with both values), and `input <role>` for inputs whose content differs
-    from the recorded lineage."""
+    """The settings that differ between the run the stage's folder holds and this one: dotted
+    keys of the fingerprint's sections, each with both values."""
     folder = stage_dir(cfg, stage)
     if not (folder / "config.yaml").exists():
         return {}
@@ -90,13 +89,7 @@ def changed_settings(cfg: RLHFConfig, stage: str, composed) -> dict[str, str]:
     now = _flat(OmegaConf.to_container(composed, resolve=True, enum_to_str=True))
     keys = sorted(k for k in set(before) | set(now)
                   if k.split(".")[0] in sections and before.get(k) != now.get(k))
-    changed = {k: f"{k}: {before.get(k, '-')} -> {now.get(k, '-')}" for k in keys}
-    recorded_inputs = recorded(cfg, stage).get("lineage", {})
-    current = fingerprint(cfg, stage)["inputs"]
-    changed.update({f"input {role}": f"input {role}: another {'file' if role == 'data' else 'model'}"
-                    for role in sorted(set(recorded_inputs) | set(current))
-                    if recorded_inputs.get(role) != current.get(role)})
-    return changed
+    return {k: f"{k}: {before.get(k, '-')} -> {now.get(k, '-')}" for k in keys}
 
 
 def _flat(tree, prefix: str = "") -> dict:

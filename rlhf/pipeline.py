@@ -67,9 +67,11 @@ def run_stages(cfg: RLHFConfig, composed: DictConfig) -> None:
 
 def _refuse_to_mix(cfg: RLHFConfig, name: str, expected: str, composed: DictConfig) -> None:
     """One stage run by itself resumes the checkpoints in its folder (after a stop, or with more
-    updates or epochs to extend it); written with other settings or inputs, they would make a
-    model of two runs, so it stops and says what differs. So does a sweep's point whose folder
-    holds another sweep's finished point (points are named by what their sweep varies)."""
+    updates or epochs to extend it); written with other settings, they would make a model of two
+    runs, so it stops and says what differs. So does a sweep's point whose folder holds another
+    sweep's finished point (points are named by what their sweep varies). Changed inputs alone (an
+    earlier stage rerun) do not stop it: the pipeline starts such a stage afresh, a stage run by
+    itself resumes as asked."""
     before = lineage.recorded(cfg, name)
     if before.get("fingerprint") in (None, expected):
         return
@@ -80,7 +82,7 @@ def _refuse_to_mix(cfg: RLHFConfig, name: str, expected: str, composed: DictConf
     if changed and (resumes or sweep_point):
         what = "has checkpoints" if resumes else "holds a finished run"
         raise ConfigError(
-            f"{cfg.stage_dir} {what} of {name} with other settings or inputs ({'; '.join(changed.values())}), "
+            f"{cfg.stage_dir} {what} of {name} with other settings ({'; '.join(changed.values())}), "
             f"which this command would {'resume' if resumes else 'overwrite'}. Give this run a folder of its own "
             f"(variant=<name>, or run=<name>), or delete {cfg.stage_dir} to redo it")
 

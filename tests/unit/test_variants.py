@@ -106,7 +106,7 @@ def test_one_stage_does_not_resume_checkpoints_written_with_other_settings(tmp_p
     _refuse_to_mix(longer, "ppo", lineage.fingerprint(longer, "ppo")["sha256"], OmegaConf.structured(longer))
     other = RLHFConfig(runs_dir=str(tmp_path), run="r", variant="seed=1", stage=StageConfig("ppo"),
                        reward=RewardConfig(source="ensemble", members=["a", "b"]))
-    with pytest.raises(ConfigError, match=r"ppo@seed=1 has checkpoints of ppo with other settings or inputs "
+    with pytest.raises(ConfigError, match=r"ppo@seed=1 has checkpoints of ppo with other settings "
                                           r"\(reward.members: \[\] -> \['a', 'b'\]; reward.source: model -> "
                                           r"ensemble.*which this command would resume.*variant=<name>"):
         _refuse_to_mix(other, "ppo", lineage.fingerprint(other, "ppo")["sha256"], OmegaConf.structured(other))
