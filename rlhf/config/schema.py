@@ -6,6 +6,8 @@ full key named. `rlhf/config/check.py` registers the schema, turns the composed 
 these dataclasses and adds the cross-field rules that a type cannot express. The YAML files
 under conf/ only hold choices that differ from the defaults below. The stages themselves, and
 the order the pipeline runs them in, are listed once, in the stage registry (rlhf/stages/).
+Three groups live beside it and are re-exported here: data.py (`data.`), loop.py (`collect.`,
+`loop.`) and judging.py (`compare.`, `generate.`, `evaluate.`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ class ConfigError(ValueError):
     """A config that composes but cannot run; the message names every field involved."""
 
 
+from rlhf.config.loop import CollectConfig, LoopConfig  # noqa: E402,F401  (part of the schema, as data.py)
+from rlhf.config.judging import CompareConfig, EvaluateConfig, GenerateConfig  # noqa: E402,F401
 from rlhf.config.data import (  # noqa: E402,F401  (part of the schema; imported from here too)
     SPLITS,
     DataConfig,
@@ -294,124 +298,6 @@ class RewardConfig:
     # more weighted terms summed with the source, e.g. a format check:
     # reward.add='[{function: mypackage.checks:format_ok, weight: 0.5}]'
     add: List[RewardTerm] = field(default_factory=list)
-
-
-@dataclass
-class CompareConfig:
-    """`rlhf stage=compare`: policies side by side on held-out prompts (rlhf/compare.py)."""
-
-    # name -> checkpoint folder, hub id, or "bon:<n>": the best of n samples of `bon_from`, picked
-    # by the reward source (reward=; for reward=model the judging RM). null = this run's policies
-    # (sft, ppo, dpo, bon_sft: those that exist, and their sweeps' points ppo@..., named by
-    # folder), bon:4 when a reward model judges or reward= names another source, and the base
-    # model when model.name_or_path names one.
-    # On the command line:
-    # compare.policies='{sft: runs/a/sft/final, ppo_b: runs/b/ppo/final, bon8: "bon:8"}'
-    policies: Any = None  # a dict, or null (typed Any: Hydra cannot merge a new dict into a typed one)
-    baseline: str = "sft"  # win rates are each policy's against this one
-    reward_from: Optional[str] = None  # the judging RM; null = runs/<run>/rm/final, or none (gold scorer only) without one
-    reference_from: Optional[str] = None  # KL is measured to this policy; null = runs/<run>/sft/final
-    bon_from: Optional[str] = None  # the policy bon:<n> samples from; null = reference_from
-    prompts: int = 256  # held-out prompts, the first of the eval split
-    samples_per_prompt: int = 4  # sampled answers per prompt and policy (seeds seed, seed+1, ...)
-    modes: List[str] = field(default_factory=lambda: ["sampled", "greedy"])
-    temperature: float = 1.0  # of the sampled mode
-    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
-    batch_size: int = 64  # prompts per generation batch
-    bootstrap_resamples: int = 1000  # confidence intervals: resampling prompts with replacement
-    confidence: float = 0.95
-    examples: int = 3  # prompts shown side by side in report.md
-    ppo_logs: Optional[str] = None  # TensorBoard logs for training curves; null = runs/<run>/ppo/logs
-    from_results: Optional[str] = None  # a results.json: rebuild report.md and plots, no sampling
-
-
-@dataclass
-class GenerateConfig:
-    """`rlhf stage=generate`: print a policy's answers (rlhf/generate.py)."""
-
-    policy: Optional[str] = None  # folder or hub id; null = this run's policy of the latest stage in pipeline order (bon_sft, dpo, ppo, sft), else the base model
-    prompt: Optional[str] = None  # one prompt; with neither this nor prompts_file, read prompts from stdin
-    prompts_file: Optional[str] = None  # a text file, one prompt per line
-    num_samples: int = 1  # answers per prompt
-    # null = as the model's generation_config.json says (transformers' rule: greedy unless it sets
-    # do_sample; its temperature when it samples); true/false to choose
-    greedy: Optional[bool] = None
-    temperature: Optional[float] = None  # sampling only; null = the model's, else 1.0
-    # null = the model's generation_config max_new_tokens, else data.max_response_tokens where the
-    # data is the model's own task (any data but the toy task, or the toy with the tiny model),
-    # else 256: a pretrained model asked a question on the toy config is not held to toy lengths
-    max_new_tokens: Optional[int] = None
-
-
-@dataclass
-class EvaluateConfig:
-    """`rlhf stage=evaluate` (rlhf/stages/evaluate.py): a reward model on comparisons, or
-    policies on prompts, from any data source (`data=...`, `data.path=...`), without training."""
-
-    # The reward model measured on the source's comparisons (accuracy by source and by K, ties,
-    # margins, the length baseline) and the judge of the policies' answers; null =
-    # runs/<run>/rm/final when it exists
-    reward_from: Optional[str] = None
-    # name -> folder or hub id: policies that answer the source's prompts, judged as compare
-    # judges (RM score, gold on the toy task, win rates against `baseline` with intervals);
-    # null or {} = measure the reward model only
-    policies: Any = None
-    baseline: Optional[str] = None  # a name of `policies`; null = the first
-    # Which records: all of them (a file kept for evaluation), or one split's (sft, rm, ppo, eval)
-    split: str = "all"
-    max_comparisons: Optional[int] = None  # the first N comparisons; null = all
-    prompts: int = 256  # the first N prompts the policies answer
-    samples_per_prompt: int = 1
-    temperature: float = 1.0
-    greedy: bool = False
-    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
-    batch_size: int = 32  # comparisons or prompts per forward/generation batch
-    bootstrap_resamples: int = 1000
-    confidence: float = 0.95
-
-
-@dataclass
-class CollectConfig:
-    """`rlhf stage=collect` (rlhf/stages/collect.py): answers of the current policy to rank, the
-    data of the next round's reward model (InstructGPT's feedback loop)."""
-
-    # The policy that answers (folder or hub id); null = the previous round's `loop.policy_stage`
-    # (in round 1: this run's sft policy)
-    policy: Optional[str] = None
-    # More policies mixed in, as InstructGPT mixed its labellers' sources: answer j of a prompt
-    # comes from [policy, *mix_with][j mod their number]
-    mix_with: List[str] = field(default_factory=list)
-    # Prompts of these splits (rm: what the next RM trains on; eval: what it is measured on),
-    # or of `prompts_file` (a text file, one prompt a line) instead
-    splits: List[str] = field(default_factory=lambda: ["rm", "eval"])
-    prompts_file: Optional[str] = None
-    max_prompts: Optional[int] = 1024  # the first N prompts (of each split); null = all
-    answers_per_prompt: int = 4  # K sampled answers per prompt; exact duplicates dropped
-    temperature: float = 1.0
-    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
-    batch_size: int = 64  # prompts per generation batch
-    # Who ranks: gold = the toy task's simulated labeller (ranks by the gold scorer, swaps one
-    # adjacent pair with data.toy.label_noise as the built-in comparisons do); none = ranks left
-    # empty (null) for a person to fill in, in any tool (docs/collect.md)
-    labeller: str = "gold"
-    label_noise: Optional[float] = None  # the simulated labeller's noise; null = data.toy.label_noise
-
-
-@dataclass
-class LoopConfig:
-    """InstructGPT's rounds (docs/collect.md): round 1 is sft -> rm -> ppo; each later round
-    collects answers of the previous round's policy, ranks them, trains the reward model on old
-    and new comparisons and runs stage 3 again. Round n writes runs/<run>/round_<n>/<stage>;
-    the SFT policy is round 1's unless the round trains its own."""
-
-    round: int = 1
-    # round > 1: the reward model starts from the sft policy (retrain: sft) or from the previous
-    # round's reward model (continue training it: previous)
-    rm_from: str = "sft"
-    # round > 1: stage 3 starts from the sft policy (sft) or from the previous round's policy
-    # (previous); the frozen reference stays the policy it starts from
-    policy_from: str = "sft"
-    policy_stage: str = "ppo"  # the stage whose policy a later round collects on (ppo, dpo, bon_sft, sft)
 
 
 @dataclass
