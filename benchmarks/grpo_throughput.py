@@ -32,7 +32,7 @@ assert a.batch % a.group == 0 and a.batch % a.mini_batches == 0
 tok = workload.tokenizer(a.vocab)
 policy, ref = workload.policy_and_reference(a)
 torch.manual_seed(a.seed + 1)
-reward = LlamaForSequenceClassification(workload.llama_config(a, num_labels=1))
+reward = workload.place(LlamaForSequenceClassification(workload.llama_config(a, num_labels=1)), a)
 cfg = PPOStageConfig(advantage="grpo", samples_per_prompt=a.group, rollout_batch_size=a.batch,
                      mini_batch_size=a.batch // a.mini_batches, ppo_epochs=1, kl_in_reward=False,
                      kl_loss_coef=a.beta, kl_estimator="k3", micro_batch_size=a.micro_batch_size or None,

@@ -28,6 +28,7 @@ policy, ref = workload.policy_and_reference(a)
 reward = LlamaForSequenceClassification(workload.llama_config(a, num_labels=1))
 value = LlamaForSequenceClassification(workload.llama_config(a, num_labels=1))
 value.load_state_dict(reward.state_dict())
+reward, value = workload.place(reward, a), workload.place(value, a, trained=True)
 cfg = PPOStageConfig(rollout_batch_size=a.batch, mini_batch_size=a.batch // a.mini_batches, ppo_epochs=a.ppo_epochs,
                      micro_batch_size=a.micro_batch_size or None, learning_rate=1e-5, temperature=1.0)
 roles = Roles(policy=local_engine(policy, torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5), cfg),

@@ -31,6 +31,11 @@ def parser() -> argparse.ArgumentParser:
                    help="ours only (not in the peer scripts): episodes per forward/backward; 0 = the minibatch")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--seed", type=int, default=0)
+    # ours only: where and how the models compute (the peers run fp32 on the CPU)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute the trained models' activations in the backward pass (model.gradient_checkpointing)")
     return p
 
 
@@ -48,7 +53,15 @@ def policy_and_reference(a) -> tuple[LlamaForCausalLM, LlamaForCausalLM]:
     policy = LlamaForCausalLM(llama_config(a))
     ref = LlamaForCausalLM(llama_config(a))
     ref.load_state_dict(policy.state_dict())
-    return policy, ref.eval().requires_grad_(False)
+    return place(policy, a, trained=True), place(ref, a).eval().requires_grad_(False)
+
+
+def place(model, a, trained: bool = False):
+    """The model on --device in --dtype, with gradient checkpointing when trained and asked for."""
+    model = model.to(device=a.device, dtype=getattr(torch, a.dtype))
+    if trained and a.gradient_checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    return model
 
 
 def tokenizer(vocab: int) -> PreTrainedTokenizerFast:
@@ -70,6 +83,7 @@ def run_updates(roles, tok, cfg, a, batches, groups=None) -> tuple[dict[str, flo
     phases = {"generate_s": 0.0, "score_s": 0.0, "train_s": 0.0}
     t0 = time.perf_counter()
     for batch in batches:
+        sync(a)
         r = rollout(roles, tok, batch, cfg, max_new_tokens=a.response_len, groups=groups,
                     min_new_tokens=a.response_len)
         phases["generate_s"] += r.seconds["generate"]
@@ -78,15 +92,26 @@ def run_updates(roles, tok, cfg, a, batches, groups=None) -> tuple[dict[str, flo
         scores = shape_scores(r.scores, r.ended, clip=cfg.score_clip, no_eos_score=cfg.no_eos_score)
         _, advantages, returns = advantages_of(r, scores, cfg, cfg.beta)
         optimise(roles, r, advantages, returns, cfg, [], tok.pad_token_id)
+        sync(a)
         phases["train_s"] += time.perf_counter() - t
     return phases, time.perf_counter() - t0
 
 
+def sync(a) -> None:
+    """Waits for the GPU's queued work, so that a phase's clock stops when its work is done."""
+    if torch.device(a.device).type == "cuda":
+        torch.cuda.synchronize(a.device)
+
+
 def report(impl: str, a, phases: dict[str, float], wall: float) -> None:
     n = a.batch * a.updates
+    gpu = {}
+    if torch.device(a.device).type == "cuda":
+        gpu = {"peak_gpu_mb": round(torch.cuda.max_memory_allocated(a.device) / 2**20, 1),
+               "gpu": torch.cuda.get_device_name(a.device)}
     print(json.dumps({"impl": impl, "episodes": n, "updates": a.updates, "wall_s": round(wall, 3),
                       "episodes_per_s": round(n / wall, 3),
-                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **gpu,
                       "gen_tokens_per_s": round(n * a.response_len / phases["generate_s"], 1),
                       **{k: round(v, 3) for k, v in phases.items()},
                       "torch_threads": torch.get_num_threads(), "settings": vars(a)}))

@@ -132,6 +132,7 @@ def check(cfg: RLHFConfig) -> None:
     m = cfg.model
     if m.dtype not in ("float32", "bfloat16", "float16"):
         problems.append(f"model.dtype={m.dtype!r}: choose float32, bfloat16 or float16")
+    problems += attention_problems(m)
     if m.name_or_path is None:
         t = m.tiny
         if t.hidden_size % t.num_attention_heads:
@@ -352,3 +353,28 @@ def _bucket_total(fractions: dict[str, float], shared: list[str]) -> float:
     if len(shared) < 2:
         return sum(fractions.values())
     return sum(v for k, v in fractions.items() if k not in shared) + max(fractions[s] for s in shared)
+
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+def attention_problems(m) -> list[str]:
+    """model.attn_implementation: a kernel transformers has, and for flash_attention_2 the
+    package, a GPU and a half-precision dtype, refused here rather than deep inside loading."""
+    import importlib.util
+
+    import torch
+
+    setting = f"model.attn_implementation={m.attn_implementation!r}"
+    if m.attn_implementation not in ATTN_IMPLEMENTATIONS:
+        return [f"{setting}: choose one of {', '.join(ATTN_IMPLEMENTATIONS)}"]
+    if m.attn_implementation != "flash_attention_2":
+        return []
+    if importlib.util.find_spec("flash_attn") is None:
+        return [f"{setting} needs the flash-attn package, which is not installed here: pip install flash-attn "
+                "--no-build-isolation on the CUDA machine, or use model.attn_implementation=sdpa"]
+    if not torch.cuda.is_available():
+        return [f"{setting} runs on CUDA GPUs only and none is visible here; use model.attn_implementation=sdpa"]
+    if m.dtype == "float32":
+        return [f"{setting} needs model.dtype=bfloat16 or float16 (it has no float32 kernel)"]
+    return []

@@ -79,8 +79,13 @@ class ModelConfig:
     gguf_package: Optional[str] = None
     gguf_file: Optional[str] = None
     # Recompute activations in the backward pass instead of keeping them: less memory, about a
-    # third more compute. The trainer stages (SFT, RM, DPO, bon_sft) only, so far.
+    # third more compute. Every training stage (SFT, RM, DPO, bon_sft, stage 3's policy and
+    # critic), with or without DeepSpeed and LoRA; never in generation, which keeps its KV cache.
     gradient_checkpointing: bool = False
+    # The attention kernel: sdpa (PyTorch's fused attention, on every device), eager (plain
+    # matrix products; for debugging), or flash_attention_2 (CUDA, bf16/fp16, needs the
+    # flash-attn package: pip install flash-attn --no-build-isolation).
+    attn_implementation: str = "sdpa"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
 

@@ -38,6 +38,14 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def device() -> torch.device:
+    """Where this rank computes: its GPU (cuda:LOCAL_RANK, one per rank as torchrun and srun
+    place them) when CUDA is present, else the CPU. Every stage puts its models here; the
+    Trainer-based stages get the same from transformers, and DeepSpeed's engines place
+    themselves on it too."""
+    return torch.device(f"cuda:{local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
+
+
 def is_main_process() -> bool:
     """Rank 0, the only one that writes manifests, logs and final models; True when run alone."""
     return rank() == 0
@@ -292,6 +300,9 @@ def sharding_report(model) -> dict[str, Any]:
 def describe(model, cfg) -> dict[str, Any]:
     """For the manifest: how the stage ran, and every rank's share of the trained model's state
     (a collective: every rank calls it)."""
+    module = module_of(model)
     return {"world_size": world_size(), "deepspeed": cfg.deepspeed.name,
             "zero_stage": zero_stage(cfg.deepspeed.config) if cfg.deepspeed.name != "none" else None,
+            # what the model really did, not what was asked (a frozen role never checkpoints)
+            "gradient_checkpointing": bool(getattr(module, "is_gradient_checkpointing", False)),
             "ranks": gather_objects([{"rank": rank(), **sharding_report(model)}])}

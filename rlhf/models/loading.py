@@ -104,7 +104,8 @@ def _from_pretrained(auto_class, cfg: ModelConfig, source: str, dropout: float, 
     config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=cfg.trust_remote_code, **kw)
     set_dropout(config, dropout)
     return auto_class.from_pretrained(source, config=config, revision=revision,
-                                      trust_remote_code=cfg.trust_remote_code, dtype=getattr(torch, cfg.dtype))
+                                      trust_remote_code=cfg.trust_remote_code, dtype=getattr(torch, cfg.dtype),
+                                      attn_implementation=cfg.attn_implementation)
 
 
 def _fit_to_tokenizer(model, tokenizer):
@@ -145,7 +146,7 @@ def build_tiny_model(cfg: ModelConfig, tokenizer, dropout: float = 0.0):
     set_dropout(config, dropout)
     with torch.random.fork_rng(devices=[]), _no_zero3_init():  # seeded weights without touching the caller's RNG
         torch.manual_seed(t.seed)
-        return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
 
 
 @contextlib.contextmanager

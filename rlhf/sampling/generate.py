@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from transformers import DynamicCache
+from transformers import StaticCache
 
 from rlhf.core.ops import entropy_from_logits, pad_right, positions
 from rlhf.data import encode_prompts
@@ -40,7 +40,10 @@ def sample(model, input_ids, attention_mask, *, max_new_tokens: int, temperature
     # transformers renamed past_key_values to cache (5.x); accept either
     # (read from the transformers model inside a peft wrapper, whose forward takes **kwargs)
     cache_arg = "cache" if "cache" in inspect.signature(unwrap(model).forward).parameters else "past_key_values"
-    cache = DynamicCache(config=model.config)
+    # Preallocated for the whole response and written in place: DynamicCache grows by
+    # concatenation, a copy of every layer's keys and values per token (a third of a decoding
+    # step's time on the tiny model, measured on 2 CPU cores).
+    cache = StaticCache(config=model.config, max_cache_len=input_ids.shape[1] + max_new_tokens)
     attention_mask = attention_mask.clone()
     position = positions(attention_mask)[:, -1:]
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
@@ -75,7 +78,7 @@ def response_logprobs(model, sequences, attention_mask, prompt_len: int, tempera
     # logits_to_keep: the LM head runs on the response positions only, not on the prompt's
     response_len = sequences.shape[1] - prompt_len
     logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=positions(attention_mask),
-                   logits_to_keep=response_len + 1).logits[:, :-1].float()
+                   logits_to_keep=response_len + 1, use_cache=False).logits[:, :-1].float()
     if temperature != 1.0:  # skip a full copy of the logits when there is nothing to divide
         logits = logits / temperature
     targets = sequences[:, prompt_len:]

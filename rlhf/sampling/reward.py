@@ -67,7 +67,7 @@ class ModelReward:
                         chunk_rows: int) -> torch.Tensor:
         """The RM reads the last non-pad token: the EOS of an ended response. In chunks of
         `chunk_rows` (under ZeRO-3 each forward is a collective: every rank runs as many)."""
-        raw = [self.model(input_ids=seq, attention_mask=att, position_ids=positions(att)).logits[:, 0].float()
+        raw = [self.model(input_ids=seq, attention_mask=att, position_ids=positions(att), use_cache=False).logits[:, 0].float()
                for seq, att in zip(sequences.split(chunk_rows), attention_mask.split(chunk_rows))]
         return (torch.cat(raw) + self.bias) * self.scale
 
@@ -111,7 +111,7 @@ class FunctionReward:
     def score_sequences(self, sequences, attention_mask, prompts, texts, chunk_rows: int) -> torch.Tensor:
         if prompts is None:
             raise ValueError("a reward function scores (prompt, response) texts: pass the prompts to rollout()")
-        return self.score_texts(prompts, texts)
+        return self.score_texts(prompts, texts).to(sequences.device)
 
 
 def combine_members(scores: torch.Tensor, combine: str, std_coef: float) -> torch.Tensor:

@@ -27,7 +27,7 @@ import math
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.core import distributed
 from rlhf.core.artifacts import StageRun, save_final, write_atomic
-from rlhf.core.distributed import describe, is_main_process
+from rlhf.core.distributed import describe, device, is_main_process
 from rlhf.core.preemption import stop_request
 from rlhf.core.tracking import Tracker
 from rlhf.data import describe_source, encode_prompts, load_data
@@ -49,7 +49,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     bundle = load_data(cfg.data, tokenizer)
     prompts = [p.prompt for p in bundle.require("ppo", "prompts")][: b.prompts]
     eval_demos = bundle.require("eval", "demonstrations")
-    reward = build_reward(cfg.reward, lambda path: load_reward_model(cfg.model, tokenizer, path).eval(), tokenizer,
+    reward = build_reward(cfg.reward, lambda path: load_reward_model(cfg.model, tokenizer, path).to(device()).eval(), tokenizer,
                           inputs)
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), **inputs, "reward": reward.describe()}
     stage_run.manifest["data"] = {**bundle.summary(), "prompts": len(prompts)}
@@ -107,7 +107,7 @@ def _picks(cfg: RLHFConfig, k: int, policy_from: str, reward, tokenizer, prompts
     A candidate that never emitted EOS has score null and is picked only when none ended."""
     b = cfg.bon_sft
     mine = list(range(distributed.rank(), len(prompts), distributed.world_size()))
-    policy = load_causal_lm(cfg.model, tokenizer, policy_from).eval()
+    policy = load_causal_lm(cfg.model, tokenizer, policy_from).to(device()).eval()
     found = best_of_n(policy, reward, tokenizer, [prompts[i] for i in mine],
                       seeds=[cfg.seed + SEED_OFFSET + (k - 1) * b.n + j for j in range(b.n)],
                       max_new_tokens=b.max_new_tokens or cfg.data.max_response_tokens, temperature=b.temperature,

@@ -32,7 +32,7 @@ from pathlib import Path
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.core import distributed
 from rlhf.core.artifacts import StageRun, write_atomic
-from rlhf.core.distributed import is_main_process
+from rlhf.core.distributed import device, is_main_process
 from rlhf.data import describe_source, load_data
 from rlhf.data.records import PromptLike, prompt_key
 from rlhf.data.toy import gold_ranking, wrong_digit_near_miss
@@ -146,7 +146,7 @@ def _sample(cfg: RLHFConfig, policies: list[str], tokenizer, prompts: list[Promp
         answer_ids = [j for j in range(c.answers_per_prompt) if j % len(policies) == k]
         if not answer_ids:
             continue
-        policy = load_causal_lm(cfg.model, tokenizer, path).eval()
+        policy = load_causal_lm(cfg.model, tokenizer, path).to(device()).eval()
         for j in answer_ids:
             seed = cfg.seed + SEED_OFFSET + j
             samples = generate(policy, tokenizer, [prompts[i] for i in mine],

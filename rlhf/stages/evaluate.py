@@ -30,7 +30,7 @@ import numpy as np
 
 from rlhf.config import SPLITS, CompareConfig, ConfigError, RLHFConfig, SplitConfig
 from rlhf.core.artifacts import StageRun, write_atomic, write_json
-from rlhf.core.distributed import is_main_process
+from rlhf.core.distributed import device, is_main_process
 from rlhf.data import Comparison, DataError, describe_source, encode_responses, load_data
 from rlhf.models import load_reward_model, load_tokenizer
 from rlhf.sampling import score
@@ -65,7 +65,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     rm = None
     if reward_from is not None:
         try:
-            rm = load_reward_model(cfg.model, tokenizer, reward_from).eval()
+            rm = load_reward_model(cfg.model, tokenizer, reward_from).to(device()).eval()
         except OSError as err:  # what transformers raises for a folder or hub id it cannot find
             raise ConfigError(f"evaluate.reward_from={reward_from!r}: cannot load it ({err}); give a reward "
                               f"model's folder (e.g. runs/<run>/rm/final) or a hub id") from err

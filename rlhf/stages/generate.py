@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.core.artifacts import StageRun
+from rlhf.core.distributed import device
 from rlhf.models import load_causal_lm, load_tokenizer
 from rlhf.sampling import generate
 from rlhf.stages import latest_policy
@@ -29,7 +30,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     g = cfg.generate
     policy_from = g.policy or latest_policy(cfg)
     tokenizer = load_tokenizer(cfg.model)
-    policy = load_causal_lm(cfg.model, tokenizer, policy_from).eval()
+    policy = load_causal_lm(cfg.model, tokenizer, policy_from).to(device()).eval()
     greedy, temperature, max_new_tokens = settings(cfg, policy.generation_config)
     stage_run.manifest["inputs"] = {"policy": policy_from}
     stage_run.manifest["settings"] = {"greedy": greedy, "temperature": temperature, "max_new_tokens": max_new_tokens}

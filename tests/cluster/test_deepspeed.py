@@ -181,8 +181,10 @@ def test_zero2_dpo_trains_on_two_ranks_and_resumes_after_sigkill(root):
     assert max((before[k] - after[k]).abs().max().item() for k in before) > 1e-5
 
 
+# (with gradient checkpointing: recomputation under ZeRO-2's and ZeRO-3's hooks)
 GRPO = ["stage=ppo", "algo=grpo", "ppo.updates=3", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4",
-        "ppo.micro_batch_size=1", "ppo.eval_prompts=8", "ppo.save_every_updates=1", "ppo.learning_rate=1e-3"]
+        "ppo.micro_batch_size=1", "ppo.eval_prompts=8", "ppo.save_every_updates=1", "ppo.learning_rate=1e-3",
+        "model.gradient_checkpointing=true"]
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
@@ -251,6 +253,7 @@ def test_grpo_trains_on_two_ranks_without_a_critic_and_resumes_after_sigkill(roo
     # no critic: neither trained (no value/ state in any checkpoint) nor built (not among the roles)
     assert set(m["distributed"]) == {"policy", "ref", *(["reward"] if zero == "zero2" else ["reward_0", "reward_1"])}
     assert m["distributed"]["policy"]["zero_stage"] == int(zero[-1]) and m["distributed"]["policy"]["world_size"] == 2
+    assert m["distributed"]["policy"]["gradient_checkpointing"] and not m["distributed"]["ref"]["gradient_checkpointing"]
     kept = sorted(p.name for p in checkpoints.iterdir())
     assert "update_3" in kept and not any(p.endswith(".tmp") for p in kept), kept
     for name in kept:

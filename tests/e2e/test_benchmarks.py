@@ -26,3 +26,19 @@ def test_benchmark_prints_its_json_line(script, flags):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert KEYS <= set(result), KEYS - set(result)
     assert result["episodes"] == 16 and result["episodes_per_s"] > 0
+
+
+def test_the_gpu_check_rehearses_every_check_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh is meant to run unattended on a GPU machine nobody here has; its
+    rehearsal runs the same checks on the CPU at toy sizes, so a broken step shows up here first."""
+    out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-rehearsal", "--out", str(tmp_path),
+                          "--python", sys.executable], capture_output=True, text=True, timeout=600)
+    lines = [json.loads(line) for line in (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
+    by_check = {line["check"]: line for line in lines}
+    assert set(by_check) == {"env", "tests", "pipeline", "ppo", "ppo_checkpointing", "grpo", "grpo_checkpointing",
+                             "zero2"}, out.stderr[-3000:]
+    assert by_check["env"]["gpus"] == 0 and not by_check["env"]["ok"]  # no GPU here, and it says so
+    failed = {name: line.get("log_tail") for name, line in by_check.items() if name != "env" and line.get("ok") is False}
+    assert not failed, failed
+    assert set(by_check["pipeline"]["gold_score"]) == {"sft", "ppo", "bon:4"}
+    assert by_check["ppo_checkpointing"]["settings"]["gradient_checkpointing"] is True

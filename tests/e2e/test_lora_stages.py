@@ -13,7 +13,9 @@ from rlhf.models import REWARD_NORM_KEY
 
 @pytest.mark.slow
 def test_sft_rm_and_ppo_stages_run_with_lora(tmp_path, run_cli):
-    args = ["run=lora", "logger=none", "model.lora.enabled=true", "model.lora.r=4", "data.toy.num_prompts=1500"]
+    # with gradient checkpointing in every stage: the adapters' gradients flow through recomputed layers
+    args = ["run=lora", "logger=none", "model.lora.enabled=true", "model.lora.r=4", "data.toy.num_prompts=1500",
+            "model.gradient_checkpointing=true"]
 
     def rlhf(*extra):
         run_cli(*args, *extra, cwd=tmp_path, timeout=600)
@@ -29,6 +31,8 @@ def test_sft_rm_and_ppo_stages_run_with_lora(tmp_path, run_cli):
     dpo = json.loads((runs / "dpo" / "manifest.json").read_text())
     assert "adapter off" in dpo["inputs"]["reference"] and dpo["metrics"]["steps"] == 4
     assert 0.0 <= dpo["metrics"]["train_reward_accuracy"] <= 1.0
+    for stage in ("sft", "rm", "dpo"):
+        assert json.loads((runs / stage / "manifest.json").read_text())["distributed"]["gradient_checkpointing"], stage
     for stage in ("sft", "rm", "ppo", "dpo"):
         assert (runs / stage / "final" / "model.safetensors").exists()
         keys = load_file(runs / stage / "final_adapter" / "adapter_model.safetensors").keys()
@@ -38,7 +42,9 @@ def test_sft_rm_and_ppo_stages_run_with_lora(tmp_path, run_cli):
     assert max((sft[k] - dpo[k]).abs().max().item() for k in sft) > 1e-6  # the merged adapter moved the policy
     rm = AutoModelForSequenceClassification.from_pretrained(runs / "rm" / "final")
     assert getattr(rm.config, REWARD_NORM_KEY)["raw_std"] > 0  # normalisation survived the merge
-    assert json.loads((runs / "ppo" / "manifest.json").read_text())["metrics"]["updates"] == 3
+    ppo = json.loads((runs / "ppo" / "manifest.json").read_text())
+    assert ppo["metrics"]["updates"] == 3
+    assert ppo["distributed"]["policy"]["gradient_checkpointing"] and ppo["distributed"]["value"]["gradient_checkpointing"]
     assert (runs / "ppo" / "checkpoints" / "update_2" / "policy" / "adapter_model.safetensors").exists()
     rlhf("stage=ppo", "ppo.updates=4", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.eval_prompts=8",
          "ppo.critic_warmup_updates=1", "ppo.save_every_updates=2")  # resumes from the adapters of update_3

@@ -153,7 +153,7 @@ class ConstantRM(torch.nn.Module):
         self.raw = torch.tensor(raw)
         self.config = SimpleNamespace(**{REWARD_NORM_KEY: {"bias": bias, "raw_std": raw_std}})
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None):
         from types import SimpleNamespace
 
         return SimpleNamespace(logits=self.raw[input_ids[:, 0], None])  # row i's first token is i

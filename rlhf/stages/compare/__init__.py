@@ -34,7 +34,7 @@ import torch
 from rlhf.config import CompareConfig, ConfigError, RLHFConfig
 from rlhf.core import distributed
 from rlhf.core.artifacts import StageRun, write_atomic, write_json
-from rlhf.core.distributed import is_main_process
+from rlhf.core.distributed import device, is_main_process
 from rlhf.data import load_data
 from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
 from rlhf.sampling import Sample, best_of_n, build_reward, generate, response_logprob_sums, score
@@ -82,12 +82,12 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
                               f"(run `rlhf stage=rm run={cfg.run}`, or set compare.reward_from)")
         log.info("compare: no reward model in run %r, so the answers are judged by the gold scorer alone", cfg.run)
 
-    rm = load_reward_model(cfg.model, tokenizer, reward_from).eval() if reward_from else None
+    rm = load_reward_model(cfg.model, tokenizer, reward_from).to(device()).eval() if reward_from else None
     picker = bon_picker(cfg, tokenizer, rm, reward_from, policies)
-    reference = load_causal_lm(cfg.model, tokenizer, reference_from).eval()
+    reference = load_causal_lm(cfg.model, tokenizer, reference_from).to(device()).eval()
     bon_base = None
     if "sampled" in c.modes and any(spec.startswith("bon:") for spec in policies.values()):
-        bon_base = reference if bon_from == reference_from else load_causal_lm(cfg.model, tokenizer, bon_from).eval()
+        bon_base = reference if bon_from == reference_from else load_causal_lm(cfg.model, tokenizer, bon_from).to(device()).eval()
     results = judge(cfg, c, policies, prompts, out, tokenizer=tokenizer, rm=rm, gold_scorer=bundle.gold_scorer,
                     reference=reference, bon_base=bon_base, bon_reward=picker)
     if results is None:  # another rank's: rank 0 writes
@@ -113,7 +113,7 @@ def bon_picker(cfg: RLHFConfig, tokenizer, rm, reward_from, policies: dict[str, 
     if cfg.reward.source == "model" and not cfg.reward.add:
         return rm
     paths = {**({"reward_from": reward_from} if reward_from else {}), **reward_models(cfg)}
-    return build_reward(cfg.reward, lambda path: load_reward_model(cfg.model, tokenizer, path).eval(), tokenizer,
+    return build_reward(cfg.reward, lambda path: load_reward_model(cfg.model, tokenizer, path).to(device()).eval(), tokenizer,
                         paths)
 
 
@@ -222,7 +222,7 @@ def headline_metrics(results: dict) -> dict[str, float]:
 
 def _load_policy(cfg: RLHFConfig, tokenizer, field: str, spec: str):
     try:
-        return load_causal_lm(cfg.model, tokenizer, spec).eval()
+        return load_causal_lm(cfg.model, tokenizer, spec).to(device()).eval()
     except OSError as e:  # what transformers raises for a folder or hub id it cannot find
         bon = ", or bon:<n>" if field.startswith("compare.") else ""
         raise ConfigError(f"{field}={spec!r}: cannot load it ({e}); give a Hugging Face folder "

@@ -367,7 +367,9 @@ def ptx_loss(policy, examples: list[tuple[list[int], list[int]]], pad_id: int) -
     """Mean LM loss on demonstrations' response tokens (prompt ids, response ids), as SFT saw them."""
     input_ids, attention_mask = pad_right([p + r for p, r in examples], pad_id)
     labels, _ = pad_right([[-100] * len(p) + r for p, r in examples], -100)
-    return policy(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    device = next(module_of(policy).parameters()).device
+    return policy(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), labels=labels.to(device),
+                  use_cache=False).loss
 
 
 def rollout_stats(r: Rollout, scores: torch.Tensor, kl: torch.Tensor, returns: Optional[torch.Tensor], p,

@@ -158,14 +158,24 @@ def build_roles(cfg, policy, reward, critic=None, ref=None) -> Roles:
     adapter off) and the reward model."""
     p, ds = cfg.ppo, cfg.deepspeed
     world, micro = distributed.world_size(), micro_rows(p)
+    zero3 = ds.name != "none" and distributed.zero_stage(ds.config) == 3
+    if isinstance(reward, torch.nn.Module):
+        reward = ModelReward(reward, None, "model")
+    if not zero3:  # (ZeRO-3 loaded the weights sharded onto the device; its engines keep them there)
+        device = distributed.device()
+        policy, critic, ref = (m.to(device) if m is not None else None for m in (policy, critic, ref))
+        for member in reward.models():
+            member.model = member.model.to(device)
+    if cfg.model.gradient_checkpointing:  # (active in training mode only: rollouts keep their KV cache)
+        for model in (policy, critic):
+            if model is not None:
+                model.activation_checkpointing_enable({"use_reentrant": False})
     if cfg.model.lora.enabled:
         policy = apply_lora(policy, cfg.model.lora, "causal")
         critic = apply_lora(critic, cfg.model.lora, "score") if critic is not None else None
         ref = None  # after the policy's engine exists: the adapter-off view of its module
     else:
         ref = ref.eval().requires_grad_(False)
-    if isinstance(reward, torch.nn.Module):
-        reward = ModelReward(reward, None, "model")
     for member in reward.models():
         member.model = member.model.eval().requires_grad_(False)
     lrs = {"policy": p.learning_rate, "critic": p.value_learning_rate or p.learning_rate}
@@ -190,7 +200,7 @@ def build_roles(cfg, policy, reward, critic=None, ref=None) -> Roles:
         engines[name] = distributed.initialize(model, config, optimizer)
     if ref is None:
         ref = AdapterDisabled(distributed.module_of(engines["policy"]))
-    if ds.name != "none" and distributed.zero_stage(ds.config) == 3:
+    if zero3:
         def frozen(model):
             config = distributed.engine_config(ds.config, model, batch_size=micro * world,
                                                micro_batch_size_per_device=micro, max_grad_norm=p.max_grad_norm,

@@ -57,8 +57,8 @@ def token_values(critic, sequences, attention_mask, prompt_len: int) -> torch.Te
     hidden state (a sequence classifier reads only the last one)."""
     model = unwrap(module_of(critic))  # with LoRA: the adapters stay active, the score head is peft's copy
     backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=sequences, attention_mask=attention_mask,
-                      position_ids=positions(attention_mask)).last_hidden_state
+    hidden = backbone(input_ids=sequences, attention_mask=attention_mask, position_ids=positions(attention_mask),
+                      use_cache=False).last_hidden_state
     return model.score(hidden[:, prompt_len - 1:-1]).squeeze(-1).float()
 
 
@@ -71,9 +71,10 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
     holds EOS back until then (the throughput benchmark samples fixed-length responses)."""
     roles.policy.eval()
     start = time.perf_counter()
-    batch = tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt")
-    prompt_len = batch["input_ids"].shape[1]
     with full_weights(roles.policy) as policy:  # ZeRO-3: gathered once per rollout, not per token
+        device = next(policy.parameters()).device  # every tensor of the rollout lives there
+        batch = tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt").to(device)
+        prompt_len = batch["input_ids"].shape[1]
         responses, logprobs, entropy = sample(policy, batch["input_ids"], batch["attention_mask"],
                                               max_new_tokens=max_new_tokens, temperature=p.temperature,
                                               eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
@@ -96,8 +97,8 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
     ref_logprobs = torch.cat(parts["ref"]).float()
     values = torch.cat(parts["values"]).float() * mask if parts["values"] else None
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    scores = roles.reward.score_sequences(sequences, attention_mask, prompts, texts, micro_rows(p)).float()
+    scores = roles.reward.score_sequences(sequences, attention_mask, prompts, texts, micro_rows(p)).float().to(device)
     roles.policy.train()
     seconds = {"generate": generated - start, "score": time.perf_counter() - generated}
     return Rollout(sequences, attention_mask, mask.float(), logprobs, ref_logprobs, values, scores, ended, entropy,
-                   groups if groups is not None else torch.arange(len(sequences)), texts, seconds)
+                   (groups if groups is not None else torch.arange(len(sequences))).to(device), texts, seconds)
