@@ -76,6 +76,27 @@ def test_sampling_keeps_the_logprobs_a_full_forward_gives(roles, tokenizer):
     assert held_back.shape == (3, 6) and (held_back != tokenizer.eos_token_id).all()
 
 
+def test_the_in_place_kv_cache_samples_what_transformers_cache_samples(roles, tokenizer, monkeypatch):
+    """The sampler's own preallocated cache (rlhf.sampling.generate._InPlaceLayer) against
+    transformers' DynamicCache: the same tokens from the same seed, the same log-probs."""
+    import importlib
+
+    from transformers import DynamicCache
+
+    generate = importlib.import_module("rlhf.sampling.generate")
+    assert {type(layer).__name__ for layer in generate._kv_cache(roles.policy.config, 16).layers} == {"_InPlaceLayer"}
+    batch = tokenizer.pad({"input_ids": encode_prompts(tokenizer, PROMPTS)}, padding_side="left", return_tensors="pt")
+    outputs = []
+    for _ in ("ours", "transformers"):
+        torch.manual_seed(5)
+        outputs.append(sample(roles.policy, batch["input_ids"], batch["attention_mask"], max_new_tokens=8,
+                              temperature=1.0, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id))
+        monkeypatch.setattr(generate, "_kv_cache", lambda config, capacity: DynamicCache(config=config))
+    (ours, ours_logp, _), (theirs, theirs_logp, _) = outputs
+    assert torch.equal(ours, theirs) and ours.shape[1] > 1
+    assert torch.allclose(ours_logp, theirs_logp, atol=1e-5)
+
+
 def test_score_at_eos_penalty_without_eos_and_nothing_after_eos(roles, tokenizer, monkeypatch):
     eos, junk = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("Ġ9")
     digit = tokenizer.convert_tokens_to_ids("Ġ1")
