@@ -28,6 +28,17 @@ def test_benchmark_prints_its_json_line(script, flags):
     assert result["episodes"] == 16 and result["episodes_per_s"] > 0
 
 
+def test_the_floor_script_times_each_model_call():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "grpo_floor.py"), "--batch", "8", "--response-len", "6",
+                          "--prompt-len", "5", "--repeats", "2"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    parts = ("decode_s", "reference_s", "reward_s", "train_minibatch_s")
+    assert all(result[k] > 0 for k in parts)
+    assert result["update_s"] == pytest.approx(sum(result[k] for k in parts[:3]) + 2 * result["train_minibatch_s"],
+                                               abs=1e-3)
+
+
 def test_the_gpu_check_rehearses_every_check_on_the_cpu(tmp_path):
     """benchmarks/gpu_check.sh is meant to run unattended on a GPU machine nobody here has; its
     rehearsal runs the same checks on the CPU at toy sizes, so a broken step shows up here first."""
