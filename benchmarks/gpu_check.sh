@@ -36,7 +36,9 @@ case "$PY" in */*) PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY") ;; *) PY
 DTYPE=bfloat16 DEVICE=cuda
 BUDGET="data.toy.num_prompts=4000 sft.max_steps=300 rm.max_steps=150 ppo.updates=20 compare.prompts=128"
 SETTING="--vocab 32000 --hidden 1024 --intermediate 2816 --layers 8 --heads 16 --prompt-len 64 --response-len 128 --batch 64 --updates 3"
+LIMIT_SCALE=1
 if [ "$REHEARSAL" = 1 ]; then
+    LIMIT_SCALE=4  # a shared 2-core CI machine, not a GPU: the same steps, more time for each
     DTYPE=float32 DEVICE=cpu
     BUDGET="data.toy.num_prompts=1000 sft.max_steps=20 rm.max_steps=10 ppo.updates=2 ppo.eval_prompts=8 compare.prompts=8 sft.gold_eval_prompts=8"
     SETTING="--updates 2"
@@ -51,7 +53,7 @@ emit() { echo "$1" | tee -a "$JSONL"; }
 # check NAME SECONDS COMMAND...: runs it under a time limit; its stdout's JSON lines are the
 # figures (tagged with the check's name); its stderr goes to logs/NAME.log.
 check() {
-    local name=$1 limit=$2; shift 2
+    local name=$1 limit=$(($2 * LIMIT_SCALE)); shift 2
     local log="$OUTDIR/logs/$name.log" start=$SECONDS rc
     timeout --kill-after=10 "$limit" "$@" > "$log.out" 2> "$log"
     rc=$?
