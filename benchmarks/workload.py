@@ -13,6 +13,7 @@ from tokenizers import Tokenizer, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rlhf.algos.rewards import shape_scores
+from rlhf.models import enable_checkpointing
 from rlhf.stages.online_rl.loop import advantages_of, optimise
 from rlhf.stages.online_rl.rollout import rollout
 
@@ -60,7 +61,7 @@ def place(model, a, trained: bool = False):
     """The model on --device in --dtype, with gradient checkpointing when trained and asked for."""
     model = model.to(device=a.device, dtype=getattr(torch, a.dtype))
     if trained and a.gradient_checkpointing:
-        model.activation_checkpointing_enable({"use_reentrant": False})
+        enable_checkpointing(model)
     return model
 
 

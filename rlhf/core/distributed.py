@@ -300,9 +300,10 @@ def sharding_report(model) -> dict[str, Any]:
 def describe(model, cfg) -> dict[str, Any]:
     """For the manifest: how the stage ran, and every rank's share of the trained model's state
     (a collective: every rank calls it)."""
-    module = module_of(model)
+    from rlhf.models import is_checkpointing  # (models sit above core)
+
     return {"world_size": world_size(), "deepspeed": cfg.deepspeed.name,
             "zero_stage": zero_stage(cfg.deepspeed.config) if cfg.deepspeed.name != "none" else None,
             # what the model really did, not what was asked (a frozen role never checkpoints)
-            "gradient_checkpointing": bool(getattr(module, "is_gradient_checkpointing", False)),
+            "gradient_checkpointing": is_checkpointing(module_of(model)),
             "ranks": gather_objects([{"rank": rank(), **sharding_report(model)}])}

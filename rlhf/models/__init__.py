@@ -9,6 +9,8 @@ from rlhf.models.loading import (  # noqa: F401
     apply_lora,
     build_tiny_model,
     build_tiny_tokenizer,
+    enable_checkpointing,
+    is_checkpointing,
     is_peft,
     load_causal_lm,
     load_reward_model,
