@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rlhf.algos.rewards import shape_scores
-from rlhf.models import enable_checkpointing
+from rlhf.core.distributed import enable_checkpointing
 from rlhf.stages.online_rl.loop import advantages_of, optimise
 from rlhf.stages.online_rl.rollout import rollout
 

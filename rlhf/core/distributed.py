@@ -297,11 +297,30 @@ def sharding_report(model) -> dict[str, Any]:
             "optimizer_state_numel": optim}
 
 
+# ---- gradient checkpointing (a memory setting, beside the sharding ones) ----
+# transformers 5 renamed it activation checkpointing (the old names warn); 4.x has only the old.
+
+def enable_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (non-reentrant: works with frozen inputs, LoRA
+    and DeepSpeed's hooks); active in training mode only."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def is_checkpointing(model) -> bool:
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        try:
+            return bool(getattr(model, name))
+        except AttributeError:
+            continue
+    return False
+
+
 def describe(model, cfg) -> dict[str, Any]:
     """For the manifest: how the stage ran, and every rank's share of the trained model's state
     (a collective: every rank calls it)."""
-    from rlhf.models import is_checkpointing  # (models sit above core)
-
     return {"world_size": world_size(), "deepspeed": cfg.deepspeed.name,
             "zero_stage": zero_stage(cfg.deepspeed.config) if cfg.deepspeed.name != "none" else None,
             # what the model really did, not what was asked (a frozen role never checkpoints)

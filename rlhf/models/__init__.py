@@ -9,8 +9,6 @@ from rlhf.models.loading import (  # noqa: F401
     apply_lora,
     build_tiny_model,
     build_tiny_tokenizer,
-    enable_checkpointing,
-    is_checkpointing,
     is_peft,
     load_causal_lm,
     load_reward_model,

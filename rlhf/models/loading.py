@@ -165,27 +165,6 @@ def _no_zero3_init():
             hf_deepspeed.set_hf_deepspeed_config(active())
 
 
-# ---- gradient checkpointing ----
-# transformers 5 renamed it activation checkpointing (the old names warn); 4.x has only the old.
-
-def enable_checkpointing(model) -> None:
-    """Recompute activations in the backward pass (non-reentrant: works with frozen inputs, LoRA
-    and DeepSpeed's hooks); active in training mode only."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable({"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def is_checkpointing(model) -> bool:
-    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
-        try:
-            return bool(getattr(model, name))
-        except AttributeError:
-            continue
-    return False
-
-
 # ---- LoRA (peft) ----
 
 def peft_lora_config(lora, task: str):

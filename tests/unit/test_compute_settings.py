@@ -12,7 +12,8 @@ from rlhf.config import ConfigError, PPOStageConfig, RLHFConfig
 from rlhf.config.check import attention_problems
 from rlhf.core import distributed
 from rlhf.data import encode_prompts
-from rlhf.models import build_tiny_model, is_checkpointing
+from rlhf.core.distributed import is_checkpointing
+from rlhf.models import build_tiny_model
 from rlhf.stages.online_rl.roles import build_roles
 from rlhf.stages.online_rl.rollout import rollout
 from tests.conftest import ppo_update

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from rlhf.core import distributed
 from rlhf.core.distributed import is_main_process
-from rlhf.models import AdapterDisabled, apply_lora, enable_checkpointing
+from rlhf.models import AdapterDisabled, apply_lora
 from rlhf.sampling.reward import ModelReward
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def build_roles(cfg, policy, reward, critic=None, ref=None) -> Roles:
     if cfg.model.gradient_checkpointing:  # (active in training mode only: rollouts keep their KV cache)
         for model in (policy, critic):
             if model is not None:
-                enable_checkpointing(model)
+                distributed.enable_checkpointing(model)
     if cfg.model.lora.enabled:
         policy = apply_lora(policy, cfg.model.lora, "causal")
         critic = apply_lora(critic, cfg.model.lora, "score") if critic is not None else None
