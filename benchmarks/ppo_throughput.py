@@ -14,8 +14,6 @@ top_p 1; `ppo-epochs` epochs over `mini-batches` minibatches per update; `update
 from __future__ import annotations
 
 import torch
-from transformers import LlamaForSequenceClassification
-
 import workload  # benchmarks/workload.py, beside this script
 from rlhf.config import PPOStageConfig
 from rlhf.stages.online_rl.roles import Roles, local_engine
@@ -25,8 +23,8 @@ p.add_argument("--ppo-epochs", type=int, default=1)
 a = workload.parse(p)
 tok = workload.tokenizer(a.vocab)
 policy, ref = workload.policy_and_reference(a)
-reward = LlamaForSequenceClassification(workload.llama_config(a, num_labels=1))
-value = LlamaForSequenceClassification(workload.llama_config(a, num_labels=1))
+reward = workload.scorer(a)
+value = workload.scorer(a)
 value.load_state_dict(reward.state_dict())
 reward, value = workload.place(reward, a), workload.place(value, a, trained=True)
 cfg = PPOStageConfig(rollout_batch_size=a.batch, mini_batch_size=a.batch // a.mini_batches, ppo_epochs=a.ppo_epochs,

@@ -10,7 +10,8 @@ import time
 
 import torch
 from tokenizers import Tokenizer, models
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig,
+                          LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast)
 
 from rlhf.algos.rewards import shape_scores
 from rlhf.core.distributed import enable_checkpointing
@@ -37,6 +38,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute the trained models' activations in the backward pass (model.gradient_checkpointing)")
+    p.add_argument("--rollout-engine", default="hf", choices=("hf", "vllm"),
+                   help="what samples the rollouts (ppo.rollout_engine); vllm needs `make setup-vllm`'s environment")
+    p.add_argument("--vllm-enforce-eager", action="store_true",
+                   help="vllm.enforce_eager=true: no CUDA graphs / compilation (starts in seconds); eager is already the CPU default")
+    p.add_argument("--model", default=None,
+                   help="a Hugging Face folder of a causal LM (e.g. SmolLM2-135M) for the policy and reference instead of "
+                        "the built Llama (its vocabulary replaces --vocab; the size flags are then ignored); the reward "
+                        "and value models get its config with random weights")
     return p
 
 
@@ -45,15 +54,20 @@ def parse(p: argparse.ArgumentParser):
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.model:
+        a.vocab = AutoConfig.from_pretrained(a.model).vocab_size
     return a
 
 
 def policy_and_reference(a) -> tuple[LlamaForCausalLM, LlamaForCausalLM]:
     """The policy from --seed and its frozen reference, a copy of the same weights."""
     torch.manual_seed(a.seed)
-    policy = LlamaForCausalLM(llama_config(a))
-    ref = LlamaForCausalLM(llama_config(a))
-    ref.load_state_dict(policy.state_dict())
+    if a.model:
+        policy, ref = (AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32) for _ in range(2))
+    else:
+        policy = LlamaForCausalLM(llama_config(a))
+        ref = LlamaForCausalLM(llama_config(a))
+        ref.load_state_dict(policy.state_dict())
     return place(policy, a, trained=True), place(ref, a).eval().requires_grad_(False)
 
 
@@ -71,6 +85,14 @@ def tokenizer(vocab: int) -> PreTrainedTokenizerFast:
                                    pad_token="<pad>", eos_token="<eos>")
 
 
+def scorer(a):
+    """A reward or value model with random weights: the built Llama's config, or --model's."""
+    if a.model:
+        return AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(a.model, num_labels=1),
+                                                              dtype=torch.float32)
+    return LlamaForSequenceClassification(llama_config(a, num_labels=1))
+
+
 def llama_config(a, **kw) -> LlamaConfig:
     return LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
                        num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.heads,
@@ -82,11 +104,20 @@ def run_updates(roles, tok, cfg, a, batches, groups=None) -> tuple[dict[str, flo
     """One update per batch of prompt ids, exactly response-len tokens each, as the stage-3
     loop runs it; returns (seconds by phase, wall seconds)."""
     phases = {"generate_s": 0.0, "score_s": 0.0, "train_s": 0.0}
+    engine = None
+    if a.rollout_engine == "vllm":  # started before the clock (its start-up is reported apart)
+        from rlhf.config import VLLMConfig
+        from rlhf.sampling.vllm_engine import VLLMEngine
+
+        t = time.perf_counter()
+        engine = VLLMEngine(roles.policy, VLLMConfig(enforce_eager=True if a.vllm_enforce_eager else None), max_model_len=a.prompt_len + a.response_len + 1,
+                            dtype=a.dtype, seed=a.seed)
+        phases.update(engine_start_s=time.perf_counter() - t, sync_s=0.0)
     t0 = time.perf_counter()
     for batch in batches:
         sync(a)
         r = rollout(roles, tok, batch, cfg, max_new_tokens=a.response_len, groups=groups,
-                    min_new_tokens=a.response_len)
+                    min_new_tokens=a.response_len, engine=engine)
         phases["generate_s"] += r.seconds["generate"]
         phases["score_s"] += r.seconds["score"]
         t = time.perf_counter()
@@ -95,6 +126,8 @@ def run_updates(roles, tok, cfg, a, batches, groups=None) -> tuple[dict[str, flo
         optimise(roles, r, advantages, returns, cfg, [], tok.pad_token_id)
         sync(a)
         phases["train_s"] += time.perf_counter() - t
+        if engine is not None:  # the new weights into the engine, inside the clock: part of an update
+            phases["sync_s"] += engine.sync(roles.policy)
     return phases, time.perf_counter() - t0
 
 
@@ -110,6 +143,7 @@ def report(impl: str, a, phases: dict[str, float], wall: float) -> None:
     if torch.device(a.device).type == "cuda":
         gpu = {"peak_gpu_mb": round(torch.cuda.max_memory_allocated(a.device) / 2**20, 1),
                "gpu": torch.cuda.get_device_name(a.device)}
+    impl += "-vllm" if a.rollout_engine == "vllm" else ""
     print(json.dumps({"impl": impl, "episodes": n, "updates": a.updates, "wall_s": round(wall, 3),
                       "episodes_per_s": round(n / wall, 3),
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **gpu,

@@ -37,4 +37,5 @@ from rlhf.config.schema import (  # noqa: F401  (the names every layer imports f
     ToyConfig,
     TrainConfig,
     Truncate,
+    VLLMConfig,
 )

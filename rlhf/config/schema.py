@@ -223,6 +223,14 @@ class PPOStageConfig:
     samples_per_prompt: int = 1  # responses per prompt; they share a group id (group baselines use it)
     temperature: float = 1.0  # sampling: top_k 0, top_p 1, the policy's own distribution as PPO's math assumes
     max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
+    # What samples the rollouts: hf (our sampler on the policy itself) or vllm (a vLLM engine
+    # beside the trainer in each rank's process, its weights pushed from the policy after every
+    # update; settings in `vllm:`; install: make setup-vllm, docs/vllm.md). With vllm the PPO
+    # ratio's old log-probs still come from the policy's own forward pass (one more pass).
+    rollout_engine: str = "hf"
+    # vllm only: truncated importance sampling of the engine/policy mismatch (Yao et al. 2025):
+    # each token's advantage times min(pi_policy / pi_engine, tis_cap); null = off
+    tis_cap: Optional[float] = None
     no_eos_score: float = -5.0  # RM score given to a response that never emitted EOS (normalised units)
     score_clip: Optional[float] = None  # clip RM scores to +-this before use
     # --- reward = RM score on the last token - beta * KL per token
@@ -270,6 +278,28 @@ class PPOStageConfig:
     # a bad reward or advantage, the mini-batch for a bad loss or gradient norm (under DeepSpeed,
     # which steps inside backward, a bad loss or gradient norm still stops the run).
     skip_nonfinite: bool = False
+
+
+@dataclass
+class VLLMConfig:
+    """The vLLM engine of ppo.rollout_engine=vllm (rlhf/sampling/vllm_engine.py): one per rank,
+    in the trainer's process, colocated with the training on the same device. Left out of the
+    pipeline's fingerprint (as `deepspeed` is): these change how the rollouts run, not what they sample."""
+
+    # Share of the GPU's memory vLLM may take for its weights and KV cache (vLLM's own default,
+    # 0.9, leaves nothing for training beside it); ignored on CPU
+    gpu_memory_utilization: float = 0.3
+    # KV cache size in MiB; null = from gpu_memory_utilization on a GPU, 512 MiB on CPU
+    kv_cache_mib: Optional[int] = None
+    # true: no CUDA graphs / torch.compile (starts in seconds); null = eager on CPU (compiling
+    # there takes minutes and gained 20%), compiled on a GPU
+    enforce_eager: Optional[bool] = None
+    # On a GPU, between rollouts: 1 = weights offloaded to CPU memory and the KV cache freed for
+    # the training passes, 0 = the engine keeps its memory (faster; needs the room). vLLM's
+    # sleep mode exists on CUDA only; ignored elsewhere.
+    sleep_level: int = 1
+    # Sequences decoded at once (vLLM's max_num_seqs); null = vLLM's default
+    max_num_seqs: Optional[int] = None
 
 
 @dataclass
@@ -335,6 +365,7 @@ class RLHFConfig:
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     rm: RMStageConfig = field(default_factory=RMStageConfig)
     ppo: PPOStageConfig = field(default_factory=PPOStageConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
     dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
     bon_sft: BonSFTStageConfig = field(default_factory=BonSFTStageConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)

@@ -5,6 +5,7 @@ stage's last steps."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -53,14 +54,24 @@ def trainer_args(args_class, t: TrainConfig, cfg: RLHFConfig, checkpoints: Path 
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         # the datasets carry a "length" column (tokens of an example's longest sequence)
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        # trl turns it on by default (its configs' gradient_checkpointing=True); ours is the model's
-        # choice, under the name transformers 5 reads
-        activation_checkpointing=cfg.model.gradient_checkpointing,
         # A copy: the integration fills the "auto" values in place.
         deepspeed=copy.deepcopy(cfg.deepspeed.config) if cfg.deepspeed.name != "none" else None,
+        **_renamed_fields(args_class, t, cfg),
         **extra,
     )
+
+
+def _renamed_fields(args_class, t: TrainConfig, cfg: RLHFConfig) -> dict:
+    """The TrainingArguments fields transformers renamed, under the name this release has (the
+    vLLM environment runs transformers 5.19, the main one a later 5.x)."""
+    fields = {f.name for f in dataclasses.fields(args_class)}
+    # trl turns checkpointing on by default (its configs' gradient_checkpointing=True); ours is the model's choice
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    if "train_sampling_strategy" in fields:
+        sampling = {"train_sampling_strategy": "group_by_length" if t.group_by_length else "random"}
+    else:
+        sampling = {"group_by_length": t.group_by_length}
+    return {checkpointing: cfg.model.gradient_checkpointing, **sampling}
 
 
 COMPLETE = "COMPLETE"  # written into a Trainer checkpoint after every rank has finished it

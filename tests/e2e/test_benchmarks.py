@@ -47,9 +47,16 @@ def test_the_gpu_check_rehearses_every_check_on_the_cpu(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
     by_check = {line["check"]: line for line in lines}
     assert set(by_check) == {"env", "tests", "pipeline", "ppo", "ppo_checkpointing", "grpo", "grpo_checkpointing",
-                             "zero2"}, out.stderr[-3000:]
+                             "grpo_vllm", "zero2"}, out.stderr[-3000:]
     assert by_check["env"]["gpus"] == 0 and not by_check["env"]["ok"]  # no GPU here, and it says so
     failed = {name: line.get("log_tail") for name, line in by_check.items() if name != "env" and line.get("ok") is False}
     assert not failed, failed
     assert set(by_check["pipeline"]["gold_score"]) == {"sft", "ppo", "bon:4"}
     assert by_check["ppo_checkpointing"]["settings"]["gradient_checkpointing"] is True
+    # the vLLM engine's check runs where vLLM is installed, and says why not elsewhere
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        assert "make setup-vllm" in by_check["grpo_vllm"]["skipped"]
+    else:
+        assert by_check["grpo_vllm"]["settings"]["rollout_engine"] == "vllm"

@@ -77,6 +77,10 @@ def test_unknown_keys_and_wrong_types_fail_at_composition(override, named):
     (["deepspeed=zero2", "deepspeed.config.zero_optimization.stage=5"], ["zero_optimization.stage=5"]),
     (["evaluate.split=train", "evaluate.policies={a: runs/a/sft/final}", "evaluate.baseline=b"],
      ["evaluate.split='train'", "evaluate.baseline='b'"]),
+    (["ppo.rollout_engine=sglang"], ["ppo.rollout_engine='sglang'", "hf, vllm"]),
+    (["ppo.tis_cap=2"], ["ppo.tis_cap=2", "ppo.rollout_engine=vllm"]),
+    (["vllm.gpu_memory_utilization=1.5", "vllm.sleep_level=3", "vllm.kv_cache_mib=0"],
+     ["vllm.gpu_memory_utilization=1.5", "vllm.sleep_level=3", "vllm.kv_cache_mib=0"]),
 ])
 def test_inconsistent_fields_are_one_error_naming_them(overrides, fields):
     with pytest.raises(ConfigError) as err:
@@ -154,3 +158,14 @@ def test_slurm_launcher_config_composes_with_the_submitit_plugin():
         composed = compose(config_name="config", overrides=["hydra/launcher=slurm", "stage=ppo"], return_hydra_config=True)
     launcher = composed.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.signal_delay_s == 300
+
+
+def test_the_vllm_engine_without_vllm_installed_is_refused_before_a_pipeline_starts(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    for stage in ("ppo", "pipeline"):
+        with pytest.raises(ConfigError, match=r"ppo.rollout_engine=vllm needs vLLM.*make setup-vllm"):
+            load([f"stage={stage}", "ppo.rollout_engine=vllm"])
+    load(["stage=sft", "ppo.rollout_engine=vllm"])  # a stage that samples no rollout does not need it

@@ -153,3 +153,27 @@ def test_adaptive_kl_controller_follows_ziegler():
     restored = KLController(1.0)
     restored.load_state_dict(ctl.state_dict())
     assert restored.beta == ctl.beta and restored.target == 6.0
+
+
+def test_truncated_is_weights_and_the_mismatch_stats_match_a_loop():
+    from rlhf.algos.policy_loss import logprob_mismatch, truncated_is_weights
+
+    torch.manual_seed(0)
+    logprobs, engine = -torch.rand(3, 5) * 3, -torch.rand(3, 5) * 3
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]).float()
+    weights = truncated_is_weights(logprobs, engine, cap=1.5)
+    abs_sum = k3_sum = largest = 0.0
+    for i in range(3):
+        for t in range(5):
+            ratio = math.exp(logprobs[i, t] - engine[i, t])
+            assert weights[i, t].item() == pytest.approx(min(ratio, 1.5), rel=1e-5)
+            if mask[i, t]:
+                diff = (logprobs[i, t] - engine[i, t]).item()
+                abs_sum += abs(diff)
+                k3_sum += ratio - 1 - diff
+                largest = max(largest, abs(diff))
+    stats = logprob_mismatch(logprobs, engine, mask)
+    assert stats["engine_logprob_abs_diff"] == pytest.approx(abs_sum / mask.sum().item(), rel=1e-5)
+    assert stats["engine_kl_per_token"] == pytest.approx(k3_sum / mask.sum().item(), rel=1e-5)
+    assert stats["engine_logprob_max_abs_diff"] == pytest.approx(largest, rel=1e-5)
+    assert (weights <= 1.5).all() and (weights < 1.5).any()

@@ -4,7 +4,9 @@
         prompts     the next rollout_batch_size / samples_per_prompt prompts of the ppo split
         rollout     samples_per_prompt responses each, with reference log-probs, the critic's
                     values (when there is one) and the reward source's scores (rollout.py; the
-                    source: reward=model|function|ensemble, rlhf/sampling/reward.py)
+                    source: reward=model|function|ensemble, rlhf/sampling/reward.py); sampled by
+                    the policy, or by a vLLM engine holding its weights (ppo.rollout_engine=vllm:
+                    its mismatch with the policy logged, optionally corrected by ppo.tis_cap)
         rewards     the normalised score on the last token (no_eos_score for an unfinished
                     response), -beta * KL to the reference on every token (rlhf/algos/rewards.py;
                     with ppo.kl_in_reward=false the KL goes into the loss instead, as GRPO does)
@@ -14,6 +16,7 @@
         optimise    ppo_epochs x minibatches of the registered `ppo.policy_loss` (+ vf_coef x the
                     critic's clipped value loss, + ptx_coef x LM loss on demonstrations: PPO-ptx),
                     each minibatch's gradients accumulated over micro-batches into one step
+        sync        (vllm) the updated weights pushed into the engine
         log, evaluate, checkpoint
 
 PPO is the default set of pieces (conf/algo/ppo.yaml): a critic, `gae`, `ppo_clip`. trl 1.16 has
@@ -34,7 +37,7 @@ import torch
 from rlhf.algos.advantages import ADVANTAGES, AdvantageInput, needs_critic
 from rlhf.algos.critic import explained_variance, value_loss
 from rlhf.algos.kl import KLController, kl_per_token
-from rlhf.algos.policy_loss import POLICY_LOSSES
+from rlhf.algos.policy_loss import POLICY_LOSSES, logprob_mismatch, truncated_is_weights
 from rlhf.algos.rewards import shape_scores, token_rewards
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.core import distributed
@@ -88,6 +91,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
         prompts.load_state_dict(saved["prompts"])
         evals = list(saved.get("evals", []))
         log.info("resumed from %s at update %d", path, start)
+    engine = start_engine(cfg, roles, tokenizer, eval_prompts, max_new_tokens, stage_run, start)
     tracker = Tracker(cfg.logger, cfg.stage_dir, "ppo")
     stop = stop_request()
     guard = NonFiniteGuard(p.skip_nonfinite, "ppo.skip_nonfinite")
@@ -113,10 +117,17 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     for update in progress:
         batch_prompts, groups = next_prompts(prompts, p)
         r = rollout(roles, tokenizer, encode_prompts(tokenizer, batch_prompts), p, max_new_tokens, groups,
-                    prompts=batch_prompts)
+                    prompts=batch_prompts, engine=engine)
         started = time.perf_counter()
         scores = shape_scores(r.scores, r.ended, clip=p.score_clip, no_eos_score=p.no_eos_score)
         kl, advantages, returns = advantages_of(r, scores, p, kl_ctl.beta)
+        engine_stats = {}
+        if r.engine_logprobs is not None:
+            engine_stats = logprob_mismatch(r.logprobs, r.engine_logprobs, r.mask)
+            if p.tis_cap is not None:  # the policy-gradient terms reweighted for the engine's sampling
+                weights = truncated_is_weights(r.logprobs, r.engine_logprobs, p.tis_cap)
+                advantages = advantages * weights
+                engine_stats["tis_capped_frac"] = masked_mean((weights >= p.tis_cap).float(), r.mask).item()
         # Before any optimisation of this update: a nan reward or advantage reaches every weight.
         # (A skipped update saves no checkpoint: nothing changed since the last one.)
         if not guard.finite(f"update {update + 1}", "this update",
@@ -129,8 +140,10 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
                          guard=guard, where=f"update {update + 1}")
         if p.skip_nonfinite:
             stats["nonfinite_skipped"] = stage_run.metrics["nonfinite_skipped"] = guard.skipped
-        stats.update(rollout_stats(r, scores, kl, returns, p, kl_ctl.beta))
+        stats.update(rollout_stats(r, scores, kl, returns, p, kl_ctl.beta), **engine_stats)
         stats.update({f"time_{k}_s": v for k, v in r.seconds.items()}, time_train_s=time.perf_counter() - started)
+        if engine is not None:  # the engine samples the next rollout from the weights just updated
+            stats["time_sync_s"] = engine.sync(roles.policy)
         if data.gold_scorer is not None:
             stats["gold_score"] = sum(data.gold_scorer(q, t) for q, t in zip(batch_prompts, r.texts)) / len(r.texts)
         stats = distributed.mean_over_ranks(stats)
@@ -196,6 +209,34 @@ def load_roles(cfg: RLHFConfig, tokenizer, inputs: dict[str, str]) -> Roles:
                                                tokenizer, inputs),
                            ref=None if cfg.model.lora.enabled else load_causal_lm(cfg.model, tokenizer,
                                                                                   inputs["policy_from"]))
+
+
+def start_engine(cfg: RLHFConfig, roles: Roles, tokenizer, probe_prompts: list, max_new_tokens: int,
+                 stage_run: StageRun, update: int):
+    """ppo.rollout_engine=vllm: the vLLM engine, holding the policy's weights as they are now (at
+    the start, or as a resumed checkpoint left them), checked against the policy on the probe
+    prompts: the largest |log-prob difference| goes to the log and to the manifest's metrics
+    (`engine_sync_check`). None for the hf engine."""
+    if cfg.ppo.rollout_engine != "vllm":
+        return None
+    from rlhf.sampling.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(roles.policy, cfg.vllm, dtype=cfg.model.dtype, seed=cfg.seed + distributed.rank(),
+                        max_model_len=cfg.data.max_prompt_tokens + max_new_tokens + 1)
+    probe = [ids for ids in encode_prompts(tokenizer, probe_prompts[:8]) if len(ids) > 1]
+    if probe:
+        engine_side = engine.sequence_logprobs(probe)
+        padded = tokenizer.pad({"input_ids": probe}, padding_side="right", return_tensors="pt")
+        device = distributed.device()
+        with torch.no_grad():
+            policy_side, _ = response_logprobs(roles.policy, padded["input_ids"].to(device),
+                                               padded["attention_mask"].to(device), 1, 1.0)
+        diff = max((policy_side[i, :len(e)].cpu() - e).abs().max().item() for i, e in enumerate(engine_side))
+        stage_run.metrics["engine_sync_check"] = {"update": update, "max_abs_logprob_diff": diff,
+                                                  "tokens": sum(len(e) for e in engine_side)}
+        log.info("vLLM engine holds the policy's weights of update %d: largest |log-prob difference| %.2g over "
+                 "%d probe tokens", update, diff, sum(len(e) for e in engine_side))
+    return engine
 
 
 def algorithm_name(p) -> str:

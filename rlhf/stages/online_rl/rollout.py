@@ -2,7 +2,9 @@
 
 Each prompt is answered `samples_per_prompt` times (the copies share a group id); every
 response is sampled from the policy (temperature T, top_k 0, top_p 1) and cut after its first
-EOS, keeping each token's log-prob as it is sampled; then one forward pass each of the reference,
+EOS, keeping each token's log-prob as it is sampled (ppo.rollout_engine=vllm: sampled by a vLLM
+engine holding the policy's weights, and the log-probs then taken by one forward pass of the
+policy, the engine's kept beside them); then one forward pass each of the reference,
 the critic (when there is one) and the reward source's models (a function reads the decoded
 text), in chunks of micro-batch rows to bound the memory of the reference's logits. Turning
 scores into rewards is the loop's business, not this.
@@ -16,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from rlhf.core import distributed
 from rlhf.core.distributed import full_weights, module_of
 from rlhf.core.ops import positions
 from rlhf.models import unwrap
@@ -37,6 +40,9 @@ class Rollout:
     groups: torch.Tensor  # [B] the prompt each response answers
     texts: list[str]  # decoded responses
     seconds: dict[str, float]  # wall time of this rollout's phases: generate, score
+    # [B, R] the sampling engine's own log-probs when that is not the policy (vLLM), else None;
+    # `logprobs` are then the policy's, from a forward pass over the sampled sequences
+    engine_logprobs: Optional[torch.Tensor] = None
 
     @property
     def prompt_len(self) -> int:
@@ -64,36 +70,57 @@ def token_values(critic, sequences, attention_mask, prompt_len: int) -> torch.Te
 
 @torch.no_grad()
 def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tokens: int,
-            groups: Optional[torch.Tensor] = None, min_new_tokens: int = 0, prompts: Optional[list] = None) -> Rollout:
+            groups: Optional[torch.Tensor] = None, min_new_tokens: int = 0, prompts: Optional[list] = None,
+            engine=None) -> Rollout:
     """`prompt_ids` are formatted prompts (rlhf.data.encode_prompts), one row per response;
     `groups` their prompt ids (default: each its own); `prompts` the prompts themselves, which a
     reward function scores with the decoded responses (a reward model reads the tokens). min_new_tokens > 0
-    holds EOS back until then (the throughput benchmark samples fixed-length responses)."""
+    holds EOS back until then (the throughput benchmark samples fixed-length responses).
+    `engine`: a vLLM engine holding the policy's weights (rlhf.sampling.vllm_engine) to sample
+    with; None samples from the policy itself."""
     roles.policy.eval()
     start = time.perf_counter()
-    with full_weights(roles.policy) as policy:  # ZeRO-3: gathered once per rollout, not per token
-        device = next(policy.parameters()).device  # every tensor of the rollout lives there
+    engine_logprobs = None
+    if engine is None:
+        with full_weights(roles.policy) as policy:  # ZeRO-3: gathered once per rollout, not per token
+            device = next(policy.parameters()).device  # every tensor of the rollout lives there
+            batch = tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt").to(device)
+            responses, logprobs, entropy = sample(policy, batch["input_ids"], batch["attention_mask"],
+                                                  max_new_tokens=max_new_tokens, temperature=p.temperature,
+                                                  eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                                                  min_new_tokens=min_new_tokens)
+    else:
+        device = distributed.device()
         batch = tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt").to(device)
-        prompt_len = batch["input_ids"].shape[1]
-        responses, logprobs, entropy = sample(policy, batch["input_ids"], batch["attention_mask"],
-                                              max_new_tokens=max_new_tokens, temperature=p.temperature,
-                                              eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                                              min_new_tokens=min_new_tokens)
+        # one seed per response, drawn from this rank's torch generator: reproducible, and resumed with it
+        seeds = torch.randint(0, 2**31 - 1, (len(prompt_ids),)).tolist()
+        responses, engine_logprobs = engine.sample(prompt_ids, max_new_tokens=max_new_tokens,
+                                                   temperature=p.temperature, eos_id=tokenizer.eos_token_id,
+                                                   pad_id=tokenizer.pad_token_id, min_new_tokens=min_new_tokens,
+                                                   seeds=seeds, device=device)
+    prompt_len = batch["input_ids"].shape[1]
     mask, ended = eos_mask(responses, tokenizer.eos_token_id)
     responses = torch.where(mask.bool(), responses, tokenizer.pad_token_id)  # tokens after EOS -> PAD
-    logprobs, entropy = logprobs * mask, entropy * mask
     sequences = torch.cat([batch["input_ids"], responses], 1)
     attention_mask = torch.cat([batch["attention_mask"], mask], 1)
 
     generated = time.perf_counter()
 
-    parts: dict[str, list[torch.Tensor]] = {"ref": [], "values": []}
+    parts: dict[str, list[torch.Tensor]] = {"ref": [], "values": [], "policy": [], "entropy": []}
     # (under ZeRO-3 each of these forward passes is a collective: every rank runs as many chunks)
     for rows in torch.arange(len(sequences)).split(micro_rows(p)):
         seq, att = sequences[rows], attention_mask[rows]
+        if engine is not None:  # the PPO ratio's old log-probs from the policy itself, not the engine's numerics
+            policy_logprobs, policy_entropy = response_logprobs(roles.policy, seq, att, prompt_len, p.temperature,
+                                                                with_entropy=True)
+            parts["policy"].append(policy_logprobs.float())
+            parts["entropy"].append(policy_entropy.float())
         parts["ref"].append(response_logprobs(roles.ref, seq, att, prompt_len, p.temperature)[0])
         if roles.critic is not None:
             parts["values"].append(token_values(roles.critic, seq, att, prompt_len))
+    if engine is not None:
+        logprobs, entropy, engine_logprobs = torch.cat(parts["policy"]), torch.cat(parts["entropy"]), engine_logprobs * mask
+    logprobs, entropy = logprobs * mask, entropy * mask
     ref_logprobs = torch.cat(parts["ref"]).float()
     values = torch.cat(parts["values"]).float() * mask if parts["values"] else None
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
@@ -101,4 +128,5 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
     roles.policy.train()
     seconds = {"generate": generated - start, "score": time.perf_counter() - generated}
     return Rollout(sequences, attention_mask, mask.float(), logprobs, ref_logprobs, values, scores, ended, entropy,
-                   (groups if groups is not None else torch.arange(len(sequences))).to(device), texts, seconds)
+                   (groups if groups is not None else torch.arange(len(sequences))).to(device), texts, seconds,
+                   engine_logprobs)
