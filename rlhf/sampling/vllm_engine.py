@@ -83,7 +83,8 @@ class VLLMEngine:
         _quiet_known_warnings()
         started = time.perf_counter()
         try:
-            with self._global_rng_kept():
+            with self._global_rng_kept(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # vLLM's start touches torch's deprecated names
                 self.llm = LLM(**args)
         finally:  # the engine has read the config; nothing reads the folder again
             shutil.rmtree(folder, ignore_errors=True)
