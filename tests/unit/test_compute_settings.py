@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from rlhf.config import ConfigError, PPOStageConfig, RLHFConfig
-from rlhf.config.check import attention_problems
+from rlhf.config.runtime import attention_problems
 from rlhf.core import distributed
 from rlhf.data import encode_prompts
 from rlhf.core.distributed import is_checkpointing

@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 
 from rlhf.algos.advantages import ADVANTAGES, AdvantageInput, needs_critic
-from rlhf.algos.critic import explained_variance, value_loss
+from rlhf.algos.critic import value_loss
 from rlhf.algos.kl import KLController, kl_per_token
 from rlhf.algos.policy_loss import POLICY_LOSSES, logprob_mismatch, truncated_is_weights
 from rlhf.algos.rewards import shape_scores, token_rewards
@@ -54,7 +54,7 @@ from rlhf.sampling import build_reward, gold_evaluation, response_logprobs
 from rlhf.stages import resolve_inputs, reward_models
 from rlhf.stages.online_rl.checkpoint import load_latest, save_checkpoint
 from rlhf.stages.online_rl.roles import LocalEngine, Roles, build_roles, micro_rows
-from rlhf.stages.online_rl.rollout import Rollout, rollout, token_values
+from rlhf.stages.online_rl.rollout import Rollout, rollout, rollout_stats, start_engine, token_values
 
 log = logging.getLogger(__name__)
 
@@ -209,34 +209,6 @@ def load_roles(cfg: RLHFConfig, tokenizer, inputs: dict[str, str]) -> Roles:
                                                tokenizer, inputs),
                            ref=None if cfg.model.lora.enabled else load_causal_lm(cfg.model, tokenizer,
                                                                                   inputs["policy_from"]))
-
-
-def start_engine(cfg: RLHFConfig, roles: Roles, tokenizer, probe_prompts: list, max_new_tokens: int,
-                 stage_run: StageRun, update: int):
-    """ppo.rollout_engine=vllm: the vLLM engine, holding the policy's weights as they are now (at
-    the start, or as a resumed checkpoint left them), checked against the policy on the probe
-    prompts: the largest |log-prob difference| goes to the log and to the manifest's metrics
-    (`engine_sync_check`). None for the hf engine."""
-    if cfg.ppo.rollout_engine != "vllm":
-        return None
-    from rlhf.sampling.vllm_engine import VLLMEngine
-
-    engine = VLLMEngine(roles.policy, cfg.vllm, dtype=cfg.model.dtype, seed=cfg.seed + distributed.rank(),
-                        max_model_len=cfg.data.max_prompt_tokens + max_new_tokens + 1)
-    probe = [ids for ids in encode_prompts(tokenizer, probe_prompts[:8]) if len(ids) > 1]
-    if probe:
-        engine_side = engine.sequence_logprobs(probe)
-        padded = tokenizer.pad({"input_ids": probe}, padding_side="right", return_tensors="pt")
-        device = distributed.device()
-        with torch.no_grad():
-            policy_side, _ = response_logprobs(roles.policy, padded["input_ids"].to(device),
-                                               padded["attention_mask"].to(device), 1, 1.0)
-        diff = max((policy_side[i, :len(e)].cpu() - e).abs().max().item() for i, e in enumerate(engine_side))
-        stage_run.metrics["engine_sync_check"] = {"update": update, "max_abs_logprob_diff": diff,
-                                                  "tokens": sum(len(e) for e in engine_side)}
-        log.info("vLLM engine holds the policy's weights of update %d: largest |log-prob difference| %.2g over "
-                 "%d probe tokens", update, diff, sum(len(e) for e in engine_side))
-    return engine
 
 
 def algorithm_name(p) -> str:
@@ -411,21 +383,3 @@ def ptx_loss(policy, examples: list[tuple[list[int], list[int]]], pad_id: int) -
     device = next(module_of(policy).parameters()).device
     return policy(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), labels=labels.to(device),
                   use_cache=False).loss
-
-
-def rollout_stats(r: Rollout, scores: torch.Tensor, kl: torch.Tensor, returns: Optional[torch.Tensor], p,
-                  beta: float) -> dict[str, float]:
-    """What to watch together: score up with length up and KL running away is reward hacking."""
-    beta = beta if p.kl_in_reward else 0.0  # the KL penalty's share of the reward
-    stats = {
-        "score": scores.mean().item(),
-        "score_raw": r.scores.mean().item(),  # the reward source's, before the no-EOS score and clipping
-        "kl": kl.sum(1).mean().item(),  # per sequence, nats
-        "non_score_reward": (-beta * kl).sum(1).mean().item(),
-        "entropy": masked_mean(r.entropy, r.mask).item(),
-        "response_length": r.mask.sum(1).mean().item(),
-        "eos_rate": r.ended.float().mean().item(),
-    }
-    if r.values is not None and returns is not None:
-        stats["explained_variance"] = explained_variance(r.values, returns, r.mask).item()
-    return stats

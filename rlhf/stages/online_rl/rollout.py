@@ -12,18 +12,25 @@ scores into rewards is the loop's business, not this.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from rlhf.algos.critic import explained_variance
+from rlhf.config import RLHFConfig
 from rlhf.core import distributed
+from rlhf.core.artifacts import StageRun
 from rlhf.core.distributed import full_weights, module_of
-from rlhf.core.ops import positions
+from rlhf.core.ops import masked_mean, positions
+from rlhf.data import encode_prompts
 from rlhf.models import unwrap
 from rlhf.sampling import response_logprobs, sample
 from rlhf.stages.online_rl.roles import Roles, micro_rows
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,3 +137,49 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
     return Rollout(sequences, attention_mask, mask.float(), logprobs, ref_logprobs, values, scores, ended, entropy,
                    (groups if groups is not None else torch.arange(len(sequences))).to(device), texts, seconds,
                    engine_logprobs)
+
+
+def start_engine(cfg: RLHFConfig, roles: Roles, tokenizer, probe_prompts: list, max_new_tokens: int,
+                 stage_run: StageRun, update: int):
+    """ppo.rollout_engine=vllm: the vLLM engine, holding the policy's weights as they are now (at
+    the start, or as a resumed checkpoint left them), checked against the policy on the probe
+    prompts: the largest |log-prob difference| goes to the log and to the manifest's metrics
+    (`engine_sync_check`). None for the hf engine."""
+    if cfg.ppo.rollout_engine != "vllm":
+        return None
+    from rlhf.sampling.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(roles.policy, cfg.vllm, dtype=cfg.model.dtype, seed=cfg.seed + distributed.rank(),
+                        max_model_len=cfg.data.max_prompt_tokens + max_new_tokens + 1)
+    probe = [ids for ids in encode_prompts(tokenizer, probe_prompts[:8]) if len(ids) > 1]
+    if probe:
+        engine_side = engine.sequence_logprobs(probe)
+        padded = tokenizer.pad({"input_ids": probe}, padding_side="right", return_tensors="pt")
+        device = distributed.device()
+        with torch.no_grad():
+            policy_side, _ = response_logprobs(roles.policy, padded["input_ids"].to(device),
+                                               padded["attention_mask"].to(device), 1, 1.0)
+        diff = max((policy_side[i, :len(e)].cpu() - e).abs().max().item() for i, e in enumerate(engine_side))
+        stage_run.metrics["engine_sync_check"] = {"update": update, "max_abs_logprob_diff": diff,
+                                                  "tokens": sum(len(e) for e in engine_side)}
+        log.info("vLLM engine holds the policy's weights of update %d: largest |log-prob difference| %.2g over "
+                 "%d probe tokens", update, diff, sum(len(e) for e in engine_side))
+    return engine
+
+
+def rollout_stats(r: Rollout, scores: torch.Tensor, kl: torch.Tensor, returns: Optional[torch.Tensor], p,
+                  beta: float) -> dict[str, float]:
+    """What to watch together: score up with length up and KL running away is reward hacking."""
+    beta = beta if p.kl_in_reward else 0.0  # the KL penalty's share of the reward
+    stats = {
+        "score": scores.mean().item(),
+        "score_raw": r.scores.mean().item(),  # the reward source's, before the no-EOS score and clipping
+        "kl": kl.sum(1).mean().item(),  # per sequence, nats
+        "non_score_reward": (-beta * kl).sum(1).mean().item(),
+        "entropy": masked_mean(r.entropy, r.mask).item(),
+        "response_length": r.mask.sum(1).mean().item(),
+        "eos_rate": r.ended.float().mean().item(),
+    }
+    if r.values is not None and returns is not None:
+        stats["explained_variance"] = explained_variance(r.values, returns, r.mask).item()
+    return stats
