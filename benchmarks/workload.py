@@ -110,8 +110,9 @@ def run_updates(roles, tok, cfg, a, batches, groups=None) -> tuple[dict[str, flo
         from rlhf.sampling.vllm_engine import VLLMEngine
 
         t = time.perf_counter()
-        engine = VLLMEngine(roles.policy, VLLMConfig(enforce_eager=True if a.vllm_enforce_eager else None), max_model_len=a.prompt_len + a.response_len + 1,
-                            dtype=a.dtype, seed=a.seed)
+        settings = VLLMConfig(enforce_eager=True if a.vllm_enforce_eager else None)
+        engine = VLLMEngine(roles.policy, settings, max_model_len=a.prompt_len + a.response_len + 1, dtype=a.dtype,
+                            seed=a.seed)
         phases.update(engine_start_s=time.perf_counter() - t, sync_s=0.0)
     t0 = time.perf_counter()
     for batch in batches:

@@ -29,6 +29,7 @@ import torch
 
 from rlhf.core import distributed
 from rlhf.core.distributed import full_weights
+from rlhf.models import unwrap
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class VLLMEngine:
         device = distributed.device()
         self.on_cuda = device.type == "cuda"
         folder = tempfile.mkdtemp(prefix="rlhf-vllm-")
-        model = _base_model(distributed.module_of(policy))
+        model = unwrap(distributed.module_of(policy))
         config = copy.deepcopy(model.config)
         config.architectures = [type(model).__name__]  # what vLLM picks its implementation by
         config.save_pretrained(folder)  # the config only: the weights come from sync()
@@ -203,17 +204,12 @@ def _quiet_known_warnings() -> None:
             logger.addFilter(_KnownWarnings(starts))
 
 
-def _base_model(module):
-    """The transformers model inside a peft wrapper, or the module itself."""
-    return module.get_base_model() if hasattr(module, "get_base_model") and hasattr(module, "peft_config") else module
-
-
 @torch.no_grad()
 def merged_weights(module) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of the model's weights under transformers' names, as vLLM loads them. With
     LoRA: each adapted weight is base + the active adapters' delta (a new tensor; the policy is
     left unmerged, so its training goes on exactly as before)."""
-    base = _base_model(module)
+    base = unwrap(module)
     if base is module:
         yield from base.state_dict().items()
         return
