@@ -21,5 +21,6 @@ setup(
     packages=find_packages(include=["rlhf", "rlhf.*"]) + ["rlhf.conf"],
     package_dir={"rlhf.conf": "conf"},
     # `**` matches any depth, zero included: conf/config.yaml and conf/hydra/launcher/slurm.yaml.
-    package_data={"rlhf.conf": ["**/*.yaml"]},
+    # The labelling page's own files (rlhf-rank --web) ship beside its server.
+    package_data={"rlhf.conf": ["**/*.yaml"], "rlhf.rank": ["static/*"]},
 )

@@ -82,3 +82,37 @@ def ppo_update(roles, r, p, beta: float) -> dict:
     kl, advantages, returns = advantages_of(r, scores, p, beta)
     stats = optimise(roles, r, advantages, returns, p, [], pad_id=0, train_policy=True)
     return {**stats, **rollout_stats(r, scores, kl, returns, p, beta)}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_label_server(path: Path, tokens: dict[str, str], *extra: str) -> tuple[subprocess.Popen, str]:
+    """`rlhf-rank PATH --web` with these labellers (a --tokens file beside PATH) on a free port;
+    returns the process and its URL once it answers. The caller stops it (SIGINT exports)."""
+    import time
+    import urllib.request
+
+    token_file = path.with_name(path.name + ".tokens")
+    token_file.write_text("".join(f"{name} {token}\n" for name, token in tokens.items()))
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "rlhf.rank", str(path), "--web", "--port", str(port),
+                               "--tokens", str(token_file), *extra], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"rlhf-rank --web exited {server.returncode}:\n{server.stdout.read()}")
+        try:
+            urllib.request.urlopen(url + "/api/health", timeout=1)
+            return server, url
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    pytest.fail("rlhf-rank --web did not answer within 60 s")

@@ -21,6 +21,7 @@ from rlhf.config.schema import (  # noqa: F401  (the names every layer imports f
     LoraConfig,
     OasstConfig,
     ModelConfig,
+    MultiLabel,
     OnError,
     PPOStageConfig,
     PrepareConfig,

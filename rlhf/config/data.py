@@ -26,6 +26,14 @@ class DataFormat(enum.Enum):
     prompt = "prompt"  # prompt only -> Prompt (PPO / eval prompts)
 
 
+class MultiLabel(enum.Enum):
+    """How a prompt that several labellers ranked (`labels` in a file `rlhf-rank --web` exported)
+    becomes training data."""
+
+    mean_rank = "mean_rank"  # one comparison, ranked by the labellers' mean rank (the file's `rank`s)
+    each = "each"  # one comparison per labeller's ranking (agreement weighs in by repetition)
+
+
 # What to do with a bad record. raise: stop at the first one with an error naming it;
 # skip: drop bad records, count them by reason and report the counts. (Built with the functional
 # API because OmegaConf matches enum *names* and `raise` is a Python keyword.)
@@ -49,6 +57,7 @@ class FieldMap:
     message_id: str = "message_id"  # oasst format: the message's id, its parent's, and its author
     parent_id: str = "parent_id"
     role: str = "role"  # "prompter" or "assistant"
+    labels: str = "labels"  # ranked format: each labeller's ranking ({labeller, ranks}), from rlhf-rank --web
 
 
 @dataclass
@@ -116,6 +125,7 @@ class SourceConfig:
     # Weight of this source's records: 2 keeps each record twice, 0.5 about half of them (chosen
     # by a hash of the prompt, so the same half on every run); 1 = as read.
     weight: float = 1.0
+    multi_label: MultiLabel = MultiLabel.mean_rank  # ranked format: prompts ranked by several labellers
     oasst: OasstConfig = field(default_factory=OasstConfig)
 
 

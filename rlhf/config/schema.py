@@ -28,6 +28,7 @@ from rlhf.config.data import (  # noqa: E402,F401  (part of the schema; imported
     DataConfig,
     DataFormat,
     FieldMap,
+    MultiLabel,
     OasstConfig,
     OnError,
     SourceConfig,

@@ -181,7 +181,7 @@ def load_data(cfg: DataConfig, tokenizer, *, check_splits: bool = True) -> DataB
             rows = _counted(rows, counts)
             if src.format is DataFormat.oasst:
                 rows = oasst.conversations(rows, src.fields, src.oasst)
-            adapt = sources.ADAPTERS[src.format.value]
+            adapt = sources.adapter(src)
             for location, row in rows:
                 if isinstance(row, RecordError):
                     reject(_Located(location, None, src.name), row)

@@ -8,6 +8,7 @@ can name where the bad record is. JSON lines are parsed here, line by line, rath
 from __future__ import annotations
 
 import codecs
+import functools
 import gzip
 import json
 import re
@@ -18,6 +19,7 @@ from typing import Any, Callable, Iterator
 from rlhf.data.records import (
     DataError,
     Demonstration,
+    Dropped,
     Prompt,
     Record,
     RecordError,
@@ -276,8 +278,13 @@ def _last_answer(value: object, field: str) -> tuple[list[dict], str]:
     return [check_message(m, f"{field}[{i}]") for i, m in enumerate(value[:-1])], answer
 
 
-def ranked(row: Row, f, source: str) -> list[Record]:
+def ranked(row: Row, f, source: str, *, each_label: bool = False) -> list[Record]:
+    """`each_label` (data.multi_label=each): a row with several labellers' rankings (`f.labels`,
+    as `rlhf-rank --web` exports) gives one comparison per ranking instead of their aggregate."""
     prompt = check_prompt(get(row, f.prompt), f.prompt)
+    labels = get(row, f.labels, required=False)
+    if each_label and labels is not None:
+        return _each_label(row, f, source, prompt, labels)
     items = get(row, f.responses)
     if not isinstance(items, list):
         raise RecordError(f.responses, f"expected a list, got {type(items).__name__}", "wrong_type")
@@ -304,9 +311,35 @@ def ranked(row: Row, f, source: str) -> list[Record]:
         distinct = sorted({r for r, _ in pairs})
         texts, ranks = [t for _, t in pairs], [distinct.index(r) for r, _ in pairs]
     if len(set(ranks)) < 2 and len(texts) >= 2:
+        if isinstance(labels, list) and len(labels) > 1:  # each labeller ranked, and they cancel out
+            raise Dropped(f.responses, "the labellers' rankings cancel out (every mean rank equal)",
+                          "labellers_disagree")
         raise RecordError(f.responses, "every response has the same rank, so there is nothing to "
                           "learn from this comparison", "all_tied")
     return [make_comparison(prompt, texts, ranks, f.responses, None, source)]
+
+
+def _each_label(row: Row, f, source: str, prompt, labels: object) -> list[Record]:
+    items = get(row, f.responses)
+    if not isinstance(labels, list) or not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+        raise RecordError(f.labels, "expected a list of {labeller, ranks} beside a list of response objects",
+                          "wrong_type")
+    texts = [check_response(get(x, f.response_text), f"{f.responses}[{i}].{f.response_text}", compared=True)
+             for i, x in enumerate(items)]
+    comparisons = []
+    for n, label in enumerate(labels):
+        ranks = label.get("ranks") if isinstance(label, dict) else None
+        if not isinstance(ranks, list) or len(ranks) != len(texts) or \
+                not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks):
+            raise RecordError(f"{f.labels}[{n}].ranks", f"expected {len(texts)} whole-number ranks, one per response",
+                              "wrong_type")
+        if len(set(ranks)) < 2:
+            raise RecordError(f"{f.labels}[{n}].ranks", "every response has the same rank", "all_tied")
+        order = sorted(range(len(texts)), key=lambda i: ranks[i])  # best first; stable, so ties keep file order
+        distinct = sorted(set(ranks))
+        comparisons.append(make_comparison(prompt, [texts[i] for i in order], [distinct.index(ranks[i]) for i in order],
+                                           f.responses, None, source))
+    return comparisons
 
 
 _TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -365,6 +398,13 @@ def _reply(turns: list[dict]) -> str:
 
 def prompt_only(row: Row, f, source: str) -> list[Record]:
     return [Prompt(check_prompt(get(row, f.prompt), f.prompt), source)]
+
+
+def adapter(src) -> Callable[[Row, Any, str], list[Record]]:
+    """The row -> records function of a source's format, with the source's own settings bound."""
+    if src.format.value == "ranked":
+        return functools.partial(ranked, each_label=src.multi_label.value == "each")
+    return ADAPTERS[src.format.value]
 
 
 ADAPTERS: dict[str, Callable[[Row, Any, str], list[Record]]] = {

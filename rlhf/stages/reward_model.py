@@ -153,7 +153,7 @@ def with_collected(cfg: RLHFConfig) -> DataConfig:
     if not cfg.rm.use_collected:
         return cfg.data
     collected = [SourceConfig(name=f"collected_round_{n}", format=DataFormat.ranked, path=str(path),
-                              weight=cfg.rm.collected_weight) for n, path in collected_files(cfg).items()]
+                              weight=cfg.rm.collected_weight, multi_label=cfg.data.multi_label) for n, path in collected_files(cfg).items()]
     for source in collected:
         log.info("RM: reading %s as source %s (weight %s)", source.path, source.name, source.weight)
     return dataclasses.replace(cfg.data, sources=[*cfg.data.sources, *collected]) if collected else cfg.data

@@ -209,7 +209,7 @@ def test_loading_an_unranked_file_names_the_file_and_its_first_unranked_line(tmp
 
 
 def test_an_order_typed_best_first_becomes_ranks_with_ties():
-    from rlhf.rank import parse_order
+    from rlhf.rank.terminal import parse_order
 
     assert parse_order("2 1 3", 3) == [1, 0, 2]
     assert parse_order("2=1 3 4", 4) == [0, 0, 1, 2]
