@@ -64,15 +64,9 @@ def create_app(path: Path, store: LabelStore, *, export_on_stop: bool = True) ->
             print(f"rlhf-rank: wrote {summary['exported']} labelled prompts into {path}", flush=True)
 
     app = FastAPI(title="rlhf-rank", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.add_middleware(_BodyLimit)
+    app.add_middleware(_Guard)
 
-    @app.middleware("http")
-    async def security_headers(request, call_next):
-        response = await call_next(request)
-        response.headers.update(HEADERS)
-        return response
-
-    def labeller(authorization: str = Header(default="")) -> str:
+    async def labeller(authorization: str = Header(default="")) -> str:
         token = authorization.removeprefix("Bearer ").strip()
         for name, known in store.labellers().items():
             if token and hmac.compare_digest(token.encode(), known.encode()):
@@ -84,51 +78,51 @@ def create_app(path: Path, store: LabelStore, *, export_on_stop: bool = True) ->
         return JSONResponse({"detail": str(e)}, status_code=422)
 
     @app.get("/", include_in_schema=False)
-    def page():
+    async def page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @app.get("/favicon.ico", include_in_schema=False)
-    def favicon():
+    async def favicon():
         return Response(status_code=204)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/api/health")
-    def health():
+    async def health():
         return {"ok": True, "file": path.name}
 
     @app.post("/api/login")
-    def login(body: SignIn):
+    async def login(body: SignIn):
         known = store.labellers().get(body.name)
         if known is None or not hmac.compare_digest(body.token.encode(), known.encode()):
             raise HTTPException(401, "no labeller with that name and token: use the ones rlhf-rank printed at start")
         return {"name": body.name}
 
     @app.get("/api/next")
-    def next_item(me: str = Depends(labeller)):
+    async def next_item(me: str = Depends(labeller)):
         key = store.next_item(me)
         return {"labeller": me, "item": _item(key, me) if key else None, "progress": store.progress(me),
                 "flags": FLAGS}
 
     @app.post("/api/labels")
-    def submit(body: Label, me: str = Depends(labeller)):
+    async def submit(body: Label, me: str = Depends(labeller)):
         store.submit(me, body.key, body.ranks, body.ratings, body.flags)
         return {"ok": True, "progress": store.progress(me)}
 
     @app.post("/api/skip")
-    def skip(body: Skip, me: str = Depends(labeller)):
+    async def skip(body: Skip, me: str = Depends(labeller)):
         store.skip(me, body.key)
         return {"ok": True, "progress": store.progress(me)}
 
     @app.post("/api/undo")
-    def undo(me: str = Depends(labeller)):
+    async def undo(me: str = Depends(labeller)):
         undone = store.undo(me)
         if undone is None:
             raise HTTPException(409, "nothing to undo")
         return undone
 
     @app.get("/api/summary")
-    def summary(me: str = Depends(labeller)):
+    async def summary(me: str = Depends(labeller)):
         return store.summary()
 
     def _item(key: str, me: str) -> dict:
@@ -143,19 +137,28 @@ def create_app(path: Path, store: LabelStore, *, export_on_stop: bool = True) ->
     return app
 
 
-class _BodyLimit:
-    """Refuses a request body over MAX_BODY bytes (413) or a write that does not say its length
-    (411), before any of it is read into memory."""
+class _Guard:
+    """Plain ASGI (Starlette's decorator middleware costs a task per request): refuses a body over
+    MAX_BODY bytes (413) or a write that does not say its length (411) before any of it is read,
+    and adds HEADERS to every response."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []),
+                                      *((k.lower().encode(), v.encode()) for k, v in HEADERS.items())]
+            await send(message)
+
+        if scope["method"] in ("POST", "PUT", "PATCH"):
             length = dict(scope["headers"]).get(b"content-length")
             status = 411 if length is None else 413 if not length.isdigit() or int(length) > MAX_BODY else None
             if status:
                 detail = "say the body's length (Content-Length)" if status == 411 else f"body over {MAX_BODY} bytes"
-                await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+                return await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send_with_headers)
+        await self.app(scope, receive, send_with_headers)

@@ -45,7 +45,8 @@ RATINGS = range(1, 8)  # overall quality, 1 (worst) to 7 (best)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS labellers (name TEXT PRIMARY KEY, token TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, idx INTEGER NOT NULL, copies INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS items (idx INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, copies INTEGER NOT NULL,
+    labelled INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS labels (key TEXT NOT NULL, labeller TEXT NOT NULL, ranks TEXT NOT NULL,
     ratings TEXT NOT NULL, flags TEXT NOT NULL, seconds REAL, at REAL NOT NULL, PRIMARY KEY (key, labeller));
 CREATE TABLE IF NOT EXISTS skips (key TEXT NOT NULL, labeller TEXT NOT NULL, at REAL NOT NULL,
@@ -54,7 +55,8 @@ CREATE TABLE IF NOT EXISTS claims (key TEXT NOT NULL, labeller TEXT NOT NULL, at
     PRIMARY KEY (key, labeller));
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
     labeller TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, payload TEXT);
-CREATE INDEX IF NOT EXISTS labels_by_key ON labels (key);
+CREATE INDEX IF NOT EXISTS labels_by_labeller ON labels (labeller);
+CREATE INDEX IF NOT EXISTS skips_by_labeller ON skips (labeller);
 CREATE INDEX IF NOT EXISTS claims_by_key ON claims (key);
 """
 
@@ -88,8 +90,9 @@ class LabelStore:
             self._db.executemany("DELETE FROM items WHERE key = ?", [(k,) for k in self.missing])
             start = self._db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM items").fetchone()[0]
             new = [k for k, r in self.records.items() if k not in known and collected.unranked(r)]
-            self._db.executemany("INSERT INTO items VALUES (?, ?, ?)",
-                                 [(k, start + i, overlap_copies if shared(k, overlap) else 1) for i, k in enumerate(new)])
+            self._db.executemany("INSERT INTO items (idx, key, copies) VALUES (?, ?, ?)",
+                                 [(start + i, k, overlap_copies if shared(k, overlap) else 1) for i, k in enumerate(new)])
+            self._tokens = dict(self._db.execute("SELECT name, token FROM labellers"))
 
     def close(self) -> None:
         self._db.close()
@@ -105,10 +108,11 @@ class LabelStore:
             for name, token in tokens.items():
                 self._db.execute("INSERT INTO labellers VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET token = excluded.token",
                                  (name, token))
+            self._tokens.update(tokens)
 
     def labellers(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self._db.execute("SELECT name, token FROM labellers ORDER BY name"))
+        """name -> token (kept in memory too: every request looks its token up)."""
+        return dict(sorted(self._tokens.items()))
 
     # ---- the work: next, submit, skip, undo --------------------------------------------------
 
@@ -122,10 +126,10 @@ class LabelStore:
             for skipped_too in (False, True):  # skipped prompts come back once nothing else is left
                 row = self._db.execute(f"""
                     SELECT i.key FROM items i
-                    WHERE NOT EXISTS (SELECT 1 FROM labels l WHERE l.key = i.key AND l.labeller = :me)
+                    WHERE i.labelled < i.copies
+                      AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.key = i.key AND l.labeller = :me)
                       {"" if skipped_too else "AND NOT EXISTS (SELECT 1 FROM skips s WHERE s.key = i.key AND s.labeller = :me)"}
-                      AND (SELECT COUNT(*) FROM labels l WHERE l.key = i.key)
-                        + (SELECT COUNT(*) FROM claims c WHERE c.key = i.key AND c.at > :fresh) < i.copies
+                      AND i.labelled + (SELECT COUNT(*) FROM claims c WHERE c.key = i.key AND c.at > :fresh) < i.copies
                     ORDER BY i.idx LIMIT 1""", {"me": labeller, "fresh": now - CLAIM_SECONDS}).fetchone()
                 if row:
                     self._db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (row[0], labeller, now))
@@ -139,6 +143,8 @@ class LabelStore:
         with self._transaction():
             claimed = self._db.execute("SELECT at FROM claims WHERE key = ? AND labeller = ?", (key, labeller)).fetchone()
             label = (json.dumps(ranks), json.dumps(ratings), json.dumps(flags), now - claimed[0] if claimed else None)
+            if self._label(key, labeller) is None:  # a second submit of the same prompt replaces the first
+                self._db.execute("UPDATE items SET labelled = labelled + 1 WHERE key = ?", (key,))
             self._db.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?, ?, ?)", (key, labeller, *label, now))
             self._db.execute("DELETE FROM claims WHERE key = ? AND labeller = ?", (key, labeller))
             self._db.execute("DELETE FROM skips WHERE key = ? AND labeller = ?", (key, labeller))
@@ -166,6 +172,8 @@ class LabelStore:
                 return None
             key, _, kind = last
             previous = self._label(key, labeller) if kind == "label" else None
+            if kind == "label":
+                self._db.execute("UPDATE items SET labelled = labelled - 1 WHERE key = ?", (key,))
             self._db.execute(f"DELETE FROM {'labels' if kind == 'label' else 'skips'} WHERE key = ? AND labeller = ?",
                              (key, labeller))
             self._db.execute("DELETE FROM claims WHERE labeller = ?", (labeller,))
@@ -217,8 +225,7 @@ class LabelStore:
 
     def progress(self, labeller: str) -> dict:
         with self._lock:
-            total, done = self._db.execute("""SELECT COUNT(*), COALESCE(SUM((SELECT COUNT(*) FROM labels l
-                WHERE l.key = i.key) >= i.copies), 0) FROM items i""").fetchone()
+            total, done = self._db.execute("SELECT COUNT(*), COALESCE(SUM(labelled >= copies), 0) FROM items").fetchone()
             mine = self._db.execute("SELECT COUNT(*) FROM labels WHERE labeller = ?", (labeller,)).fetchone()[0]
             skipped = self._db.execute("SELECT COUNT(*) FROM skips WHERE labeller = ?", (labeller,)).fetchone()[0]
         return {"done": done, "total": total, "mine": mine, "skipped": skipped}
