@@ -28,6 +28,7 @@ _NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "runs", "outputs", "multir
 CONFIGS = sorted(p.relative_to(ROOT / "conf").as_posix() for p in (ROOT / "conf").rglob("*.yaml"))
 MODULES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "rlhf").rglob("*.py")
                  if "__pycache__" not in p.parts)
+STATIC = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "rlhf" / "rank" / "static").iterdir())
 
 
 def _run(cmd, **kw):
@@ -71,6 +72,7 @@ def test_wheel_holds_every_config_and_every_module(wheel):
     assert sorted(n.removeprefix("rlhf/conf/") for n in names if n.startswith("rlhf/conf/")) == CONFIGS
     # Package discovery: every subpackage of rlhf is in, none listed by hand.
     assert set(MODULES) <= names
+    assert set(STATIC) <= names  # the labelling page's own files (rlhf-rank --web)
     assert {n.split("/")[0] for n in names} == {"rlhf", wheel.name.split("-py")[0] + ".dist-info"}
 
 
