@@ -236,7 +236,7 @@ def test_two_labellers_at_once_on_shared_prompts_and_their_agreement_by_hand(new
             assert ann.prompt() == bob.prompt() == prompts[i]["prompt"]
             bob.rank(bob_ranks[i])
             ann.rank(ann_ranks[i])
-        ann.js("document.getElementById('show-summary').click()")
+        ann.press("g")  # the summary view's key
         text = ann.wait(lambda: ann.js("return document.getElementById('summary').hidden ? null : "
                                        "document.getElementById('summary-agreement').textContent"), "the summary")
     finally:

@@ -233,6 +233,7 @@ function keys(event) {
   if ($("help").open) return;
   const k = event.key;
   if (k === "?") { $("help").showModal(); event.preventDefault(); return; }
+  if (k === "g" && token) { $("summary").hidden ? summary() : load().catch((e) => say(e.message)); event.preventDefault(); return; }
   if ($("label").hidden) { if ((k === "u" || (k === "z" && event.ctrlKey)) && !$("done").hidden) undo(); return; }
   const down = k === "ArrowDown" || k === "j", up = k === "ArrowUp" || k === "k";
   if ((event.shiftKey && k === "ArrowUp") || k === "K") move(selected, selected - 1);
@@ -261,6 +262,7 @@ function helpTable() {
                 ["1 - 7", "rate the selected answer's quality"],
                 ...Object.entries(FLAG_KEYS).map(([f, key]) => [key, "flag: " + f.replace("_", " ")]),
                 ["Enter", "submit"], ["s", "skip for now"], ["u, Ctrl+z", "undo your last label or skip"],
+                ["g", "the summary, and back"],
                 ["?", "these keys"]];
   for (const [key, what] of rows) {
     const tr = document.createElement("tr");
