@@ -75,14 +75,18 @@ class DataBundle:
     every: Split = field(default_factory=lambda: Split("all"))  # every kept record, in read order
     per_source: dict[str, dict] = field(default_factory=dict)  # rows read, records kept, empty responses
 
-    def require(self, split: str, kind: str) -> list:
-        """The records of one kind in one split; an empty list is an error a stage can act on."""
+    def require(self, split: str, kind: str, stage: str) -> list:
+        """The records of one kind in one split that `stage` needs. Any split may be empty after
+        loading (prepare summarises a comparisons-only file); it is an error only here, when a
+        stage that needs it runs."""
         items = getattr(self.every if split == "all" else self.splits[split], kind)
         if not items:
             hint = (" Comparisons give demonstrations with data.demonstrations_from_comparisons=true."
-                    if kind == "demonstrations" else "")
-            raise DataError(f"{self.source}: split {split!r} has no {kind}; this stage needs them."
-                            f"{hint} Per split: { {n: s.counts() for n, s in self.splits.items()} }")
+                    if kind == "demonstrations" and not any(s.demonstrations for s in self.splits.values())
+                    and any(s.comparisons for s in self.splits.values()) else "")
+            raise DataError(f"stage {stage} needs {kind} in split {split!r}, and {self.source} has none there "
+                            f"(per split: { {n: s.counts() for n, s in self.splits.items()} }). Use data that has "
+                            f"them, or raise data.splits.{split} if it is 0 or small.{hint}")
         return items
 
     def summary(self) -> dict:
@@ -101,6 +105,8 @@ class DataBundle:
             "truncated": dict(self.truncated.counts),
             "truncated_first_at": dict(self.truncated.first_at),
             "unassigned_prompts": self.unassigned_prompts,
+            # prompt turns with nothing in them, kept as they are (released HH-RLHF holds some)
+            "empty_turns": sum(c.get("empty_turns", 0) for c in self.per_source.values()),
             "sources": {name: {**counts, "skipped": by_source(self.skips, name),
                                "dropped": by_source(self.dropped, name),
                                "truncated": by_source(self.truncated, name)}
@@ -150,9 +156,9 @@ class _Located:
     response_lens: list[int] = field(default_factory=list)
 
 
-def load_data(cfg: DataConfig, tokenizer, *, check_splits: bool = True) -> DataBundle:
-    """Every source of `cfg` -> validated, length-fitted records -> splits. `check_splits=False`
-    for a caller that reads `bundle.every` (stage=evaluate on a file kept for evaluation)."""
+def load_data(cfg: DataConfig, tokenizer) -> DataBundle:
+    """Every source of `cfg` -> validated, length-fitted records -> splits. A split may come out
+    empty: the stage that needs it says so (DataBundle.require)."""
     skip = cfg.on_error.value == "skip"
     skips, dropped, truncated = Tally(), Tally(), Tally()
     per_source: dict[str, dict] = {}
@@ -169,7 +175,8 @@ def load_data(cfg: DataConfig, tokenizer, *, check_splits: bool = True) -> DataB
     located: list[_Located] = []
     labels = []
     for src in [cfg, *cfg.sources]:
-        counts = per_source.setdefault(src.name, {"rows_read": 0, "records_kept": 0, "empty_responses": 0})
+        counts = per_source.setdefault(src.name, {"rows_read": 0, "records_kept": 0, "empty_responses": 0,
+                                                  "empty_turns": 0})
         first = len(located)
         if src.format is DataFormat.toy:
             labels.append("toy")
@@ -204,6 +211,8 @@ def load_data(cfg: DataConfig, tokenizer, *, check_splits: bool = True) -> DataB
         kept.append(item)
         per_source[item.source]["records_kept"] += 1
         per_source[item.source]["empty_responses"] += sum(not t.strip() for t in _responses(item.record))
+        if not isinstance(item.record.prompt, str):
+            per_source[item.source]["empty_turns"] += sum(not m["content"].strip() for m in item.record.prompt)
 
     # 3. split by prompt hash
     splits = {name: Split(name) for name in SPLITS}
@@ -222,11 +231,6 @@ def load_data(cfg: DataConfig, tokenizer, *, check_splits: bool = True) -> DataB
                 split.prompts.append(Prompt(item.record.prompt, item.source))
                 split.prompt_tokens.append(item.prompt_len)
 
-    for name, s in splits.items():
-        if check_splits and getattr(cfg.splits, name) > 0 and not s.prompts:
-            raise DataError(f"{source}: split {name!r} is empty (data.splits.{name}="
-                            f"{getattr(cfg.splits, name)} of {len(kept)} valid records). Use more "
-                            f"data, raise the fraction, or set it to 0 if the split is not needed.")
     bundle = DataBundle(source, splits, sum(c["rows_read"] for c in per_source.values()), len(kept), skips,
                         len(unassigned), toy.gold_score if cfg.format is DataFormat.toy else None,
                         dropped=dropped, truncated=truncated, every=every, per_source=per_source)

@@ -115,6 +115,8 @@ def check_prompt(value: object, field: str) -> PromptLike:
         if not value:
             raise RecordError(field, "empty list of messages", "empty_prompt")
         messages = tuple(check_message(m, f"{field}[{i}]") for i, m in enumerate(value))
+        if not any(m["content"].strip() for m in messages):
+            raise RecordError(field, "every message is empty", "empty_prompt")
         if messages[-1]["role"] != "user":
             raise RecordError(field, f"the last message must be the user's turn to answer, "
                               f"got role {messages[-1]['role']!r}", "bad_messages")
@@ -134,8 +136,8 @@ def check_message(value: object, field: str) -> Message:
     if not isinstance(content, str):
         raise RecordError(f"{field}.content", f"expected a string, got {type(content).__name__}",
                           "wrong_type")
-    if not content.strip():
-        raise RecordError(f"{field}.content", "empty message", "empty_prompt")
+    # An empty turn is kept as it is (released HH-RLHF conversations hold empty Assistant turns
+    # between Human turns) and counted as empty_turns; only a prompt with nothing in it is refused.
     # Only the two keys every chat template reads are kept (extra keys such as OASST's ids would
     # otherwise change the split hash of an identical prompt).
     return _FrozenMessage(role=role, content=content)
@@ -161,15 +163,17 @@ def check_response(value: object, field: str, *, compared: bool = False) -> str:
 
 def make_comparison(prompt: PromptLike, responses: list[str], ranks: list[int],
                     field: str, margin: object = None, source: str = "") -> Comparison:
-    """Builds a Comparison from responses sorted best-first, enforcing K >= 2 and uniqueness."""
+    """Builds a Comparison from responses sorted best-first, enforcing K >= 2 and uniqueness.
+    Answers that are all the same text carry no preference (released HH-RLHF files hold a few
+    such pairs): left out and counted as identical_answers, not an error."""
     if len(responses) < 2:
         raise RecordError(field, f"a comparison needs K >= 2 responses, got {len(responses)}",
                           "too_few_responses")
+    if len(set(responses)) == 1:
+        raise Dropped(field, "every answer is the same text: no preference to learn", "identical_answers")
     seen: dict[str, int] = {}
     for i, text in enumerate(responses):
         if text in seen:
-            if len(responses) == 2:
-                raise RecordError(field, "chosen equals rejected", "chosen_equals_rejected")
             raise RecordError(field, f"responses {seen[text]} and {i} are identical",
                               "duplicate_responses")
         seen[text] = i

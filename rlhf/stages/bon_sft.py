@@ -47,8 +47,8 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     inputs = {**resolve_inputs(cfg, "bon_sft"), **reward_models(cfg)}
     tokenizer = load_tokenizer(cfg.model)
     bundle = load_data(cfg.data, tokenizer)
-    prompts = [p.prompt for p in bundle.require("ppo", "prompts")][: b.prompts]
-    eval_demos = bundle.require("eval", "demonstrations")
+    prompts = [p.prompt for p in bundle.require("ppo", "prompts", "bon_sft")][: b.prompts]
+    eval_demos = bundle.require("eval", "demonstrations", "bon_sft")
     reward = build_reward(cfg.reward, lambda path: load_reward_model(cfg.model, tokenizer, path).to(device()).eval(), tokenizer,
                           inputs)
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), **inputs, "reward": reward.describe()}

@@ -132,7 +132,7 @@ def _prompts(cfg: RLHFConfig, bundle) -> list[tuple[PromptLike, str]]:
         return [(line, path.name) for line in lines[: c.max_prompts]]
     found = []
     for split in c.splits:
-        found += [(p.prompt, split) for p in bundle.require(split, "prompts")[: c.max_prompts]]
+        found += [(p.prompt, split) for p in bundle.require(split, "prompts", "collect")[: c.max_prompts]]
     return found
 
 

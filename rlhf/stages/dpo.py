@@ -63,8 +63,8 @@ def build_trainer(cfg: RLHFConfig, tokenizer, bundle, callbacks=()) -> tuple[Pre
     triples, and counts for the manifest). Separate from `run` so that tests can look at a trainer before and after steps."""
     o = cfg.dpo
     init_from = resolve_inputs(cfg, "dpo")["init_from"]
-    train = preference_pairs(bundle.require("rm", "comparisons"), o.pairs)
-    evals = preference_pairs(bundle.require("eval", "comparisons"), o.pairs)
+    train = preference_pairs(bundle.require("rm", "comparisons", "dpo"), o.pairs)
+    evals = preference_pairs(bundle.require("eval", "comparisons", "dpo"), o.pairs)
     # The Trainer's arguments before the models: with a ZeRO-3 config they make from_pretrained
     # load each rank's shard only.
     losses = {"loss_type": [o.loss_type, "sft"], "loss_weights": [1.0, o.sft_loss_coef]} if o.sft_loss_coef else \

@@ -105,8 +105,8 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     tokenizer = load_tokenizer(cfg.model)
     data = with_collected(cfg)
     bundle = load_data(data, tokenizer)
-    train = [c for c in bundle.require("rm", "comparisons") if any(True for _ in c.pairs())]
-    evals = [c for c in bundle.require("eval", "comparisons") if any(True for _ in c.pairs())]
+    train = [c for c in bundle.require("rm", "comparisons", "rm") if any(True for _ in c.pairs())]
+    evals = [c for c in bundle.require("eval", "comparisons", "rm") if any(True for _ in c.pairs())]
     stage_run.manifest["inputs"] = {"data": describe_source(data), "init_from": init_from}
     stage_run.manifest["data"] = bundle.summary()
     stage_run.manifest["data"]["rm_comparisons_all_tied"] = len(bundle.splits["rm"].comparisons) - len(train)
@@ -161,7 +161,7 @@ def with_collected(cfg: RLHFConfig) -> DataConfig:
 
 def _score_and_evaluate(rm, model, tokenizer, bundle, evals, stage_run):
     if rm.normalize:
-        demos = bundle.require("sft", "demonstrations")[: rm.normalize_max_demonstrations]
+        demos = bundle.require("sft", "demonstrations", "rm")[: rm.normalize_max_demonstrations]
         stage_run.metrics.update(normalize(model, tokenizer, demos))
         held_out = bundle.splits["eval"].demonstrations
         if held_out:

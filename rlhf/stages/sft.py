@@ -58,8 +58,8 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     s = cfg.sft
     tokenizer = load_tokenizer(cfg.model)
     bundle = load_data(cfg.data, tokenizer)
-    train_demos = bundle.require("sft", "demonstrations")
-    eval_demos = bundle.require("eval", "demonstrations")
+    train_demos = bundle.require("sft", "demonstrations", "sft")
+    eval_demos = bundle.require("eval", "demonstrations", "sft")
     init_from = resolve_inputs(cfg, "sft")["init_from"]  # None: the tiny model, built fresh
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), "init_from": init_from or "tiny model, built fresh"}
     stage_run.manifest["data"] = bundle.summary()

@@ -104,3 +104,25 @@ def test_hh_file_as_published_loads_with_the_defaults(tmp_path, run_cli):
     data = json.loads((tmp_path / "runs/default/prepare/manifest.json").read_text())["data"]
     assert data["records_kept"] == len(lines) + 3 and data["skipped"] == {}
     assert data["truncated"] == {"prompt_turns_dropped": 1} and data["sources"]["hh_rlhf"]["empty_responses"] == 1
+
+
+def test_prepare_summarises_a_comparisons_only_file_and_a_stage_needing_more_names_the_split(tmp_path, run_cli):
+    """A file of ranked comparisons (what collect writes) and files of one or two records: prepare
+    summarises each and exits 0; the error comes from the stage that needs an empty split."""
+    def ranked_file(n: int):
+        path = tmp_path / f"ranked{n}.jsonl"
+        path.write_text("".join(json.dumps({"prompt": f"sort ascending: {i} 1 2", "responses": [
+            {"text": f"1 2 {i}", "rank": 0}, {"text": f"2 1 {i}", "rank": 1}]}) + "\n" for i in range(n)))
+        return path
+
+    for n in (1, 2, 40):
+        run_cli("stage=prepare", f"run=r{n}", "data=jsonl", "data.format=ranked", f"data.path={ranked_file(n)}",
+                "data.demonstrations_from_comparisons=false", cwd=tmp_path, timeout=TIMEOUT)
+        data = json.loads((tmp_path / f"runs/r{n}/prepare/manifest.json").read_text())["data"]
+        assert data["records_kept"] == n and sum(s["comparisons"] for s in data["splits"].values()) == n
+        assert sum(s["demonstrations"] for s in data["splits"].values()) == 0
+    out = run_cli("stage=sft", "run=r40", "data=jsonl", "data.format=ranked", f"data.path={ranked_file(40)}",
+                  "data.demonstrations_from_comparisons=false", cwd=tmp_path, expect=2, timeout=TIMEOUT)
+    errors = [line for line in (out.stdout + out.stderr).splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "stage sft needs demonstrations in split 'sft'" in errors[0], errors
+    assert "data.demonstrations_from_comparisons=true" in errors[0] and "Traceback" not in out.stdout + out.stderr

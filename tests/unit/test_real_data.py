@@ -45,6 +45,56 @@ def test_hh_reply_containing_an_assistant_marker_is_one_reply(tmp_path, tokenize
     assert dict(b.skips.counts) == {"transcripts_differ": 1}  # an earlier turn differs: still bad
 
 
+def test_every_record_shape_of_the_released_hh_files_loads_with_the_defaults(tmp_path, tokenizer):
+    """The shapes found in Anthropic's released HH-RLHF files, each one record; the defaults
+    (data.on_error=raise) load them all: empty turns kept and counted, identical pairs left out
+    and counted."""
+    shapes = {
+        "one turn": {"chosen": hh("hi", "hello"), "rejected": hh("hi", "go")},
+        "several turns": {"chosen": hh("q1", "a1", "q2", "yes"), "rejected": hh("q1", "a1", "q2", "no")},
+        "empty earlier Assistant turn": {"chosen": hh("ideas?", "", "Do you have more ideas?", "Try this"),
+                                         "rejected": hh("ideas?", "", "Do you have more ideas?", "No")},
+        "empty earlier Human turn": {"chosen": hh("q", "a", "", "sure"), "rejected": hh("q", "a", "", "nope")},
+        "whitespace-only turn": {"chosen": hh("x", " \t ", "y", "z1"), "rejected": hh("x", " \t ", "y", "z2")},
+        "empty final reply": {"chosen": hh("hey", ""), "rejected": hh("hey", "what")},
+        "chosen equals rejected": {"chosen": hh("same?", "same"), "rejected": hh("same?", "same")},
+        "reply holding an Assistant marker": {"chosen": hh("m", "part one") + "\n\nAssistant: part two",
+                                              "rejected": hh("m", "other")},
+        "no leading blank line": {"chosen": hh("lead", "one").lstrip(), "rejected": hh("lead", "two").lstrip()},
+        "non-ASCII": {"chosen": hh("¿Qué tal? 你好", "Très bien 🙂"), "rejected": hh("¿Qué tal? 你好", "mal")},
+    }
+    path = write_lines(tmp_path / "hh.jsonl", list(shapes.values()))
+    b = load_data(data_config(path, "hh_rlhf"), tokenizer)
+    summary = b.summary()
+    assert (b.rows_read, b.records_kept, b.skips.total) == (10, 9, 0)
+    assert summary["dropped"] == {"identical_answers": 1} and summary["dropped_first_at"]["identical_answers"] == f"{path} line 7"
+    assert summary["empty_turns"] == 3 and summary["sources"]["test"]["empty_turns"] == 3
+    kept = {c.responses: c for c in b.every.comparisons}
+    assert [m["content"] for m in kept[("Try this", "No")].prompt] == ["ideas?", "", "Do you have more ideas?"]
+    assert [m["content"] for m in kept[("sure", "nope")].prompt] == ["q", "a", ""]
+
+
+def test_an_empty_earlier_turn_of_a_message_list_is_kept_and_counted(tmp_path, tokenizer):
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}, {"role": "user", "content": "more?"}]
+    for fmt, row in (("messages", {"messages": [*turns, {"role": "assistant", "content": "yes"}]}),
+                     ("demonstration", {"prompt": turns, "response": "sure"})):
+        b = load_data(data_config(write_lines(tmp_path / f"{fmt}.jsonl", [row]), fmt), tokenizer)
+        assert [d.prompt[1]["content"] for d in b.every.demonstrations] == ["  "]
+        assert b.summary()["empty_turns"] == 1
+    nothing = write_lines(tmp_path / "e.jsonl", [{"messages": [{"role": "user", "content": " "},
+                                                               {"role": "assistant", "content": "x"}]}])
+    with pytest.raises(DataError, match=r"e.jsonl line 1: field 'messages': every message is empty"):
+        load_data(data_config(nothing, "messages"), tokenizer)
+
+
+def test_a_ranking_of_identical_answers_is_left_out_whatever_on_error_says(tmp_path, tokenizer):
+    path = write_lines(tmp_path / "r.jsonl", [{"prompt": "p", "responses": ["a", "a", "a"]},
+                                              {"prompt": "q", "responses": ["a", "b"]}])
+    for on_error in ("raise", "skip"):
+        b = load_data(data_config(path, "ranked", on_error=on_error), tokenizer)
+        assert len(b.every.comparisons) == 1 and b.summary()["dropped"] == {"identical_answers": 1}
+
+
 def test_empty_demonstration_is_left_out_and_counted_even_when_errors_raise(tmp_path, tokenizer):
     path = write_lines(tmp_path / "d.jsonl", [{"prompt": "p1", "response": "r"}, {"prompt": "p2", "response": " "}])
     b = load_data(data_config(path, "demonstration"), tokenizer)

@@ -155,7 +155,7 @@ def test_hub_path_uses_load_dataset(tmp_path, tokenizer):
     cfg.path, cfg.hub_id, cfg.hub_split = None, str(tmp_path / "org_dataset"), "train"
     b = load_data(cfg, tokenizer)
     assert [c.responses for c in records(b, "comparisons")] == [c.responses for c in _pairs(tokenizer, EXAMPLES / "pairwise.jsonl")]
-    write_lines(repo / "train.jsonl", [GOOD_PAIR, {"prompt": "p2", "chosen": "s", "rejected": "s"}])
+    write_lines(repo / "train.jsonl", [GOOD_PAIR, {"prompt": "p2", "chosen": "s", "rejected": 5}])
     with pytest.raises(DataError, match=rf"{cfg.hub_id}\[train\] row 1: field 'rejected'"):
         load_data(cfg, tokenizer)
 
@@ -184,7 +184,6 @@ BAD = [
     ("duplicate_in_ranking", "ranked", {"prompt": "p2", "responses": ["a", "b", "a"]}, "duplicate_responses", "responses 0 and 2 are identical"),
     ("all_tied", "ranked", {"prompt": "p2", "responses": [{"text": "a", "rank": 1}, {"text": "b", "rank": 1}]}, "all_tied", "same rank"),
     ("rank_not_number", "ranked", {"prompt": "p2", "responses": [{"text": "a", "rank": "first"}, {"text": "b", "rank": 1}]}, "wrong_type", "rank"),
-    ("chosen_equals_rejected", "pairwise", {"prompt": "p2", "chosen": "same", "rejected": "same"}, "chosen_equals_rejected", "chosen equals rejected"),
     ("over_long_response", "pairwise", {"prompt": "p2", "chosen": LONG, "rejected": "b"}, "response_too_long", "field 'chosen': over-long after formatting"),
     ("over_long_prompt", "demonstration", {"prompt": LONG, "response": "a"}, "prompt_too_long", "data.max_prompt_tokens=256"),
     ("conversations_differ", "pairwise", {"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
@@ -195,7 +194,7 @@ BAD = [
      "bad_messages", "field 'chosen[0]': the conversation must end with an assistant turn"),
     ("hh_not_a_transcript", "hh_rlhf", {"chosen": "hello", "rejected": "\n\nHuman: a\n\nAssistant: b"}, "bad_transcript", "field 'chosen'"),
     ("hh_transcripts_differ", "hh_rlhf", {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: z\n\nAssistant: c"}, "transcripts_differ", "differ before"),
-    ("hh_identical", "hh_rlhf", {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: b"}, "chosen_equals_rejected", "chosen equals rejected"),
+    ("hh_all_turns_empty", "hh_rlhf", {"chosen": "\n\nHuman: \n\nAssistant: b", "rejected": "\n\nHuman:  \n\nAssistant: c"}, "empty_prompt", "every message is empty"),
     ("messages_without_answer", "messages", {"messages": [{"role": "user", "content": "x"}]}, "bad_messages", "final assistant turn"),
 ]
 GOOD = {
@@ -245,22 +244,27 @@ def test_json_file_that_is_not_json_names_line(tmp_path, tokenizer):
 
 
 def test_parquet_rows_are_named_in_errors(tmp_path, tokenizer):
-    rows = [GOOD_PAIR, {"prompt": "p2", "chosen": "same", "rejected": "same"}]
+    rows = [GOOD_PAIR, {"prompt": "  ", "chosen": "a", "rejected": "b"}]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
-    with pytest.raises(DataError, match=r"d.parquet row 2: field 'rejected': chosen equals rejected"):
+    with pytest.raises(DataError, match=r"d.parquet row 2: field 'prompt': empty prompt"):
         load_data(data_config(tmp_path / "d.parquet", "pairwise"), tokenizer)
 
 
-def test_empty_split_is_an_error(tmp_path, tokenizer):
-    path = write_lines(tmp_path / "d.jsonl", [GOOD_PAIR])
+def test_an_empty_split_loads_and_the_stage_that_needs_it_says_so(tmp_path, tokenizer):
+    path = write_lines(tmp_path / "d.jsonl", [GOOD_PAIR])  # one prompt: three of four splits empty
     cfg = data_config(path, "pairwise")
     cfg.splits.shared, cfg.splits.sft, cfg.splits.rm, cfg.splits.ppo, cfg.splits.eval = [], 0.25, 0.25, 0.25, 0.25
-    with pytest.raises(DataError, match=r"split '\w+' is empty"):
-        load_data(cfg, tokenizer)
+    b = load_data(cfg, tokenizer)
+    [(full, _)] = [(n, s) for n, s in b.splits.items() if s.prompts]
+    empty = next(n for n in b.splits if n != full)
+    with pytest.raises(DataError, match=rf"stage rm needs comparisons in split '{empty}', and {path} has none "
+                                        rf"there .* raise data.splits.{empty}"):
+        b.require(empty, "comparisons", "rm")
+    assert len(b.require(full, "comparisons", "rm")) == 1
 
 
-def test_require_names_the_missing_kind(tokenizer):
+def test_require_names_the_stage_and_the_missing_kind(tokenizer):
     b = load_data(data_config(EXAMPLES / "pairwise.jsonl", "pairwise"), tokenizer)
-    with pytest.raises(DataError, match="split 'sft' has no demonstrations.*demonstrations_from_comparisons"):
-        b.require("sft", "demonstrations")
-    assert len(b.require("rm", "comparisons")) == 3
+    with pytest.raises(DataError, match="stage sft needs demonstrations in split 'sft'.*demonstrations_from_comparisons"):
+        b.require("sft", "demonstrations", "sft")
+    assert len(b.require("rm", "comparisons", "rm")) == 3

@@ -66,7 +66,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     reward_from, reference_from, bon_from = inputs.get("reward_from"), inputs["reference_from"], inputs["bon_from"]
     tokenizer = load_tokenizer(cfg.model)
     bundle = load_data(cfg.data, tokenizer)
-    prompts = [x.prompt for x in bundle.require("eval", "prompts")][: c.prompts]
+    prompts = [x.prompt for x in bundle.require("eval", "prompts", "compare")][: c.prompts]
     stage_run.manifest["inputs"] = {"policies": policies, "reward_from": reward_from, "reference_from": reference_from,
                               "bon_from": bon_from, "prompts": len(prompts)}
     stage_run.manifest["inputs"]["labels"] = {name: label for name, spec in policies.items()

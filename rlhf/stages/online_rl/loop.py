@@ -69,9 +69,9 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
 
     tokenizer = load_tokenizer(cfg.model)
     data = load_data(cfg.data, tokenizer)
-    prompts = Stream([x.prompt for x in data.require("ppo", "prompts")], seed=cfg.seed)
-    eval_prompts = [x.prompt for x in data.require("eval", "prompts")][: p.eval_prompts]
-    ptx_examples = encode_demonstrations(tokenizer, data.require("sft", "demonstrations")) if p.ptx_coef > 0 else []
+    prompts = Stream([x.prompt for x in data.require("ppo", "prompts", "ppo")], seed=cfg.seed)
+    eval_prompts = [x.prompt for x in data.require("eval", "prompts", "ppo")][: p.eval_prompts]
+    ptx_examples = encode_demonstrations(tokenizer, data.require("sft", "demonstrations", "ppo")) if p.ptx_coef > 0 else []
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), **inputs}
     stage_run.manifest["data"] = data.summary()
 
