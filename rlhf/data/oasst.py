@@ -31,6 +31,9 @@ def conversations(rows: Iterator[RowItem], f, filters) -> Iterator[RowItem]:
             role = get(row, f.role)
             if role not in ("prompter", "assistant"):
                 raise RecordError(f.role, f"expected 'prompter' or 'assistant', got {role!r}", "bad_messages")
+            for name, value in ((f.message_id, key), (f.parent_id, row.get(f.parent_id))):
+                if not (value is None and name == f.parent_id) and (isinstance(value, bool) or not isinstance(value, (str, int))):
+                    raise RecordError(name, f"expected a message id (a string), got {type(value).__name__}", "wrong_type")
         except RecordError as e:
             yield location, e
             continue
@@ -49,7 +52,7 @@ def conversations(rows: Iterator[RowItem], f, filters) -> Iterator[RowItem]:
         unranked += len(replies.get(key, [])) - len(ranked_replies)
         if row.get(f.role) != "prompter" or len(ranked_replies) < 2:
             continue
-        path, node = [], row
+        path, node, seen = [], row, {key}
         while node is not None:
             path.append({"role": "user" if node.get(f.role) == "prompter" else "assistant",
                          "content": node.get(f.response_text)})
@@ -59,6 +62,10 @@ def conversations(rows: Iterator[RowItem], f, filters) -> Iterator[RowItem]:
                 yield location, RecordError(f.parent_id, f"the conversation's message {parent!r} is not in the "
                                             "source (a partial tree, or left out by data.oasst)", "missing_parent")
                 break
+            if parent in seen:  # message ids that lead back to themselves: no root to start from
+                yield location, RecordError(f.parent_id, f"message {parent!r} is its own ancestor", "bad_tree")
+                break
+            seen.add(parent)
         else:
             yield location, {f.prompt: path[::-1], f.responses: [
                 {f.response_text: r.get(f.response_text), f.response_rank: r.get(f.response_rank)}

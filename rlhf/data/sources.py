@@ -133,6 +133,8 @@ def _read_file(path: Path, encoding: str) -> Iterator[RowItem]:
         except json.JSONDecodeError as e:
             raise SourceError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
                               " (a file with one object per line should be named .jsonl)") from e
+        except (ValueError, RecursionError) as e:
+            raise SourceError(f"{path}: JSON this reader refuses: {_json_limit(e)}") from None
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
             data = next(iter(data.values()))  # {"data": [...]} wrappers
         if not isinstance(data, list):
@@ -201,7 +203,13 @@ def _parse_json_object(line: str) -> "Row | RecordError":
         row = json.loads(line)
     except json.JSONDecodeError as e:
         return RecordError("(line)", f"invalid JSON at column {e.colno}: {e.msg}", "invalid_json")
+    except (ValueError, RecursionError) as e:  # a number of over 4300 digits; nesting deeper than Python's stack
+        return RecordError("(line)", f"JSON this reader refuses: {_json_limit(e)}", "invalid_json")
     return row if isinstance(row, dict) else not_an_object(row)
+
+
+def _json_limit(e: Exception) -> str:
+    return "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
 
 
 def not_an_object(value: object) -> RecordError:
