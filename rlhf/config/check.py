@@ -248,6 +248,17 @@ def check(cfg: RLHFConfig) -> None:
                         f"(it is {p.samples_per_prompt}; the algo files set 4)")
     if p.kl_loss_coef < 0:
         problems.append(f"ppo.kl_loss_coef={p.kl_loss_coef}: must be >= 0")
+    if p.loss_agg not in policy_loss.LOSS_AGGREGATIONS:
+        problems.append(f"ppo.loss_agg={p.loss_agg!r}: choose one of {', '.join(policy_loss.LOSS_AGGREGATIONS)}")
+    if p.clip_high is not None and p.clip_high <= 0:
+        problems.append(f"ppo.clip_high={p.clip_high}: must be > 0 (the ratio's upper bound is 1 + clip_high), or null")
+    if p.drop_uniform_groups and p.samples_per_prompt < 2:
+        problems.append("ppo.drop_uniform_groups=true leaves out groups whose answers all score alike: set "
+                        f"ppo.samples_per_prompt >= 2 (it is {p.samples_per_prompt})")
+    generated = p.max_new_tokens or cfg.data.max_response_tokens
+    if p.overlong_buffer is not None and not 0 < p.overlong_buffer <= generated:
+        problems.append(f"ppo.overlong_buffer={p.overlong_buffer}: the tokens before the generation limit "
+                        f"({generated}) where the penalty ramps up; must lie in 1..{generated}, or null")
     rw = cfg.reward
     problems += _reward_problems(cfg.reward)
     if cfg.variant is not None and (not cfg.variant.strip() or "/" in cfg.variant or "\n" in cfg.variant):

@@ -259,7 +259,19 @@ class PPOStageConfig:
     max_grad_norm: float = 1.0  # global clipping, policy and critic each
     gamma: float = 1.0  # discount (GAE)
     lam: float = 0.95  # GAE's lambda
-    clip: float = 0.2  # policy ratio clip
+    clip: float = 0.2  # policy ratio clip: [1 - clip, 1 + clip_high]
+    clip_high: Optional[float] = None  # null = clip; DAPO's "clip-higher" 0.28, GSPO's sequence ratio 4e-4
+    # How per-token policy losses become the minibatch's: token_mean (PPO, DAPO),
+    # seq_mean_token_mean (GRPO, GSPO: each response's mean, then the mean over responses),
+    # seq_mean_token_sum_norm (Dr. GRPO: token sums over a constant, no division by length)
+    loss_agg: str = "token_mean"
+    # DAPO's dynamic sampling: groups whose scores are all equal (zero group advantage) are left out
+    # of the update instead of diluting it (counted: groups_dropped_frac); no resampling to refill
+    drop_uniform_groups: bool = False
+    # DAPO's soft overlong punishment: a response longer than max_new_tokens - overlong_buffer
+    # tokens loses up to overlong_penalty of score, linearly; null = off
+    overlong_buffer: Optional[int] = None
+    overlong_penalty: float = 1.0
     entropy_coef: float = 0.0  # + entropy bonus (exploration); < 0 minimises entropy (sharpens the policy)
     # PPO-ptx: + ptx_coef x LM loss on the sft split's demonstrations (InstructGPT: 27.8); 0 = off
     ptx_coef: float = 0.0

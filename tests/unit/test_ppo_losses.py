@@ -16,8 +16,8 @@ from rlhf.core.ops import entropy_from_logits, masked_mean, masked_whiten
 
 
 def policy_loss(logprobs, old_logprobs, advantages, mask, clip):
-    loss, stats = clipped_surrogate(logprobs, old_logprobs, advantages, mask, clip)
-    return loss, stats["policy_clipfrac"], stats["approx_kl"]
+    losses, stats = clipped_surrogate(logprobs, old_logprobs, advantages, mask, clip)
+    return masked_mean(losses, mask), stats["policy_clipfrac"], stats["approx_kl"]
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ of the prompts (whole groups), and statistics that need the whole batch are take
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -37,8 +38,8 @@ import torch
 from rlhf.algos.advantages import ADVANTAGES, AdvantageInput, needs_critic
 from rlhf.algos.critic import value_loss
 from rlhf.algos.kl import KLController, kl_per_token
-from rlhf.algos.policy_loss import POLICY_LOSSES, logprob_mismatch, truncated_is_weights
-from rlhf.algos.rewards import shape_scores, token_rewards
+from rlhf.algos.policy_loss import POLICY_LOSSES, aggregate, logprob_mismatch, truncated_is_weights
+from rlhf.algos.rewards import overlong_penalty, shape_scores, token_rewards, uniform_groups
 from rlhf.config import ConfigError, RLHFConfig
 from rlhf.core import distributed
 from rlhf.core.artifacts import StageRun, save_final
@@ -120,7 +121,14 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
                     prompts=batch_prompts, engine=engine)
         started = time.perf_counter()
         scores = shape_scores(r.scores, r.ended, clip=p.score_clip, no_eos_score=p.no_eos_score)
+        if p.overlong_buffer:  # DAPO: long answers lose score before they are cut off
+            scores = scores + overlong_penalty(r.mask.sum(1), max_new_tokens, p.overlong_buffer, p.overlong_penalty)
         kl, advantages, returns = advantages_of(r, scores, p, kl_ctl.beta)
+        trained, dropped = r, {}
+        if p.drop_uniform_groups:  # DAPO's dynamic sampling: a group that scored all alike teaches nothing
+            uniform = uniform_groups(scores, r.groups)
+            trained, dropped = dataclasses.replace(r, mask=r.mask * ~uniform[:, None]), {
+                "groups_dropped_frac": uniform.float().mean().item()}
         engine_stats = {}
         if r.engine_logprobs is not None:
             engine_stats = logprob_mismatch(r.logprobs, r.engine_logprobs, r.mask)
@@ -135,9 +143,10 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
                              "the return": returns}, rows=batch_prompts):
             stage_run.metrics["nonfinite_skipped"] = guard.skipped
             continue
-        stats = optimise(roles, r, advantages, returns, p, ptx_examples, tokenizer.pad_token_id,
+        stats = optimise(roles, trained, advantages, returns, p, ptx_examples, tokenizer.pad_token_id,
                          train_policy=roles.critic is None or update >= p.critic_warmup_updates,
-                         guard=guard, where=f"update {update + 1}")
+                         guard=guard, where=f"update {update + 1}", horizon=max_new_tokens)
+        stats.update(dropped)
         if p.skip_nonfinite:
             stats["nonfinite_skipped"] = stage_run.metrics["nonfinite_skipped"] = guard.skipped
         stats.update(rollout_stats(r, scores, kl, returns, p, kl_ctl.beta), **engine_stats)
@@ -287,10 +296,12 @@ def advantages_of(r: Rollout, scores: torch.Tensor, p, beta: float):
 
 def optimise(roles: Roles, r: Rollout, advantages: torch.Tensor, returns: Optional[torch.Tensor], p,
              ptx_examples: list, pad_id: int, train_policy: bool = True, guard: Optional[NonFiniteGuard] = None,
-             where: str = "this update") -> dict[str, float]:
+             where: str = "this update", horizon: Optional[int] = None) -> dict[str, float]:
     """ppo_epochs passes over the rollout in shuffled minibatches; returns the mean losses.
     `guard` (default: stop on any) checks each loss before its backward and each gradient norm
-    at its optimizer step; `where` names the update in its messages."""
+    at its optimizer step; `where` names the update in its messages; `horizon` is Dr. GRPO's
+    constant (ppo.loss_agg=seq_mean_token_sum_norm: the generation length, default the rollout's)."""
+    horizon = horizon or r.mask.shape[1]
     guard = guard or NonFiniteGuard(skip=False, setting="ppo.skip_nonfinite")
     policy_loss = POLICY_LOSSES[p.policy_loss]
     sums: dict[str, float] = {}
@@ -322,7 +333,8 @@ def optimise(roles: Roles, r: Rollout, advantages: torch.Tensor, returns: Option
                 if train_policy and "policy" not in dropped:
                     logprobs, entropy = response_logprobs(roles.policy, seq, att, r.prompt_len, p.temperature,
                                                           with_entropy=p.entropy_coef != 0)
-                    pg_loss, pg_stats = policy_loss(logprobs, r.logprobs[micro], advantages[micro], m, p)
+                    token_losses, pg_stats = policy_loss(logprobs, r.logprobs[micro], advantages[micro], m, p)
+                    pg_loss = aggregate(token_losses, m, p.loss_agg, rows=len(idx), tokens=tokens, horizon=horizon)
                     loss = pg_loss
                     if p.kl_loss_coef > 0:  # KL to the reference in the loss, not the reward (GRPO)
                         kl_loss = masked_mean(kl_per_token(logprobs, r.ref_logprobs[micro], p.kl_estimator), m)
