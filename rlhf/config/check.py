@@ -97,11 +97,15 @@ def check(cfg: RLHFConfig) -> None:
         for name in ("flawed_fraction", "label_noise"):
             if not 0.0 <= getattr(t, name) <= 1.0:
                 problems.append(f"data.toy.{name}={getattr(t, name)}: must lie in [0, 1]")
-        from rlhf.data.toy import TASKS
+        from rlhf.data.toy import FLAWS, TASKS
 
         bad_tasks = [x for x in t.tasks if x not in TASKS]
         if bad_tasks or not t.tasks:
             problems.append(f"data.toy.tasks={t.tasks}: choose one or more of {sorted(TASKS)}")
+        if not t.demo_flaws or any(x not in FLAWS for x in t.demo_flaws):
+            problems.append(f"data.toy.demo_flaws={t.demo_flaws}: choose one or more of {list(FLAWS)}")
+        if t.demo_flaw_mode not in ("random", "systematic"):
+            problems.append(f"data.toy.demo_flaw_mode={t.demo_flaw_mode!r}: random or systematic")
     elif not d.path and not d.hub_id:
         problems.append(f"data.format={d.format.value} reads records: set data.path (a local file) "
                         "or data.hub_id (a Hugging Face dataset)")

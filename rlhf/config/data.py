@@ -86,6 +86,13 @@ class ToyConfig:
     min_items: int = 3
     max_items: int = 6
     flawed_fraction: float = 0.3  # share of demonstrations with one deliberate flaw
+    # The demonstrator, apart from the labeller (InstructGPT's premise: people rank answers
+    # better than they write them): which flaw kinds its flawed demonstrations carry (swap,
+    # drop_last, extra_item), and how: random = a kind drawn each time and placed at random (noise
+    # SFT averages away: its greedy answer stays right); systematic = always the first listed
+    # kind that applies, in the same place (a habit SFT learns, so its greedy answer inherits it)
+    demo_flaws: List[str] = field(default_factory=lambda: ["swap", "drop_last", "extra_item"])
+    demo_flaw_mode: str = "random"
     responses_per_comparison: int = 4  # K of each K-wise comparison
     label_noise: float = 0.1  # chance that a comparison's ranking has one adjacent pair swapped
 

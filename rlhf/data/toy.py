@@ -71,6 +71,40 @@ def flaw(items: list[str], kind: str, rng: random.Random) -> list[str]:
     return items
 
 
+def habit(items: list[str], kinds: list[str]) -> tuple[list[str], str]:
+    """A systematic demonstrator's mistake: the first of `kinds` that applies, always in the same
+    place (the first two different neighbours swapped; the last item dropped; the last repeated),
+    so that it is learnable. Returns (items, the kind made)."""
+    items = list(items)
+    for kind in kinds:
+        if kind == "swap" and len(set(items)) > 1:
+            i = next(i for i in range(len(items) - 1) if items[i] != items[i + 1])
+            items[i], items[i + 1] = items[i + 1], items[i]
+            return items, kind
+        if kind == "drop_last" and len(items) > 1:
+            return items[:-1], kind
+        if kind == "extra_item":
+            return items + items[-1:], kind
+    return items, "none"
+
+
+def demonstration_flaw(prompt: PromptLike, response: str) -> str:
+    """Which flaw a demonstration shows against the gold answer: exact, swap, drop_last,
+    extra_item, or other (prepare counts them: data.toy's demonstrator settings at work)."""
+    target, got = answer(prompt).split(), response.split()
+    if got == target:
+        return "exact"
+    if got == target[:-1]:
+        return "drop_last"
+    if len(got) == len(target) + 1 and got[:-1] == target:
+        return "extra_item"
+    differ = [i for i in range(len(target)) if len(got) == len(target) and got[i] != target[i]]
+    if len(differ) == 2 and differ[1] == differ[0] + 1 and got[differ[0]] == target[differ[1]] \
+            and got[differ[1]] == target[differ[0]]:
+        return "swap"
+    return "other"
+
+
 def generate(cfg) -> Iterator[Record]:
     """Yields one Demonstration and one K-wise Comparison per distinct prompt, deterministically
     for a given `cfg` (a ToyConfig). The splitter later sends each prompt to one split."""
@@ -87,7 +121,10 @@ def generate(cfg) -> Iterator[Record]:
             continue
         seen.add(prompt)
         target = answer(prompt).split()
-        shown = flaw(target, rng.choice(FLAWS), rng) if rng.random() < cfg.flawed_fraction else target
+        shown = target
+        if rng.random() < cfg.flawed_fraction:
+            shown = flaw(target, rng.choice(cfg.demo_flaws), rng) if cfg.demo_flaw_mode == "random" \
+                else habit(target, cfg.demo_flaws)[0]
         yield Demonstration(prompt, " ".join(shown), source="toy")
         yield _comparison(prompt, target, cfg, rng)
 

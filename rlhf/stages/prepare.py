@@ -7,12 +7,14 @@ It is the check to run before paying for cluster time.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from rich.console import Console
 from rich.table import Table
 
 from rlhf.core.artifacts import StageRun
-from rlhf.config import RLHFConfig
-from rlhf.data import DataBundle, describe_source, load_data, render_prompt, render_response
+from rlhf.config import DataFormat, RLHFConfig
+from rlhf.data import DataBundle, describe_source, load_data, render_prompt, render_response, toy
 from rlhf.models import load_tokenizer
 
 
@@ -20,6 +22,9 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> DataBundle:
     tokenizer = load_tokenizer(cfg.model)
     bundle = load_data(cfg.data, tokenizer)
     summary = bundle.summary()
+    if cfg.data.format is DataFormat.toy:  # what the demonstrator's settings (data.toy) made
+        summary["toy_demonstrations"] = dict(Counter(toy.demonstration_flaw(d.prompt, d.response)
+                                                     for d in bundle.every.demonstrations).most_common())
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data)}
     stage_run.manifest["data"] = summary
     stage_run.metrics.update({"records": bundle.records_kept, "skipped": bundle.skips.total,
@@ -34,6 +39,10 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> DataBundle:
             console.print(reasons_table(summary, kind, title))
     if len(summary["sources"]) > 1:
         console.print(sources_table(summary))
+    if "toy_demonstrations" in summary:
+        counts = summary["toy_demonstrations"]
+        console.print("toy demonstrations: " + ", ".join(f"{k} {v} ({v / sum(counts.values()):.1%})"
+                                                          for k, v in counts.items()))
     for name, split in bundle.splits.items():
         for record in (split.demonstrations or split.comparisons or split.prompts)[: cfg.prepare.examples_per_split]:
             console.print(f"[bold]{name}[/bold] example:", repr(example_text(tokenizer, record)), highlight=False)

@@ -67,3 +67,56 @@ def test_comparisons_are_k_wise_ranked_by_gold_with_label_noise():
 def test_too_many_prompts_for_the_space_is_a_clear_error():
     with pytest.raises(ValueError, match="data.toy.num_prompts=500 exceeds the 220 distinct"):
         list(generate(ToyConfig(num_prompts=500, min_items=1, max_items=2, tasks=["ascending", "reverse"])))
+
+
+# ---- the demonstrator apart from the labeller (data.toy.demo_flaws, demo_flaw_mode) ----------
+
+
+def demo_flaws(cfg):
+    from collections import Counter
+
+    from rlhf.data.toy import demonstration_flaw
+
+    return Counter(demonstration_flaw(r.prompt, r.response) for r in generate(cfg) if isinstance(r, Demonstration))
+
+
+@pytest.mark.parametrize("prompt,response,kind", [
+    ("sort ascending: 3 1 2", "1 2 3", "exact"), ("sort ascending: 3 1 2", "1 2", "drop_last"),
+    ("sort ascending: 3 1 2", "1 2 3 3", "extra_item"), ("sort ascending: 3 1 2", "2 1 3", "swap"),
+    ("sort ascending: 3 1 2", "1 3 2", "swap"), ("sort ascending: 3 1 2", "3 2 1", "other"),
+    ("sort ascending: 3 1 2", "1 3", "other"), ("sort descending: 3 1 2", "3 2", "drop_last")])
+def test_a_demonstrations_flaw_is_named_by_hand(prompt, response, kind):
+    from rlhf.data.toy import demonstration_flaw
+
+    assert demonstration_flaw(prompt, response) == kind
+
+
+def test_the_default_demonstrator_is_unchanged_and_draws_every_kind():
+    # the counts of the default generator before the demonstrator had settings (seed 0, 12,000 prompts)
+    assert demo_flaws(ToyConfig()) == {"exact": 8460, "extra_item": 1214, "swap": 1188, "drop_last": 1138}
+
+
+@pytest.mark.parametrize("kinds,made", [(["drop_last"], "drop_last"), (["swap", "extra_item"], "swap"),
+                                        (["extra_item"], "extra_item")])
+def test_a_systematic_demonstrator_makes_one_habit_at_the_share_asked(kinds, made):
+    counts = demo_flaws(ToyConfig(num_prompts=4000, flawed_fraction=0.8, demo_flaws=kinds, demo_flaw_mode="systematic"))
+    # the first kind listed that applies; the next only where it cannot (no two different digits to swap)
+    assert set(counts) <= {"exact", *kinds} and sum(counts[k] for k in kinds if k != made) < 0.01 * 4000
+    # 4,000 demonstrations at 0.8: the binomial's standard error is 0.0063; 4 of them either side
+    assert (counts[made] + sum(counts[k] for k in kinds if k != made)) / 4000 == pytest.approx(0.8, abs=0.026)
+
+
+def test_a_systematic_habit_is_always_in_the_same_place():
+    from rlhf.data.toy import habit
+
+    assert habit(["1", "1", "2", "3"], ["swap"]) == (["1", "2", "1", "3"], "swap")  # the first different pair
+    assert habit(["4", "4"], ["swap", "drop_last"]) == (["4"], "drop_last")  # no pair to swap: the next kind
+    assert habit(["7"], ["drop_last", "extra_item"]) == (["7", "7"], "extra_item")
+
+
+def test_an_unknown_flaw_kind_or_mode_is_refused():
+    from rlhf.config import ConfigError, DataConfig, RLHFConfig
+    from rlhf.config.check import check
+
+    with pytest.raises(ConfigError, match=r"(?s)data.toy.demo_flaws=\['typo'\].*data.toy.demo_flaw_mode='often'"):
+        check(RLHFConfig(data=DataConfig(toy=ToyConfig(demo_flaws=["typo"], demo_flaw_mode="often"))))
