@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from rlhf.config import SPLITS, DataConfig, DataFormat, Truncate
-from rlhf.data import oasst, sources, toy
+from rlhf.data import files, oasst, sources, toy
 from rlhf.data.formatting import encode_prompts, encode_responses, truncate_prompt
 from rlhf.data.records import (Comparison, DataError, Demonstration, Dropped, Prompt, Record,
                                RecordError, prompt_key)
@@ -183,7 +183,7 @@ def load_data(cfg: DataConfig, tokenizer) -> DataBundle:
             located += [_Located(f"toy record {i}", r, src.name) for i, r in enumerate(toy.generate(cfg.toy))]
             counts["rows_read"] = len(located) - first
         else:
-            label, rows = sources.read_rows(src)
+            label, rows = files.read_rows(src)
             labels.append(label)
             rows = _counted(rows, counts)
             if src.format is DataFormat.oasst:

@@ -7,7 +7,8 @@ import logging
 from typing import Iterator
 
 from rlhf.data.records import Dropped, RecordError
-from rlhf.data.sources import Row, RowItem, not_an_object, get
+from rlhf.data.files import Row, RowItem, not_an_object
+from rlhf.data.sources import get
 
 log = logging.getLogger(__name__)
 

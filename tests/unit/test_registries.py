@@ -132,7 +132,7 @@ def test_an_unknown_algorithm_name_lists_the_registered_ones():
         check(cfg)
     message = str(err.value)
     assert f"ppo.advantage='nope': choose one of {', '.join(ADVANTAGES.names())}" in message
-    assert "ppo.policy_loss='nah': choose one of ppo_clip" in message
+    assert "ppo.policy_loss='nah': choose one of gspo, ppo_clip" in message
     assert "ppo.kl_estimator='k9': choose one of k1, k3" in message
 
 
