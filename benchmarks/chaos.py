@@ -144,12 +144,16 @@ def main(argv=None) -> dict:
                    "lock_taken_over": 0, "half_written": 0, "reruns_ok": 0, "equal": 0, "bitwise": 0,
                    "max_rel_diff": 0.0, "kill_moments_s": []}
             for k in range(args.kills):
-                name = f"cut_{mode}_{stage}_{k}"
-                moment = rng.uniform(0.2, 1.0) * whole_s
-                code, _, _ = run(root, [f"run={name}", *cmd], mode, kill_at=moment)
+                for attempt in range(5):  # a run that ends before its moment is not a kill: draw again
+                    name = f"cut_{mode}_{stage}_{k}_{attempt}"
+                    moment = rng.uniform(0.1, 0.9) * whole_s
+                    code, _, _ = run(root, [f"run={name}", *cmd], mode, kill_at=moment)
+                    row["finished_before_the_kill"] = row.get("finished_before_the_kill", 0) + (code == 0)
+                    if code != 0:
+                        break
                 row["kills"] += 1
                 row["kill_moments_s"].append(round(moment, 1))
-                row["killed_mid_run"] += code != 0  # 0: it ended before the moment came
+                row["killed_mid_run"] += code != 0
                 bad = half_written(root / "runs" / name)
                 row["half_written"] += len(bad)
                 code, out, _ = run(root, [f"run={name}", *cmd], mode)
