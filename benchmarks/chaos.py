@@ -52,6 +52,7 @@ def stage_args(base: Path) -> dict[str, list[str]]:
                     "bon_sft.prompts=32", "bon_sft.n=2", "bon_sft.gold_eval_prompts=0"],
         "collect": ["stage=collect", f"collect.policy={sft}", "collect.max_prompts=48"],
         "compare": ["stage=compare", f"compare.policies={{sft: {sft}, bon: 'bon:2'}}", f"compare.reward_from={rm}",
+                    f"compare.reference_from={sft}",
                     "compare.prompts=24", "compare.samples_per_prompt=2", "compare.bootstrap_resamples=200"],
     }
 
@@ -99,9 +100,14 @@ def same(stage: str, a, b, start) -> tuple[bool, bool, float]:
 
 
 def half_written(folder: Path) -> list[str]:
-    """What a rerun could trip over: JSON that does not parse, a final/ without its weights."""
+    """What a rerun could trip over: JSON that does not parse, a final/ without its weights. A
+    trainer checkpoint without its COMPLETE marker is skipped: resuming never reads one (it says
+    so and takes the one before), so a file cut short there is expected, not a fault."""
     bad = []
     for path in folder.rglob("*.json"):
+        checkpoint = next((p for p in path.parents if p.name.startswith("checkpoint-")), None)
+        if checkpoint is not None and not (checkpoint / "COMPLETE").exists():
+            continue
         try:
             json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError):
@@ -156,6 +162,8 @@ def main(argv=None) -> dict:
                 row["killed_mid_run"] += code != 0
                 bad = half_written(root / "runs" / name)
                 row["half_written"] += len(bad)
+                if bad:
+                    row.setdefault("half_written_paths", []).extend(bad[:3])
                 code, out, _ = run(root, [f"run={name}", *cmd], mode)
                 if code != 0:
                     row.setdefault("rerun_errors", []).append(out[-1500:])
