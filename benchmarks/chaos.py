@@ -16,6 +16,7 @@ as tests/e2e/test_resume.py asserts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -77,7 +78,15 @@ def run(cwd: Path, args: list[str], mode: str, kill_at: float | None = None) -> 
         try:
             proc.wait(timeout=kill_at)
         except subprocess.TimeoutExpired:
+            # torchrun starts each rank in a session of its own, so killing its group leaves the
+            # ranks running (and holding the output pipe): every descendant is killed by pid
+            import psutil
+
+            doomed = psutil.Process(proc.pid).children(recursive=True)
             os.killpg(proc.pid, signal.SIGKILL)
+            for child in doomed:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
     out, _ = proc.communicate(timeout=1800)
     return proc.returncode, out, time.monotonic() - start
 
