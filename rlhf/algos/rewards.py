@@ -33,7 +33,9 @@ def overlong_penalty(lengths: torch.Tensor, max_new_tokens: int, buffer: int, pe
 
 def uniform_groups(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """[B] bool: the responses whose group's scores are all equal (DAPO's dynamic sampling leaves
-    those groups out: their group-relative advantage is zero, so they only dilute the batch)."""
+    those groups out: their group-relative advantage is zero, so they only dilute the batch).
+    Min against max rather than advantages.group_stats' std == 0: a group's mean of equal scores
+    can round away from them, leaving a tiny std where the scores are exactly equal."""
     ids, index = torch.unique(groups, return_inverse=True)
     low = torch.full((len(ids),), float("inf"), dtype=scores.dtype).scatter_reduce(0, index, scores, "amin")
     high = torch.full((len(ids),), float("-inf"), dtype=scores.dtype).scatter_reduce(0, index, scores, "amax")
