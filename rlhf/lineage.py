@@ -46,10 +46,15 @@ def content_id(path: str) -> str:
     return path
 
 
+def fingerprinted_sections(stage: str) -> tuple[str, ...]:
+    """The config sections whose settings decide a stage's output."""
+    return ("seed", "model", "data", STAGES[stage].section, *STAGES[stage].also_reads)
+
+
 def fingerprint(cfg: RLHFConfig, stage: str) -> dict:
     """{"sha256": ..., "inputs": {...}}: the hash over the stage's settings and inputs."""
     settings = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
-    sections = ("seed", "model", "data", STAGES[stage].section, *STAGES[stage].also_reads)
+    sections = fingerprinted_sections(stage)
     relevant = {k: settings[k] for k in sections if k in settings}
     inputs = {"data": describe_source(cfg.data),
               **{role: {"path": path, "content": content_id(path)} for role, path in upstream(cfg, stage).items()}}
@@ -84,7 +89,7 @@ def changed_settings(cfg: RLHFConfig, stage: str, composed) -> dict[str, str]:
     folder = stage_dir(cfg, stage)
     if not (folder / "config.yaml").exists():
         return {}
-    sections = ("seed", "model", "data", STAGES[stage].section, *STAGES[stage].also_reads)
+    sections = fingerprinted_sections(stage)
     before = _flat(OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=False))
     now = _flat(OmegaConf.to_container(composed, resolve=True, enum_to_str=True))
     keys = sorted(k for k in set(before) | set(now)

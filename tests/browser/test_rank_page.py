@@ -15,7 +15,8 @@ import pytest
 from rlhf.data import load_data
 from tests.conftest import data_config, start_label_server, write_lines
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
+# time limit per test: a browser, a server and an RM trained twice
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.browser]
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 TOKENS = {"ann": "ann-secret-token", "bob": "bob-secret-token"}

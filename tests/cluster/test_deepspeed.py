@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import cli_command
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+# time limit per test: 2-rank runs under ZeRO
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.distributed]
 
 DATA = ["data.toy.num_prompts=3000", "logger.every_steps=1"]
 SFT = ["stage=sft", "sft.max_steps=2", "sft.eval_every_steps=0", "sft.gold_eval_prompts=8", "sft.save_every_steps=1",

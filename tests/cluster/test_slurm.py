@@ -12,7 +12,8 @@ import pytest
 from tests.cluster.slurm import Cluster, unavailable
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed,
+# time limit per test: a real Slurm cluster's start and queued jobs
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200), pytest.mark.distributed,
               pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
 
 TWO_RANKS = "--ntasks-per-node 2 --cpus-per-task 1"

@@ -39,6 +39,7 @@ def test_the_floor_script_times_each_model_call():
                                                abs=1e-3)
 
 
+@pytest.mark.timeout(900)  # every check of the script, one after another
 def test_the_gpu_check_rehearses_every_check_on_the_cpu(tmp_path):
     """benchmarks/gpu_check.sh is meant to run unattended on a GPU machine nobody here has; its
     rehearsal runs the same checks on the CPU at toy sizes, so a broken step shows up here first."""
@@ -52,6 +53,7 @@ def test_the_gpu_check_rehearses_every_check_on_the_cpu(tmp_path):
     failed = {name: line.get("log_tail") for name, line in by_check.items() if name != "env" and line.get("ok") is False}
     assert not failed, failed
     assert set(by_check["pipeline"]["gold_score"]) == {"sft", "ppo", "bon:4"}
+    assert "suite runs these test files" in by_check["tests"]["skipped"]  # no nested pytest
     assert by_check["ppo_checkpointing"]["settings"]["gradient_checkpointing"] is True
     # the vLLM engine's check runs where vLLM is installed, and says why not elsewhere
     import importlib.util

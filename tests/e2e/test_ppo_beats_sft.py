@@ -1,5 +1,5 @@
-"""The acceptance runs of stage 3: on the built-in default (SFT, then RM, exactly as `make run`
-runs them, seed 0), PPO, GRPO, RLOO, DPO and best-of-n distillation each give a policy whose
+"""The acceptance runs of stage 3: on the built-in default (SFT, then RM, exactly as `rlhf
+stage=pipeline` runs them, seed 0), PPO, GRPO, RLOO, DPO and best-of-n distillation each give a policy whose
 sampled answers score higher on the gold scorer than the SFT policy's, on the same held-out eval
 prompts."""
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # its first test trains five stages and a sweep
 
 PROMPTS = 512  # gold evaluation of SFT, DPO and bon_sft on the same eval prompts and seed as PPO's
 

@@ -9,10 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from rlhf.config import ModelConfig
+from rlhf.data import toy
 from rlhf.models import build_tiny_model, build_tiny_tokenizer
 from tests.conftest import write_lines
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the module's run, and the ensemble sweep
 
 SMALL = ["run=small", "data.toy.num_prompts=3000", "logger.every_steps=5"]
 
@@ -113,8 +114,10 @@ def test_ppo_runs_logs_its_metrics_and_saves_a_loadable_policy(runs):
 
     m = manifest(runs, "ppo")
     assert m["status"] == "completed" and m["metrics"]["updates"] == 6
-    for key in ("start_gold_sampled_mean", "final_gold_sampled_mean", "final_eos_sampled_rate"):
-        assert 0.0 <= m["metrics"][key] <= 1.0
+    evals = m["metrics"]["evals"]  # every 3 updates: the start, update 3, the end
+    assert [e["update"] for e in evals] == [0, 3, 6]
+    for key in ("gold_sampled_mean", "gold_greedy_mean", "eos_sampled_rate"):
+        assert (m["metrics"][f"start_{key}"], m["metrics"][f"final_{key}"]) == (evals[0][key], evals[-1][key])
     events = EventAccumulator(str(runs / "ppo" / "logs"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
@@ -232,10 +235,13 @@ def test_bon_sft_rounds_sample_from_the_last_round_and_a_rerun_keeps_finished_ro
     for k in (1, 2):
         picks = [json.loads(x) for x in (runs / "bon_sft" / f"round_{k}" / "picks.jsonl").read_text().splitlines()]
         assert [p["prompt_index"] for p in picks] == list(range(32))
-        assert all(len(p["candidate_scores"]) == 4 and 0.0 <= p["gold_score"] <= 1.0 for p in picks)
+        assert all(len(p["candidate_scores"]) == 4 for p in picks)
+        assert [p["gold_score"] for p in picks] == [toy.gold_score(p["prompt"], p["response"]) for p in picks]
+        assert manifest(runs, "bon_sft")["metrics"][f"round_{k}/picks_gold_mean"] == pytest.approx(
+            sum(p["gold_score"] for p in picks) / len(picks))
     metrics = manifest(runs, "bon_sft")["metrics"]
     assert metrics["round_1/picks_trained"] + metrics["round_2/picks_trained"] > 0
-    assert 0.0 <= metrics["round_2/gold_sampled_mean"] <= 1.0
+    assert "round_2/gold_sampled_mean" in metrics and "round_1/gold_sampled_mean" not in metrics  # the last policy's
     trained = load_file(round_1 / "model.safetensors")
     sft = load_file(runs / "sft" / "final" / "model.safetensors")
     assert any(not torch.equal(trained[k], sft[k]) for k in sft)  # round 1 trained
@@ -301,7 +307,8 @@ def test_a_sweep_of_critic_free_algorithms_against_an_rm_ensemble_keeps_every_po
     records its method; compare sets every point beside sft and bon:4 (picked by the ensemble),
     labelled by method. Runs last in this module: it adds folders to the shared run."""
     root = runs.parent.parent
-    run_cli("-m", *SMALL, "stage=rm", "seed=1,2", "rm.epochs=1", "rm.eval_every_steps=0", cwd=root)
+    run_cli("-m", *SMALL, "stage=rm", "seed=1,2", "rm.max_steps=10", "rm.eval_every_steps=0", "rm.wrong_digit_pairs=0",
+            "rm.normalize_max_demonstrations=32", cwd=root)
     assert manifest(runs, "rm@seed=2")["status"] == "completed"
     run_cli("-m", *SMALL, "stage=ppo", "algo=grpo,rloo", "reward=ensemble", "reward.combine=mean_minus_std",
             "reward.std_coef=0.5", "ppo.rollout_batch_size=32", "ppo.mini_batch_size=16", "ppo.eval_prompts=32",
@@ -365,10 +372,13 @@ def test_round_two_collects_on_the_policy_retrains_the_rm_on_both_sources_and_ru
     rm = json.loads((two / "rm" / "manifest.json").read_text())
     assert rm["lineage"]["collected:round_2"]["path"] == "runs/small/round_2/collect/comparisons.jsonl"
     assert rm["inputs"]["init_from"] == "runs/small/sft/final"  # retrained from round 1's sft
-    for source in ("toy", "collected_round_2"):
-        assert 0.0 <= rm["metrics"][f"eval_accuracy_source_{source}"] <= 1.0
-        assert rm["metrics"][f"eval_pairs_source_{source}"] > 0
-    assert 0.0 <= rm["metrics"]["wrong_digit_accuracy"] <= 1.0 and rm["metrics"]["wrong_digit_pairs"] > 0
+    sources = ("toy", "collected_round_2")
+    pairs = {s: rm["metrics"][f"eval_pairs_source_{s}"] for s in sources}
+    assert all(pairs.values()) and sum(pairs.values()) == rm["metrics"]["eval_pairs"]
+    # the accuracy of all pairs is the pair-weighted mean of each source's
+    assert rm["metrics"]["eval_accuracy"] == pytest.approx(
+        sum(rm["metrics"][f"eval_accuracy_source_{s}"] * pairs[s] for s in sources) / rm["metrics"]["eval_pairs"])
+    assert rm["metrics"]["wrong_digit_pairs"] > 0
     assert "wrong_digit_accuracy" in manifest(runs, "rm")["metrics"]  # round 1's too
     ppo = json.loads((two / "ppo" / "manifest.json").read_text())
     assert ppo["status"] == "completed" and (two / "ppo" / "final" / "model.safetensors").exists()

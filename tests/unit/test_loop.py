@@ -107,6 +107,20 @@ def test_a_changed_round_one_policy_changes_round_twos_fingerprint(tmp_path):
     assert lineage.fingerprint(cfg, "collect")["sha256"] != before
 
 
+@pytest.mark.parametrize("stage", ["sft", "rm", "ppo"])
+def test_every_setting_a_stage_reads_changes_its_fingerprint_and_no_other_does(tmp_path, stage):
+    def sha(**kw):
+        return lineage.fingerprint(config(tmp_path, stage, **kw), stage)["sha256"]
+
+    same = sha()
+    assert sha(data=DataConfig(toy=ToyConfig(num_prompts=500))) != same  # the data themselves
+    assert sha(data=DataConfig(max_response_tokens=8)) != same  # how they are read
+    assert sha(seed=1) != same
+    from rlhf.config import LoggerConfig
+
+    assert sha(logger=LoggerConfig(every_steps=1)) == same  # how a run logs never decides its output
+
+
 def test_compare_shows_every_rounds_policies(tmp_path):
     run = tmp_path / "r"
     for name in ("sft", "rm", "ppo", "round_2/rm", "round_2/ppo", "round_2/ppo@seed=1", "round_3/ppo"):

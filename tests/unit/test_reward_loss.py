@@ -78,3 +78,26 @@ def test_kwise_loss_is_bradley_terry_for_one_pair():
     s = torch.tensor([2.0, -1.0])
     loss = kwise_loss(s, torch.tensor([0]), torch.tensor([1]), torch.tensor([0]), torch.tensor([0.0]), 1)
     assert loss.item() == pytest.approx(-F.logsigmoid(torch.tensor(3.0)).item())
+
+
+def test_normalisation_makes_the_demonstrations_score_mean_zero_and_keeps_the_raw_order(tmp_path, tokenizer):
+    """InstructGPT's RM normalisation: a bias so that the SFT demonstrations score mean 0 when
+    scored as every consumer scores (rlhf.sampling.score adds the saved bias); each score is
+    its raw score minus the raw mean."""
+    from rlhf.data import Demonstration
+    from rlhf.models import build_tiny_model, load_reward_model
+    from rlhf.sampling import score
+    from rlhf.stages.reward_model import normalize
+
+    torch.manual_seed(0)
+    build_tiny_model(ModelConfig(), tokenizer).save_pretrained(tmp_path)
+    model = load_reward_model(ModelConfig(), tokenizer, str(tmp_path))
+    torch.nn.init.normal_(model.score.weight, std=1.0)  # a head that scores answers apart
+    demos = [Demonstration(c.prompt, r) for c in COMPARISONS for r in c.responses]
+    prompts, responses = [d.prompt for d in demos], [d.response for d in demos]
+    raw = score(model, tokenizer, prompts, responses, normalized=False)
+    assert raw.mean().abs() > 0.1  # else the test could not tell a bias of the wrong sign
+    stats = normalize(model, tokenizer, demos)
+    scored = score(model, tokenizer, prompts, responses)
+    assert torch.allclose(scored, raw - raw.mean(), atol=1e-5)
+    assert stats["raw_demonstration_mean"] == pytest.approx(raw.mean().item(), abs=1e-6)

@@ -15,6 +15,8 @@ from rlhf.sampling.vllm_engine import VLLMEngine, merged_weights  # noqa: E402
 from rlhf.stages.online_rl.roles import Roles  # noqa: E402
 from rlhf.stages.online_rl.rollout import rollout  # noqa: E402
 
+pytestmark = pytest.mark.timeout(600)  # the module's first test starts a vLLM engine
+
 PROMPTS = ["sort ascending: 3 1 2", "sort descending: 5 9 1 0", "sort ascending: 7 7", "sort descending: 4 2"]
 TOLERANCE = 1e-4  # float32 on both sides; measured ~2e-6
 

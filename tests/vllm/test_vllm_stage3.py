@@ -14,7 +14,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed here: `make test-vllm`
 from tests.cluster.test_deepspeed import launch  # noqa: E402
 from tests.e2e.test_resume import PPO, RM, SFT, final, interrupt, max_diff, resumed_step, run  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a vLLM engine's start
 
 VLLM = ["ppo.rollout_engine=vllm", "vllm.kv_cache_mib=128"]
 TOLERANCE = 1e-4  # float32 engine and policy: measured ~2e-6
