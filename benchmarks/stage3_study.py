@@ -35,21 +35,30 @@ RM_FIGURES = ("eval_accuracy", "eval_accuracy_low", "eval_accuracy_high", "gold_
               "gold_accuracy_high", "eval_longer_wins", "eval_same_length", "wrong_digit_accuracy")
 
 
-def rlhf(*args: str, multirun: bool = False) -> None:
+def rlhf(log: Path, *args: str, multirun: bool = False) -> None:
+    """Runs one rlhf command, its output appended to `log`; a failure stops the study with the
+    log's end."""
     command = [sys.executable, "-m", "rlhf.cli", *(["-m"] if multirun else []), *args]
     print("+ rlhf", " ".join(args), file=sys.stderr, flush=True)
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise SystemExit(f"`rlhf {' '.join(args)}` exited {done.returncode}; the end of {log}:\n"
+                         + log.read_text(errors="replace")[-3000:])
 
 
 def run_seed(experiment: str, seed: int, algos: list[str], runs_dir: str, extra: list[str]) -> Path:
-    common = [f"experiment={experiment}", f"run={experiment}_s{seed}", f"seed={seed}", f"runs_dir={runs_dir}",
+    run = Path(runs_dir) / f"{experiment}_s{seed}"
+    log = run / "study.log"  # every command's output, in order
+    common = [f"experiment={experiment}", f"run={run.name}", f"seed={seed}", f"runs_dir={runs_dir}",
               "logger=tensorboard", *extra]
-    rlhf(*common, "stage=prepare")
-    rlhf(*common, "stage=pipeline", "stages=[sft,rm,ppo,dpo,bon_sft]")
+    rlhf(log, *common, "stage=prepare")
+    rlhf(log, *common, "stage=pipeline", "stages=[sft,rm,ppo,dpo,bon_sft]")
     if algos:
-        rlhf(*common, "stage=ppo", f"algo={','.join(algos)}", multirun=True)
-    rlhf(*common, "stage=compare")
-    return Path(runs_dir) / f"{experiment}_s{seed}" / "compare" / "results.json"
+        rlhf(log, *common, "stage=ppo", f"algo={','.join(algos)}", multirun=True)
+    rlhf(log, *common, "stage=compare")
+    return run / "compare" / "results.json"
 
 
 def value(entry):

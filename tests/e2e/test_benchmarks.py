@@ -62,3 +62,36 @@ def test_the_gpu_check_rehearses_every_check_on_the_cpu(tmp_path):
         assert "make setup-vllm" in by_check["grpo_vllm"]["skipped"]
     else:
         assert by_check["grpo_vllm"]["settings"]["rollout_engine"] == "vllm"
+
+
+def test_the_stage3_study_pools_seeds_and_pairs_each_policy_with_best_of_4(tmp_path):
+    """stage3_study.py --report-only on two hand-made seeds: per-seed figures as compare wrote
+    them, their mean [min, max], and each policy's paired difference to bon:4 per prompt."""
+    gold = {0: {"sft": [[0.5, 0.5], [1.0, 0.0]], "ppo": [[1.0, 1.0], [1.0, 0.5]], "bon:4": [[1.0, 0.5], [1.0, 1.0]]},
+            1: {"sft": [[0.0, 0.5], [1.0, 1.0]], "ppo": [[1.0, 0.5], [1.0, 1.0]], "bon:4": [[0.5, 0.5], [1.0, 1.0]]}}
+    for seed, policies in gold.items():
+        run = tmp_path / f"toy_surpass_s{seed}"
+        (run / "compare").mkdir(parents=True)
+        (run / "rm").mkdir()
+        (run / "rm" / "manifest.json").write_text(json.dumps({"metrics": {"eval_accuracy": 0.9 + seed / 100}}))
+        rows = [{"policy": p, "mode": "sampled", "prompt_index": i, "sample": j, "gold_score": g}
+                for p, prompts in policies.items() for i, answers in enumerate(prompts) for j, g in enumerate(answers)]
+        (run / "compare" / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        modes = {"sampled": {p: {"gold_score": {"mean": sum(map(sum, a)) / 4, "low": 0, "high": 1}, "tokens": 5.0,
+                                 "win_rate_gold": None if p == "sft" else {"value": 0.6, "low": 0.5, "high": 0.7}}
+                             for p, a in policies.items()}}
+        (run / "compare" / "results.json").write_text(json.dumps(
+            {"modes": modes, "costs": {"ppo": {"duration_s": 10.0 + seed, "peak_rss_mb": 500.0}}}))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stage3_study.py"), "--report-only", "--seeds", "0", "1",
+                          "--runs-dir", str(tmp_path), "--markdown", str(tmp_path / "t.md")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    ppo = result["summary"]["ppo"]
+    assert (ppo["gold_sampled"]["min"], ppo["gold_sampled"]["max"]) == (0.875, 0.875)
+    assert ppo["wall_s"] == {"mean": 10.5, "min": 10.0, "max": 11.0, "n": 2}
+    # seed 0: per-prompt means ppo (1.0, 0.75) vs bon:4 (0.75, 1.0): 0.0; seed 1: (0.75, 1.0) vs (0.5, 1.0): +0.125
+    assert [result["per_seed"][s]["ppo"]["vs_bon_sampled"] for s in ("0", "1")] == [0.0, 0.125]
+    assert result["per_seed"]["1"]["sft"]["vs_bon_sampled"] == pytest.approx(((0.25 - 0.5) + (1.0 - 1.0)) / 2)
+    assert result["reward_models"] == {"0": {"eval_accuracy": 0.9}, "1": {"eval_accuracy": 0.91}}
+    assert "| ppo | – | 0.875 [0.875, 0.875] | 0.062 [0.000, 0.125] |" in (tmp_path / "t.md").read_text()

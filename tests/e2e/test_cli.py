@@ -76,7 +76,10 @@ def test_config_errors_exit_2_with_the_fields_named(tmp_path, run_cli):
 def test_runs_from_any_directory(tmp_path, run_cli):
     # conf/ is found beside the package, not relative to the working directory
     assert (ROOT / "conf" / "config.yaml").exists()
-    run_cli("--cfg", "job", cwd=tmp_path / "..", expect=0, timeout=TIMEOUT)
+    out = run_cli("--cfg", "job", "run=elsewhere", cwd=tmp_path / "..", expect=0, timeout=TIMEOUT)
+    job = yaml.safe_load(out.stdout)
+    assert job["run"] == "elsewhere" and job["model"]["tiny"]["hidden_size"] == 128  # conf/ composed in full
+    assert job["ppo"]["beta"] == 0.05  # the toy's recipe (conf/recipe/toy_tiny.yaml) found too
 
 
 def test_broken_files_exit_2_with_one_line_naming_the_file(tmp_path, run_cli):

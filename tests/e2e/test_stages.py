@@ -266,7 +266,9 @@ def test_evaluate_measures_the_rm_beside_the_length_baseline_and_judges_policies
     m = results["rm_on_comparisons"]
     assert m["accuracy"] == pytest.approx(manifest(runs, "rm")["metrics"]["eval_accuracy"], abs=0.01)
     assert m["longer_wins"] + m["shorter_wins"] + m["same_length"] == pytest.approx(1.0)
-    assert 0.5 < m["gold_label_accuracy"] <= 1.0 and m["accuracy_low"] <= m["accuracy"] <= m["accuracy_high"]
+    # the labels' agreement with gold is a property of the data: the RM stage measured the same
+    assert m["gold_label_accuracy"] == pytest.approx(manifest(runs, "rm")["metrics"]["gold_label_accuracy"])
+    assert m["accuracy_low"] <= m["accuracy"] <= m["accuracy_high"]
     rows = (folder / "comparisons.jsonl").read_text().splitlines()
     assert len(rows) == m["comparisons"]
     ppo = results["policies_on_prompts"]["modes"]["sampled"]["ppo"]
