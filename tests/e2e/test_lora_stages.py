@@ -30,7 +30,8 @@ def test_sft_rm_and_ppo_stages_run_with_lora(tmp_path, run_cli):
     runs = tmp_path / "runs" / "lora"
     dpo = json.loads((runs / "dpo" / "manifest.json").read_text())
     assert "adapter off" in dpo["inputs"]["reference"] and dpo["metrics"]["steps"] == 4
-    assert 0.0 <= dpo["metrics"]["train_reward_accuracy"] <= 1.0
+    # measured on dpo.train_accuracy_pairs=16 pairs, a tie counting half: a multiple of 1/32
+    assert (dpo["metrics"]["train_reward_accuracy"] * 32).is_integer()
     for stage in ("sft", "rm", "dpo"):
         assert json.loads((runs / stage / "manifest.json").read_text())["distributed"]["gradient_checkpointing"], stage
     for stage in ("sft", "rm", "ppo", "dpo"):
