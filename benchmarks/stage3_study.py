@@ -3,7 +3,10 @@ SFT policy and reward model), PPO through the pipeline, the other stage-3 algori
 (`rlhf -m stage=ppo algo=...`, folders ppo@algo=...), DPO and best-of-n distillation, then
 compare (every policy beside sft and bon:4, greedy and sampled). Prints one JSON object: per
 policy and seed compare's figures (gold greedy and sampled, RM score, KL, tokens, the stage's wall
-time and peak RSS), and per policy the mean with the seeds' [lowest, highest]. With --markdown
+time and peak RSS) and the paired difference of its sampled gold to best-of-4's with a bootstrap
+interval; each seed's RM accuracy beside the length baseline; and per policy the mean with the
+seeds' [lowest, highest]. (compare pools seeds itself only for sweep points of one run; here each
+seed has its own SFT policy and RM, so a run of its own.) With --markdown
 FILE, also that table as markdown. Reruns skip what is done (rlhf's lineage), so an interrupted
 study picks up where it stopped.
 
