@@ -61,10 +61,11 @@ mutants: setup
 
 # A mutation tool's score on rlhf/algos/ (mutmut; its settings in setup.cfg [mutmut]): every
 # operator it can change, against that layer's unit tests. Not a dependency, so installed here;
-# `.venv/bin/mutmut results` lists the survivors, `.venv/bin/mutmut show NAME` shows one.
+# `.venv/bin/mutmut results` lists the survivors, `.venv/bin/mutmut show NAME` shows one. One torch
+# thread: mutmut forks a process per mutant, and a forked process's intra-op threads can hang.
 mutation-score: setup
 	$(BIN)/python -m pip install --quiet mutmut==3.8.1
-	$(BIN)/mutmut run
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run
 
 # Kills at random moments (benchmarks/chaos.py): every stage, in one process and as 2 ranks under
 # ZeRO-2, SIGKILLed at CHAOS_KILLS random moments each, rerun, and compared with an uninterrupted run.

@@ -6,7 +6,7 @@ import statistics
 import pytest
 import torch
 
-from rlhf.algos.advantages import ADVANTAGES, AdvantageInput, group_stats, needs_critic
+from rlhf.algos.advantages import ADVANTAGES, AdvantageInput, group_stats, needs_critic, needs_groups
 from rlhf.config import ConfigError, PPOStageConfig, RLHFConfig
 from rlhf.config.check import check
 from rlhf.core.ops import masked_whiten
@@ -170,3 +170,8 @@ def test_a_negative_entropy_coefficient_lowers_the_policys_entropy(tokenizer):
                         groups=torch.arange(4).repeat_interleave(2))
         entropies[coef] = (after.entropy.sum() / after.mask.sum()).item()
     assert entropies[-0.5] < entropies[0.0] - 0.1, entropies
+
+
+def test_only_gae_trains_a_critic_and_only_group_estimators_need_groups():
+    assert [needs_critic(n) for n in ("gae", "grpo", "rloo", "reinforce_pp")] == [True, False, False, False]
+    assert [needs_groups(n) for n in ("gae", "grpo", "rloo", "reinforce_pp")] == [False, True, True, False]

@@ -150,6 +150,9 @@ def test_adaptive_kl_controller_follows_ziegler():
     assert ctl.beta == pytest.approx(0.1 * (1 + 0.2 * 64 / 10000))
     ctl.update(5.4, 64)  # below: error -0.1
     assert ctl.beta == pytest.approx(0.1 * (1 + 0.2 * 64 / 10000) * (1 - 0.1 * 64 / 10000))
+    before = ctl.beta
+    ctl.update(0.6, 64)  # far below: error -0.9, clipped to -0.2
+    assert ctl.beta == pytest.approx(before * (1 - 0.2 * 64 / 10000))
     restored = KLController(1.0)
     restored.load_state_dict(ctl.state_dict())
     assert restored.beta == ctl.beta and restored.target == 6.0
@@ -177,3 +180,12 @@ def test_truncated_is_weights_and_the_mismatch_stats_match_a_loop():
     assert stats["engine_kl_per_token"] == pytest.approx(k3_sum / mask.sum().item(), rel=1e-5)
     assert stats["engine_logprob_max_abs_diff"] == pytest.approx(largest, rel=1e-5)
     assert (weights <= 1.5).all() and (weights < 1.5).any()
+
+
+def test_shaped_scores_are_clipped_both_ways_and_unfinished_answers_get_the_fixed_score():
+    from rlhf.algos.rewards import shape_scores
+
+    scores = torch.tensor([-7.0, -0.5, 0.5, 9.0, 9.0])
+    ended = torch.tensor([True, True, True, True, False])
+    assert shape_scores(scores, ended, clip=2.0, no_eos_score=-5.0).tolist() == [-2.0, -0.5, 0.5, 2.0, -5.0]
+    assert shape_scores(scores, ended, clip=None, no_eos_score=-5.0).tolist() == [-7.0, -0.5, 0.5, 9.0, -5.0]
