@@ -43,9 +43,11 @@ def test_k_wise_pairs_rank_ties_and_the_interval_weights_comparisons_by_their_pa
     assert m["pairs"] == 3 and m["accuracy"] == pytest.approx(1 / 3)
     assert m["accuracy_k3"] == 0.5 and m["pairs_k3"] == 2 and m["accuracy_k2"] == 0.0
     assert (m["longer_wins"], m["shorter_wins"], m["same_length"]) == (0.0, pytest.approx(2 / 3), pytest.approx(1 / 3))
-    # over comparisons, each weighted by its pairs: the interval of the accuracy over pairs
-    low, high = bootstrap_ci(np.array([0.5, 0.0]), 500, 0.95, 1, weights=np.array([2, 1]))
-    assert (m["accuracy_low"], m["accuracy_high"]) == (low, high)
+    # The interval resamples comparisons (a K-wise one's pairs are not independent): two
+    # comparisons give three possible accuracies, 0.5 (the first twice, 1/4 of resamples), 0 (the
+    # second twice, 1/4) and 1/3 (one of each: 1 right of 3 pairs), so the 95% interval is exactly
+    # [0, 0.5]. Resampling the 3 pairs instead would reach 1.0 (all three the right one: 1/27).
+    assert (m["accuracy_low"], m["accuracy_high"]) == (0.0, 0.5)
     assert m["score_worst_mean"] == pytest.approx((4.0 + 1.0) / 2)  # the last response is the worst-ranked
 
 
