@@ -1,5 +1,5 @@
-"""Seeded mutants: hand-chosen mistakes in the code that decides results, each of which the fast
-suite must catch. `make mutants` applies each one to a copy of the tree, runs the fast tests
+"""Seeded mutants: hand-chosen mistakes in the code that decides results, each of which the unit
+tests must catch. `make mutants` applies each one to a copy of the tree, runs tests/unit
 (`-m "not slow"`, the test named beside the mutant first, stopping at the first failure) and
 prints one JSON line per mutant and a summary; it exits 1 if any mutant survives. A survivor is
 a hole in the tests: the line names the test that should have caught it.
@@ -151,7 +151,7 @@ def main() -> None:
                                    "tests/unit"], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
                                   capture_output=True, text=True)
         if baseline.returncode != 0:
-            raise SystemExit("the unmutated tree fails its fast tests:\n" + baseline.stdout[-3000:])
+            raise SystemExit("the unmutated tree fails its unit tests:\n" + baseline.stdout[-3000:])
         results = []
         for name in args.names or MUTANTS:
             results.append(run(name, tree, ["tests/unit"]))
