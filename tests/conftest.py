@@ -48,6 +48,36 @@ def run_cli_fixture():
     return run_cli
 
 
+# The trained toy SFT policy and reward model that e2e modules start from (tests/e2e/test_resume.py,
+# tests/vllm/test_vllm_stage3.py): small enough to train in seconds, with a checkpoint every 10 steps
+# so that a killed run has one to resume from.
+TOY_DATA = ["data.toy.num_prompts=3000", "logger.every_steps=1"]
+TOY_SFT = ["stage=sft", "sft.max_steps=60", "sft.per_device_batch_size=8", "sft.save_every_steps=10",
+           "sft.save_total_limit=10", "sft.eval_every_steps=0", "sft.gold_eval_prompts=0", "sft.learning_rate=1e-3"]
+TOY_RM = ["stage=rm", "rm.max_steps=60", "rm.per_device_batch_size=4", "rm.save_every_steps=10", "rm.save_total_limit=10",
+          "rm.eval_every_steps=0", "rm.normalize_max_demonstrations=32", "rm.learning_rate=1e-4"]
+
+
+@pytest.fixture(scope="session")
+def toy_sft_rm(tmp_path_factory) -> Path:
+    """A root whose runs/whole/sft and runs/whole/rm hold TOY_SFT and TOY_RM trained on TOY_DATA,
+    once per test session. Modules copy them into a root of their own (copy_toy_sft_rm) rather
+    than write beside them."""
+    root = tmp_path_factory.mktemp("toy_sft_rm")
+    for stage in (TOY_SFT, TOY_RM):
+        run_cli(*TOY_DATA, "run=whole", *stage, cwd=root, timeout=600)
+    return root
+
+
+def copy_toy_sft_rm(shared: Path, root: Path, run: str = "whole") -> None:
+    """The session's trained SFT and RM as runs/RUN/{sft,rm} under ROOT, where rlhf finds them
+    as that run's own (up to date with TOY_SFT and TOY_RM)."""
+    import shutil
+
+    for stage in ("sft", "rm"):
+        shutil.copytree(shared / "runs" / "whole" / stage, root / "runs" / run / stage, symlinks=True)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return load_tokenizer(ModelConfig())

@@ -25,7 +25,12 @@ def test_benchmark_prints_its_json_line(script, flags):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert KEYS <= set(result), KEYS - set(result)
-    assert result["episodes"] == 16 and result["episodes_per_s"] > 0
+    assert (result["episodes"], result["updates"]) == (16, 2)  # batch 8 x 2 updates, as asked
+    assert {k: result["settings"][k] for k in ("batch", "response_len", "prompt_len")} == \
+        {"batch": 8, "response_len": 6, "prompt_len": 5}
+    # the phases are timed inside the wall time, not beside it
+    assert result["generate_s"] + result["score_s"] + result["train_s"] <= result["wall_s"]
+    assert result["episodes_per_s"] == pytest.approx(16 / result["wall_s"], rel=1e-2)
 
 
 def test_the_floor_script_times_each_model_call():
@@ -95,3 +100,30 @@ def test_the_stage3_study_pools_seeds_and_pairs_each_policy_with_best_of_4(tmp_p
     assert result["per_seed"]["1"]["sft"]["vs_bon_sampled"] == pytest.approx(((0.25 - 0.5) + (1.0 - 1.0)) / 2)
     assert result["reward_models"] == {"0": {"eval_accuracy": 0.9}, "1": {"eval_accuracy": 0.91}}
     assert "| ppo | – | 0.875 [0.875, 0.875] | 0.062 [0.000, 0.125] |" in (tmp_path / "t.md").read_text()
+
+
+def test_quality_checks_each_claim_on_the_seeds_it_names():
+    """benchmarks/quality.py's claims on hand-made figures of two seeds: "every seed" fails on one
+    seed below, "the mean" holds on a mean above, a part not run checks nothing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    sys.modules["quality"] = quality  # its dataclass looks its module up there
+    spec.loader.exec_module(quality)
+
+    def seed(ppo, dpo, bon_sft, loop):
+        return {"policies": {"ppo": {"vs_sft_sampled": ppo}, "dpo": {"vs_sft_sampled": dpo},
+                             "bon_sft": {"vs_sft_sampled": bon_sft}, "bon:4": {"vs_sft_sampled": 0.04},
+                             "round_2/ppo": {"vs_ppo_sampled": loop}}, "rm": {}}
+
+    parts = {"toy": {0: seed(0.01, 0.03, 0.01, 0.03), 1: seed(-0.002, 0.03, 0.01, -0.01)}}
+    checked = quality.check(quality.CLAIMS, parts)
+    assert {c["part"] for c in checked} == {"toy"}  # the surpass claims need the surpass part
+    by_claim = {c["stated"].split(",")[0].split(" > ")[0]: (c["values"], c["holds"]) for c in checked}
+    assert by_claim == {
+        "PPO's sampled gold minus SFT's": ([0.01, -0.002], False),  # every seed: seed 1 is below
+        "DPO's share of SFT's gap to best-of-4": ([0.75, 0.75], True),
+        "bon_sft's share of SFT's gap to best-of-4": ([0.25, 0.25], False),
+        "round 2's PPO sampled gold minus round 1's": ([0.03, -0.01], True),  # the mean: +0.01
+    }

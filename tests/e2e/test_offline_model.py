@@ -56,7 +56,7 @@ def test_smollm2_hh_demo_runs_every_step_at_its_smallest_size(tmp_path, run_cli)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = run_cli("experiment=smollm2_hh", "stage=pipeline", f"data.path={path}", "logger=none",
                   "sft.max_steps=2", "rm.max_steps=2", "rm.save_every_steps=0", "rm.normalize_max_demonstrations=8",
-                  "bon_sft.prompts=4", "bon_sft.n=2", "bon_sft.epochs=1", "bon_sft.max_new_tokens=64",
+                  "bon_sft.prompts=4", "bon_sft.n=2", "bon_sft.epochs=1", "bon_sft.max_new_tokens=16",
                   "compare.prompts=4", "compare.max_new_tokens=8", "compare.bootstrap_resamples=50",
                   cwd=tmp_path, timeout=1500)
     log = out.stdout + out.stderr

@@ -72,7 +72,10 @@ def test_a_dpo_pipeline_without_a_reward_model_is_compared_by_the_gold_scorer(tm
     results = json.loads((tmp_path / "runs" / "default" / "compare" / "results.json").read_text())
     assert set(results["policies"]) == {"sft", "dpo"}
     row = results["modes"]["sampled"]["dpo"]
-    assert row["rm_score"] is None and row["gold_score"]["mean"] > 0 and row["win_rate_gold"] is not None
+    assert row["rm_score"] is None and row["win_rate_gold"] is not None
+    samples = [json.loads(x) for x in (tmp_path / "runs" / "default" / "compare" / "samples.jsonl").read_text().splitlines()]
+    golds = [x["gold_score"] for x in samples if (x["policy"], x["mode"]) == ("dpo", "sampled")]
+    assert len(golds) == 8 and row["gold_score"]["mean"] == pytest.approx(sum(golds) / len(golds))
     assert (tmp_path / "runs" / "default" / "compare" / "report.md").exists()
     assert manifest(tmp_path, "dpo")["lineage"]["init_from"]["content"] == manifest(tmp_path, "sft")["outputs"]["sha256"]
 

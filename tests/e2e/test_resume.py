@@ -11,15 +11,11 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import cli_command, run_cli
+from tests.conftest import TOY_DATA, TOY_RM, TOY_SFT, cli_command, copy_toy_sft_rm, run_cli
 
 pytestmark = pytest.mark.slow
 
-DATA = ["data.toy.num_prompts=3000", "logger.every_steps=1"]
-SFT = ["stage=sft", "sft.max_steps=60", "sft.per_device_batch_size=8", "sft.save_every_steps=10",
-       "sft.save_total_limit=10", "sft.eval_every_steps=0", "sft.gold_eval_prompts=0", "sft.learning_rate=1e-3"]
-RM = ["stage=rm", "rm.max_steps=60", "rm.per_device_batch_size=4", "rm.save_every_steps=10", "rm.save_total_limit=10",
-      "rm.eval_every_steps=0", "rm.normalize_max_demonstrations=32", "rm.learning_rate=1e-4"]
+DATA, SFT, RM = TOY_DATA, TOY_SFT, TOY_RM  # the session's trained toy SFT and RM (tests/conftest.py)
 PPO = ["stage=ppo", "ppo.updates=12", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=8", "ppo.ppo_epochs=1",
        "ppo.save_every_updates=3", "ppo.eval_prompts=8", "ppo.critic_warmup_updates=0", "ppo.learning_rate=1e-4"]
 CHECKPOINT = {"sft": "checkpoint-{}", "rm": "checkpoint-{}", "ppo": "update_{}"}
@@ -68,12 +64,11 @@ def max_diff(a, b):
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    """Uninterrupted SFT -> RM -> PPO ("whole"); the interrupted runs ("cut") start from the same
-    SFT and RM."""
+def root(tmp_path_factory, toy_sft_rm):
+    """Uninterrupted SFT -> RM -> PPO ("whole": the session's SFT and RM, then PPO); the
+    interrupted runs ("cut") start from the same SFT and RM."""
     root = tmp_path_factory.mktemp("resume")
-    run(root, "run=whole", *SFT)
-    run(root, "run=whole", *RM)
+    copy_toy_sft_rm(toy_sft_rm, root)
     run(root, "run=whole", *PPO)
     return root
 

@@ -237,11 +237,13 @@ def test_bon_sft_rounds_sample_from_the_last_round_and_a_rerun_keeps_finished_ro
         picks = [json.loads(x) for x in (runs / "bon_sft" / f"round_{k}" / "picks.jsonl").read_text().splitlines()]
         assert [p["prompt_index"] for p in picks] == list(range(32))
         assert all(len(p["candidate_scores"]) == 4 for p in picks)
+        # each pick is its prompt's best candidate by the RM; the unended are not trained on
+        assert all(p["score"] == max(x for x in p["candidate_scores"] if x is not None) for p in picks)
+        assert manifest(runs, "bon_sft")["metrics"][f"round_{k}/picks_trained"] == sum(p["ended"] for p in picks)
         assert [p["gold_score"] for p in picks] == [toy.gold_score(p["prompt"], p["response"]) for p in picks]
         assert manifest(runs, "bon_sft")["metrics"][f"round_{k}/picks_gold_mean"] == pytest.approx(
             sum(p["gold_score"] for p in picks) / len(picks))
     metrics = manifest(runs, "bon_sft")["metrics"]
-    assert metrics["round_1/picks_trained"] + metrics["round_2/picks_trained"] > 0
     assert "round_2/gold_sampled_mean" in metrics and "round_1/gold_sampled_mean" not in metrics  # the last policy's
     trained = load_file(round_1 / "model.safetensors")
     sft = load_file(runs / "sft" / "final" / "model.safetensors")
@@ -277,7 +279,7 @@ def test_evaluate_measures_the_rm_beside_the_length_baseline_and_judges_policies
     assert ppo["win_rate_gold"] is not None and ppo["kl"] is None  # no reference: no KL
     report = (folder / "report.md").read_text()
     assert "## Reward model on comparisons" in report and "| ppo |" in report and "win rate by RM" in report
-    assert manifest(runs.parent / "evaluated", "evaluate")["metrics"]["sampled/ppo/win_rate_rm"] is not None
+    assert manifest(runs.parent / "evaluated", "evaluate")["metrics"]["sampled/ppo/win_rate_rm"] == ppo["win_rate_rm"]["value"]
 
 
 def test_evaluate_reads_a_pairwise_file_without_a_gold_scorer(runs, tmp_path, run_cli):
@@ -381,8 +383,9 @@ def test_round_two_collects_on_the_policy_retrains_the_rm_on_both_sources_and_ru
     # the accuracy of all pairs is the pair-weighted mean of each source's
     assert rm["metrics"]["eval_accuracy"] == pytest.approx(
         sum(rm["metrics"][f"eval_accuracy_source_{s}"] * pairs[s] for s in sources) / rm["metrics"]["eval_pairs"])
-    assert rm["metrics"]["wrong_digit_pairs"] > 0
-    assert "wrong_digit_accuracy" in manifest(runs, "rm")["metrics"]  # round 1's too
+    # the blind-spot pairs come from the eval split's prompts: the same pairs as round 1's RM
+    assert rm["metrics"]["wrong_digit_pairs"] == manifest(runs, "rm")["metrics"]["wrong_digit_pairs"] > 0
+    assert "wrong_digit_accuracy" in manifest(runs, "rm")["metrics"]
     ppo = json.loads((two / "ppo" / "manifest.json").read_text())
     assert ppo["status"] == "completed" and (two / "ppo" / "final" / "model.safetensors").exists()
     assert ppo["lineage"]["policy_from"]["path"] == "runs/small/sft/final"

@@ -12,7 +12,8 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed here: `make test-vllm` runs these tests in .venv-vllm")
 
 from tests.cluster.test_deepspeed import launch  # noqa: E402
-from tests.e2e.test_resume import PPO, RM, SFT, final, interrupt, max_diff, resumed_step, run  # noqa: E402
+from tests.conftest import copy_toy_sft_rm  # noqa: E402
+from tests.e2e.test_resume import PPO, final, interrupt, max_diff, resumed_step, run  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a vLLM engine's start
 
@@ -21,11 +22,10 @@ TOLERANCE = 1e-4  # float32 engine and policy: measured ~2e-6
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    """SFT and RM as tests/e2e/test_resume.py trains them; PPO on vLLM uninterrupted ("whole")."""
+def root(tmp_path_factory, toy_sft_rm):
+    """The session's trained SFT and RM (tests/conftest.py); PPO on vLLM uninterrupted ("whole")."""
     root = tmp_path_factory.mktemp("vllm")
-    run(root, "run=whole", *SFT)
-    run(root, "run=whole", *RM)
+    copy_toy_sft_rm(toy_sft_rm, root)
     run(root, "run=whole", *PPO, *VLLM, "ppo.tis_cap=2")
     return root
 
