@@ -120,7 +120,7 @@ CLAIMS = [
     Claim("surpass", "... to 0.97", "README", "PPO greedy gold >= 0.95 on every seed (0.97 the mean)",
           fig("ppo", "gold_greedy"), every(lambda x: x >= 0.95)),
     Claim("surpass", "and beats best-of-4 on every seed", "README",
-          "PPO's sampled gold minus best-of-4's, paired: the interval above 0 on every seed",
+          "PPO's sampled gold minus best-of-4's, paired: its interval's lower end above 0 on every seed",
           fig("ppo", "vs_bon_sampled_low"), every(lambda x: x > 0)),
     Claim("surpass", "RM gold accuracy 0.927-0.939", "docs/results.md", ">= 0.85 on every seed (the 'longer wins' rule beside it)",
           lambda seed: seed["rm"]["gold_accuracy"], every(lambda x: x >= 0.85)),
