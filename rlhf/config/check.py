@@ -263,7 +263,6 @@ def check(cfg: RLHFConfig) -> None:
     if p.overlong_buffer is not None and not 0 < p.overlong_buffer <= generated:
         problems.append(f"ppo.overlong_buffer={p.overlong_buffer}: the tokens before the generation limit "
                         f"({generated}) where the penalty ramps up; must lie in 1..{generated}, or null")
-    rw = cfg.reward
     problems += _reward_problems(cfg.reward)
     if cfg.variant is not None and (not cfg.variant.strip() or "/" in cfg.variant or "\n" in cfg.variant):
         problems.append(f"variant={cfg.variant!r}: it names folders (runs/<run>/<stage>@<variant>), so it must be "

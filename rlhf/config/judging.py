@@ -11,7 +11,7 @@ from typing import Any, List, Optional
 
 @dataclass
 class CompareConfig:
-    """`rlhf stage=compare`: policies side by side on held-out prompts (rlhf/compare.py)."""
+    """`rlhf stage=compare`: policies side by side on held-out prompts (rlhf/stages/compare/)."""
 
     # name -> checkpoint folder, hub id, or "bon:<n>": the best of n samples of `bon_from`, picked
     # by the reward source (reward=; for reward=model the judging RM). null = this run's policies
@@ -40,7 +40,7 @@ class CompareConfig:
 
 @dataclass
 class GenerateConfig:
-    """`rlhf stage=generate`: print a policy's answers (rlhf/generate.py)."""
+    """`rlhf stage=generate`: print a policy's answers (rlhf/stages/generate.py)."""
 
     policy: Optional[str] = None  # folder or hub id; null = this run's policy of the latest stage in pipeline order (bon_sft, dpo, ppo, sft), else the base model
     prompt: Optional[str] = None  # one prompt; with neither this nor prompts_file, read prompts from stdin

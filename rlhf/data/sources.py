@@ -8,7 +8,7 @@ import functools
 import re
 from typing import Any, Callable
 
-from rlhf.data.files import Row, not_an_object
+from rlhf.data.files import Row
 from rlhf.data.records import (
     Demonstration,
     Dropped,

@@ -401,7 +401,7 @@ def test_round_two_collects_on_the_policy_retrains_the_rm_on_both_sources_and_ru
     assert all(a["rank"] is None for line in unranked.read_text().splitlines()
                for a in json.loads(line)["responses"])
     out = run_cli(*SMALL, "stage=rm", "loop.round=3", cwd=root, expect=2)
-    assert f"runs/small/round_3/collect/comparisons.jsonl line 1: field 'responses[0].rank': not ranked yet" in \
+    assert "runs/small/round_3/collect/comparisons.jsonl line 1: field 'responses[0].rank': not ranked yet" in \
         out.stderr + out.stdout
 
 
