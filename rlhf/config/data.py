@@ -24,6 +24,7 @@ class DataFormat(enum.Enum):
     hh_rlhf = "hh_rlhf"  # Anthropic HH-RLHF chosen/rejected transcripts -> Comparison
     oasst = "oasst"  # OpenAssistant message trees (one message a row) -> K-wise Comparisons of ranked replies
     prompt = "prompt"  # prompt only -> Prompt (PPO / eval prompts)
+    ifeval = "ifeval"  # prompt + verifiable instructions (IFEval's layout) -> Prompt whose gold is the instructions' checks
 
 
 class MultiLabel(enum.Enum):
@@ -58,6 +59,8 @@ class FieldMap:
     parent_id: str = "parent_id"
     role: str = "role"  # "prompter" or "assistant"
     labels: str = "labels"  # ranked format: each labeller's ranking ({labeller, ranks}), from rlhf-rank --web
+    instruction_ids: str = "instruction_id_list"  # ifeval format: the instructions' ids (keywords:existence, ...)
+    instruction_kwargs: str = "kwargs"  # ifeval format: one object of arguments per instruction id
 
 
 @dataclass

@@ -228,11 +228,11 @@ def load_data(cfg: DataConfig, tokenizer) -> DataBundle:
             split.response_tokens.extend(item.response_lens)
             if item.key not in seen_prompts[split.name]:
                 seen_prompts[split.name].add(item.key)
-                split.prompts.append(Prompt(item.record.prompt, item.source))
+                split.prompts.append(Prompt(item.record.prompt, item.source, getattr(item.record, "constraints", None)))
                 split.prompt_tokens.append(item.prompt_len)
 
     bundle = DataBundle(source, splits, sum(c["rows_read"] for c in per_source.values()), len(kept), skips,
-                        len(unassigned), toy.gold_score if cfg.format is DataFormat.toy else None,
+                        len(unassigned), _gold_scorer(cfg, kept),
                         dropped=dropped, truncated=truncated, every=every, per_source=per_source)
     for tally, what in ((skips, "skipped %d bad record(s)"), (dropped, "left out %d record(s)"),
                         (truncated, "shortened %d record(s) to the token limits")):
@@ -240,6 +240,30 @@ def load_data(cfg: DataConfig, tokenizer) -> DataBundle:
             log.warning(what + " of %d: %s", tally.total, bundle.rows_read,
                         ", ".join(f"{k}={v} (first at {tally.first_at[k]})" for k, v in tally.counts.items()))
     return bundle
+
+
+def _gold_scorer(cfg: DataConfig, kept: list[_Located]) -> Callable[[object, str], float] | None:
+    """The toy's gold scorer, or for prompts with verifiable instructions their checks (every
+    kept prompt must carry them: a gold that covers some prompts only would be no gold)."""
+    if cfg.format is DataFormat.toy:
+        return toy.gold_score
+    constrained = sum(getattr(x.record, "constraints", None) is not None for x in kept)
+    if not constrained:
+        return None
+    if constrained < len(kept):
+        plain = next(x for x in kept if getattr(x.record, "constraints", None) is None)
+        raise DataError(f"{plain.location}: a prompt without verifiable instructions beside {len(constrained)} with "
+                        "them: compare and evaluate judge every prompt by its instructions, so give every source "
+                        "the ifeval format, or evaluate the two kinds of data separately")
+    from rlhf.data.instructions import InstructionGold
+
+    by_prompt = {}
+    for x in kept:
+        key = prompt_key(x.record.prompt)
+        if by_prompt.setdefault(key, x.record.constraints) != x.record.constraints:
+            raise DataError(f"{x.location}: the same prompt as an earlier record with other instructions "
+                            f"({list(x.record.constraints.ids)}): one prompt, one set of instructions")
+    return InstructionGold(by_prompt)
 
 
 def assign_splits(key: str, cfg) -> list[str]:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Iterator, Union
+from typing import TYPE_CHECKING, Iterator, Union
+
+if TYPE_CHECKING:
+    from rlhf.data.instructions import Constraints
 
 Message = dict  # {"role": ..., "content": ...}
 PromptLike = Union[str, tuple]  # str or a tuple of messages (tuples keep records hashable)
@@ -85,6 +88,7 @@ def preference_pairs(comparisons: list[Comparison], mode: str = "all") -> list[t
 class Prompt:
     prompt: PromptLike
     source: str = ""
+    constraints: "Constraints | None" = None  # verifiable instructions (the ifeval format; rlhf.data.instructions)
 
 
 Record = Union[Demonstration, Comparison, Prompt]

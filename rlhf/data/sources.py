@@ -214,6 +214,15 @@ def prompt_only(row: Row, f, source: str) -> list[Record]:
     return [Prompt(check_prompt(get(row, f.prompt), f.prompt), source)]
 
 
+def ifeval(row: Row, f, source: str) -> list[Record]:
+    from rlhf.data.instructions import check_constraints  # needs the ifeval extra: only for this format
+
+    prompt = check_prompt(get(row, f.prompt), f.prompt)
+    constraints = check_constraints(get(row, f.instruction_ids), get(row, f.instruction_kwargs),
+                                    f.instruction_ids, f.instruction_kwargs)
+    return [Prompt(prompt, source, constraints)]
+
+
 def adapter(src) -> Callable[[Row, Any, str], list[Record]]:
     """The row -> records function of a source's format, with the source's own settings bound."""
     if src.format.value == "ranked":
@@ -229,4 +238,5 @@ ADAPTERS: dict[str, Callable[[Row, Any, str], list[Record]]] = {
     "hh_rlhf": hh_rlhf,
     "oasst": ranked,  # after rlhf.data.oasst.conversations has grouped the message rows
     "prompt": prompt_only,
+    "ifeval": ifeval,
 }

@@ -25,6 +25,10 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> DataBundle:
     if cfg.data.format is DataFormat.toy:  # what the demonstrator's settings (data.toy) made
         summary["toy_demonstrations"] = dict(Counter(toy.demonstration_flaw(d.prompt, d.response)
                                                      for d in bundle.every.demonstrations).most_common())
+    kinds = Counter(i for p in bundle.every.prompts if p.constraints for i in p.constraints.ids)
+    if kinds:  # verifiable instructions (the ifeval format): how often each kind is asked for, per split
+        summary["instructions"] = {name: dict(Counter(i for p in s.prompts if p.constraints for i in p.constraints.ids))
+                                   for name, s in {"all": bundle.every, **bundle.splits}.items()}
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data)}
     stage_run.manifest["data"] = summary
     stage_run.metrics.update({"records": bundle.records_kept, "skipped": bundle.skips.total,
@@ -43,6 +47,8 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> DataBundle:
         counts = summary["toy_demonstrations"]
         console.print("toy demonstrations: " + ", ".join(f"{k} {v} ({v / sum(counts.values()):.1%})"
                                                           for k, v in counts.items()))
+    if kinds:
+        console.print("instructions: " + ", ".join(f"{k} {v}" for k, v in kinds.most_common()))
     for name, split in bundle.splits.items():
         for record in (split.demonstrations or split.comparisons or split.prompts)[: cfg.prepare.examples_per_split]:
             console.print(f"[bold]{name}[/bold] example:", repr(example_text(tokenizer, record)), highlight=False)

@@ -14,6 +14,7 @@ CONF = ROOT / "conf"
 # Options that need a value the file leaves for the user to give.
 NEEDS = {("data", "jsonl"): ["data.path=data/examples/pairwise.jsonl"],
          ("data", "mt_bench"): ["data.path=data/examples/questions.jsonl"],
+         ("data", "ifeval"): ["data.path=data/examples/ifeval.jsonl"],
          ("reward", "function"): ["reward.function=rlhf.data.toy:gold_score"]}
 
 register_schemas()

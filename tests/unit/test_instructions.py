@@ -1,0 +1,150 @@
+"""Verifiable instructions (rlhf/data/instructions.py) and the ifeval data format: each check
+against a hand-written answer that follows it and one that does not, strict against loose, the
+format's records and its bad ones, the gold scorer it gives compare and evaluate."""
+
+import json
+
+import pytest
+
+from rlhf.data import DataError, load_data
+from rlhf.data import instructions as ins
+from tests.conftest import EXAMPLES, data_config, write_lines
+
+pytest.importorskip("if_verifiable", reason="pip install -e '.[ifeval]'")
+
+# id, its arguments, an answer that follows it, one that does not (IFEval's own semantics)
+CASES = [
+    ("keywords:existence", {"keywords": ["apple", "river"]}, "An apple fell into the river.", "A pear fell."),
+    ("keywords:frequency", {"keyword": "cat", "frequency": 2, "relation": "at least"}, "A cat saw a cat.",
+     "One cat only."),
+    ("keywords:forbidden_words", {"forbidden_words": ["awful"]}, "The day was fine.", "The day was awful."),
+    ("keywords:letter_frequency", {"letter": "z", "let_frequency": 2, "let_relation": "at least"}, "Jazz is fun.",
+     "Zero is one."),
+    ("language:response_language", {"language": "en"},
+     "This is an ordinary English sentence about the weather in the city today.",
+     "Ceci est une phrase ordinaire en français sur le temps qu'il fait aujourd'hui dans la ville."),
+    ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "First part.\n***\nSecond part.", "Just one part."),
+    ("length_constraints:number_words", {"num_words": 5, "relation": "less than"}, "Three words here.",
+     "These are far more than five words."),
+    ("length_constraints:nth_paragraph_first_word", {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "then"},
+     "First we wait.\n\nThen we go.", "First we wait.\n\nAfter that we go."),
+    ("detectable_content:number_placeholders", {"num_placeholders": 1}, "Dear [name], hello.", "Dear friend, hello."),
+    ("detectable_content:postscript", {"postscript_marker": "P.S."}, "Hello there.\nP.S. See you.", "Hello there."),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "* one\n* two", "* one"),
+    ("detectable_format:constrained_response", {}, "My answer is yes.", "Perhaps."),
+    ("detectable_format:number_highlighted_sections", {"num_highlights": 1}, "This is *important* news.",
+     "This is plain news."),
+    ("detectable_format:multiple_sections", {"section_spliter": "Section", "num_sections": 2},
+     "Section 1\nThe start.\nSection 2\nThe end.", "Section 1\nThe start."),
+    ("detectable_format:json_format", {}, '{"answer": 42}', "answer: 42"),
+    ("detectable_format:title", {}, "<<Rain>>\nIt rains.", "Rain\nIt rains."),
+    ("combination:two_responses", {}, "It is blue.\n******\nIt is grey.", "It is blue."),
+    ("combination:repeat_prompt", {"prompt_to_repeat": "Say hello."}, "Say hello. Hello!", "Hello!"),
+    ("startend:end_checker", {"end_phrase": "Any other questions?"}, "All done. Any other questions?", "All done."),
+    ("change_case:english_capital", {}, "THIS WHOLE ANSWER IS WRITTEN IN ENGLISH CAPITAL LETTERS TODAY.",
+     "This answer is written in ordinary English letters today."),
+    ("change_case:english_lowercase", {}, "this whole answer is written in english lowercase letters today.",
+     "This answer is written in ordinary English letters today."),
+    ("punctuation:no_comma", {}, "No commas here at all.", "Yes, a comma."),
+    ("startend:quotation", {}, '"All of it quoted."', "Not quoted."),
+]
+
+
+def constraints(iid, kwargs):
+    return ins.check_constraints([iid], [kwargs])
+
+
+def test_every_ifeval_kind_is_checked_here_or_left_out_with_its_reason():
+    assert {c[0] for c in CASES} | set(ins.unavailable()) == set(ins.registry())
+    for iid, why in ins.unavailable().items():  # nltk's punkt is a download: those checks cannot run here
+        assert iid in ins.NEEDS_PUNKT and "nltk data" in why
+
+
+@pytest.mark.parametrize("iid,kwargs,follows,breaks", CASES, ids=[c[0] for c in CASES])
+def test_each_check_passes_an_answer_that_follows_it_and_fails_one_that_does_not(iid, kwargs, follows, breaks):
+    c = constraints(iid, kwargs)
+    prompt = "Say hello." if iid == "combination:repeat_prompt" else "Answer the question."
+    assert ins.verify(prompt, follows, c) == ins.Verdict((iid,), (True,), (True,))
+    assert ins.verify(prompt, breaks, c).strict == (False,)
+
+
+def test_loose_also_reads_the_answer_without_its_first_line_and_an_empty_answer_follows_nothing():
+    c = ins.check_constraints(["punctuation:no_comma", "startend:end_checker"], [{}, {"end_phrase": "Bye."}])
+    verdict = ins.verify("p", "Sure, here it is:\nNo commas in this part. Bye.", c)
+    assert (verdict.strict, verdict.loose) == ((False, True), (True, True))
+    assert (verdict.prompt_strict, verdict.prompt_loose) == (0.0, 1.0)
+    assert ins.verify("p", "", c) == ins.Verdict(c.ids, (False, False), (False, False))
+
+
+@pytest.mark.parametrize("ids,kwargs,field,says", [
+    (["punctuation:no_comas"], [{}], "instruction_id_list[0]", "unknown instruction id 'punctuation:no_comas'"),
+    (["punctuation:no_comma"], [{"letter": "a"}], "kwargs[0]", "'punctuation:no_comma' takes no letter"),
+    (["keywords:frequency"], [{"keyword": "x", "relation": "at least"}], "kwargs[0]",
+     "needs frequency (left out, the check would draw one at random)"),
+    (["keywords:frequency"], [{"keyword": "x", "frequency": 2, "relation": "roughly"}], "kwargs[0]", "refused its arguments"),
+    (["punctuation:no_comma", "detectable_format:title"], [{}], "kwargs", "a list of 2 objects"),
+    ([], [], "instruction_id_list", "non-empty list"),
+])
+def test_bad_instructions_name_the_field_and_the_id(ids, kwargs, field, says):
+    with pytest.raises(ins.RecordError) as e:
+        ins.check_constraints(ids, kwargs)
+    assert e.value.field == field and says in str(e.value)
+
+
+def test_a_check_that_cannot_run_here_is_refused_not_passed(monkeypatch):
+    monkeypatch.setattr(ins, "unavailable", lambda: {"punctuation:no_comma": "its check needs nltk data"})
+    with pytest.raises(ins.RecordError, match="'punctuation:no_comma': its check needs nltk data") as e:
+        constraints("punctuation:no_comma", {})
+    assert e.value.kind == "instruction_unavailable"
+
+
+def test_the_ifeval_file_loads_as_prompts_with_their_instructions_and_a_gold_scorer(tokenizer):
+    rows = [json.loads(line) for line in (EXAMPLES / "ifeval.jsonl").read_text().splitlines()]
+    bundle = load_data(data_config(EXAMPLES / "ifeval.jsonl", "ifeval"), tokenizer)
+    prompts = bundle.splits["eval"].prompts
+    assert [p.prompt for p in prompts] == [r["prompt"] for r in rows]
+    assert [(list(p.constraints.ids), p.constraints.arguments()) for p in prompts] == \
+        [(r["instruction_id_list"], r["kwargs"]) for r in rows]
+    gold = bundle.gold_scorer
+    assert gold(rows[0]["prompt"], "Rain falls. It is wet.") == 1.0
+    assert gold(rows[0]["prompt"], "Rain falls, it is wet.") == 0.0
+    fruits = "* apples are sweet and red\n* pears are green and soft\n* plums are small and purple"
+    assert gold(rows[1]["prompt"], fruits) == 1.0
+    assert gold(rows[1]["prompt"], fruits.replace("apples", "Apples")) == 0.0  # 3 bullets, not all lowercase
+    assert gold(rows[1]["prompt"], fruits + "\n* figs are dry and brown") == 0.0  # lowercase, 4 bullets
+    with pytest.raises(KeyError, match="not in this data"):
+        gold("another prompt", "x")
+
+
+def test_a_bad_record_stops_the_load_naming_file_line_and_id_or_is_counted_under_skip(tmp_path, tokenizer):
+    good = {"key": 1, "prompt": "Answer without commas.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+    bad = {**good, "key": 2, "prompt": "Another.", "instruction_id_list": ["punctuation:no_commas"]}
+    path = write_lines(tmp_path / "if.jsonl", [good, bad])
+    with pytest.raises(DataError, match=r"if\.jsonl line 2: field 'instruction_id_list\[0\]': unknown instruction id "
+                                        r"'punctuation:no_commas'"):
+        load_data(data_config(path, "ifeval"), tokenizer)
+    bundle = load_data(data_config(path, "ifeval", on_error="skip"), tokenizer)
+    assert bundle.skips.counts == {"unknown_instruction": 1} and bundle.records_kept == 1
+
+
+def test_one_prompt_with_two_sets_of_instructions_is_refused(tmp_path, tokenizer):
+    one = {"prompt": "Answer.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+    two = {"prompt": "Answer.", "instruction_id_list": ["detectable_format:title"], "kwargs": [{}]}
+    with pytest.raises(DataError, match="line 2: the same prompt as an earlier record with other instructions"):
+        load_data(data_config(write_lines(tmp_path / "if.jsonl", [one, two]), "ifeval"), tokenizer)
+
+
+def test_prepare_counts_each_kind_of_instruction_per_split(tmp_path):
+    from omegaconf import OmegaConf
+
+    from rlhf.core.artifacts import StageRun
+    from rlhf.stages import prepare
+    from tests.unit.test_config import load
+
+    cfg = load(["stage=prepare", "data=ifeval", f"data.path={EXAMPLES / 'ifeval.jsonl'}", f"runs_dir={tmp_path}",
+                "logger=none", "data.splits.sft=0", "data.splits.rm=0", "data.splits.ppo=0", "data.splits.eval=1.0"])
+    with StageRun(cfg.stage_dir, OmegaConf.structured(cfg)) as stage_run:
+        prepare.run(cfg, stage_run)
+    counted = json.loads((cfg.stage_dir / "manifest.json").read_text())["data"]["instructions"]
+    asked = [i for line in (EXAMPLES / "ifeval.jsonl").read_text().splitlines() for i in json.loads(line)["instruction_id_list"]]
+    assert counted["all"] == counted["eval"] == {i: asked.count(i) for i in asked}
