@@ -155,3 +155,102 @@ class InstructionGold:
         if key not in self.constraints:
             raise KeyError(f"no verifiable instructions for the prompt {key[:80]!r}: it is not in this data")
         return verify(prompt, response, self.constraints[key])
+
+
+# ---- composing training prompts: any prompt plus instructions drawn from the checks' registry ----
+
+REPEAT = "combination:repeat_prompt"  # its argument is the prompt itself, not a draw
+
+
+def runnable_kinds() -> list[str]:
+    skipped = unavailable()
+    return sorted(i for i in registry() if i not in skipped)
+
+
+def compose(prompts: list[str], *, kinds: list[str] | None = None, per_prompt: int = 1, seed: int = 0,
+            first_key: int = 0) -> list[dict]:
+    """Rows in IFEval's layout: each prompt followed by the descriptions of `per_prompt`
+    instructions drawn from `kinds` (default: every kind that runs here), no two that IFEval
+    lists as conflicting (fewer when the ones drawn first leave no kind that goes with them:
+    `detectable_format:constrained_response` goes with none), with arguments drawn as IFEval's
+    own generator draws them. The same
+    prompts, kinds and seed give the same rows; the draws leave the global random state as
+    they found it."""
+    import random
+
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_CONFLICTS
+
+    kinds = sorted(kinds) if kinds is not None else runnable_kinds()
+    bad = [k for k in kinds if k not in registry() or k in unavailable()]
+    if bad:
+        raise ValueError(f"instruction kinds {bad}: unknown or not runnable here; choose from {runnable_kinds()}")
+    if not 1 <= per_prompt <= len(kinds):
+        raise ValueError(f"per_prompt={per_prompt}: must lie in 1..{len(kinds)} (the kinds to draw from)")
+    rng = random.Random(seed)
+    rows = []
+    for n, base in enumerate(prompts):
+        chosen: list[str] = []
+        for kind in rng.sample(kinds, len(kinds)):
+            if len(chosen) == per_prompt:
+                break
+            if not any(kind in INSTRUCTION_CONFLICTS.get(c, ()) or c in INSTRUCTION_CONFLICTS.get(kind, ())
+                       for c in chosen):
+                chosen.append(kind)
+        descriptions, arguments = [], []
+        for kind in chosen:
+            checker = registry()[kind](kind)
+            state = random.getstate()  # IFEval's checks draw their arguments from the global generator
+            random.seed(rng.randrange(2**32))
+            try:
+                descriptions.append(checker.build_description(**({"prompt_to_repeat": base} if kind == REPEAT else {})))
+                arguments.append(checker.get_instruction_args() or {})
+            finally:
+                random.setstate(state)
+        rows.append({"key": first_key + n, "prompt": " ".join([base.rstrip(), *descriptions]),
+                     "instruction_id_list": chosen, "kwargs": arguments})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m rlhf.data.instructions: compose an ifeval file from a file of prompts."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m rlhf.data.instructions", description=(
+        "Write prompts with verifiable instructions (data.format=ifeval) composed from a JSONL file "
+        "of prompts: each prompt followed by instructions drawn from IFEval's checks, deterministic by seed."))
+    parser.add_argument("prompts", type=Path, help="JSONL, one prompt a line (its text at --field)")
+    parser.add_argument("out", type=Path, help="the ifeval file to write")
+    parser.add_argument("--field", default="prompt", help="the prompt's key (dotted for nested: meta.question)")
+    parser.add_argument("--kinds", nargs="+", help="instruction ids to draw from (default: every one that runs here)")
+    parser.add_argument("--exclude", nargs="+", default=[], help="instruction ids never drawn (held out for evaluation)")
+    parser.add_argument("--per-prompt", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--list-kinds", action="store_true", help="print the kinds that run here, and why others do not")
+    a = parser.parse_args(argv)
+    if a.list_kinds:
+        print("\n".join([*runnable_kinds(), *(f"{k}  (left out: {why})" for k, why in unavailable().items())]))
+        return 0
+    prompts = []
+    for n, line in enumerate(a.prompts.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        value = json.loads(line)
+        for part in a.field.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not isinstance(value, str) or not value.strip():
+            parser.error(f"{a.prompts} line {n}: no text at {a.field!r} (set --field)")
+        prompts.append(value)
+    kinds = [k for k in (a.kinds or runnable_kinds()) if k not in a.exclude]
+    try:
+        rows = compose(prompts, kinds=kinds, per_prompt=a.per_prompt, seed=a.seed)
+    except ValueError as e:
+        parser.error(str(e))
+    a.out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    print(f"{a.out}: {len(rows)} prompts, {sum(len(r['instruction_id_list']) for r in rows)} instructions "
+          f"from {len(kinds)} kinds")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

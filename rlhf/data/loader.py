@@ -348,6 +348,9 @@ def _fit(item: _Located, tokenizer, cfg: DataConfig, truncated: Tally) -> None:
         item.response_lens = [item.response_lens[i] for i in keep]
         for _ in too_long:
             truncated.add("response_dropped_from_ranking", item.location, item.source)
+    if item.prompt_len > cfg.max_prompt_tokens and getattr(record, "constraints", None) is not None:
+        raise Dropped("prompt", f"over-long: {item.prompt_len} tokens > data.max_prompt_tokens={cfg.max_prompt_tokens}, "
+                      "and shortening it would cut its instructions", "prompt_too_long")
     if item.prompt_len > cfg.max_prompt_tokens:
         fitted = truncate_prompt(tokenizer, record.prompt, cfg.max_prompt_tokens)
         if fitted is None:

@@ -148,3 +148,62 @@ def test_prepare_counts_each_kind_of_instruction_per_split(tmp_path):
     counted = json.loads((cfg.stage_dir / "manifest.json").read_text())["data"]["instructions"]
     asked = [i for line in (EXAMPLES / "ifeval.jsonl").read_text().splitlines() for i in json.loads(line)["instruction_id_list"]]
     assert counted["all"] == counted["eval"] == {i: asked.count(i) for i in asked}
+
+
+BASES = [f"Describe item number {i} of a list." for i in range(40)]
+
+
+def test_compose_is_deterministic_by_seed_and_leaves_the_global_random_state_alone():
+    import random
+
+    random.seed(123)
+    before = random.getstate()
+    rows = ins.compose(BASES, per_prompt=2, seed=7)
+    assert random.getstate() == before
+    assert rows == ins.compose(BASES, per_prompt=2, seed=7)
+    assert rows != ins.compose(BASES, per_prompt=2, seed=8)
+    assert [r["key"] for r in rows] == list(range(40))
+    for base, row in zip(BASES, rows):
+        assert row["prompt"].startswith(base + " ")
+        # every row is a valid record of the format, with the arguments its check took
+        assert ins.check_constraints(row["instruction_id_list"], row["kwargs"]).arguments() == row["kwargs"]
+
+
+def test_compose_draws_no_conflicting_pair_and_never_a_held_out_kind():
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_CONFLICTS
+
+    held_out = ["punctuation:no_comma", "detectable_format:title"]
+    kinds = [k for k in ins.runnable_kinds() if k not in held_out]
+    rows = ins.compose(BASES, kinds=kinds, per_prompt=3, seed=0)
+    drawn = [i for r in rows for i in r["instruction_id_list"]]
+    assert not set(drawn) & set(held_out)
+    assert len(set(drawn)) > 10  # the draws spread over the kinds
+    for r in rows:
+        ids = r["instruction_id_list"]
+        def clash(a, b):
+            return b in INSTRUCTION_CONFLICTS[a] or a in INSTRUCTION_CONFLICTS[b]
+
+        assert len(ids) == len(set(ids)) and not any(clash(a, b) for a in ids for b in ids if a != b)
+        # fewer than asked only when no kind left goes with the ones drawn
+        assert len(ids) == 3 or all(any(clash(k, a) for a in ids) for k in kinds if k not in ids)
+    with pytest.raises(ValueError, match="unknown or not runnable"):
+        ins.compose(BASES, kinds=["punctuation:no_comas"])
+
+
+def test_the_compose_command_writes_a_file_the_ifeval_format_loads(tmp_path, tokenizer):
+    prompts = write_lines(tmp_path / "seed.jsonl", [{"meta": {"q": b}} for b in BASES[:5]])
+    out = tmp_path / "if.jsonl"
+    assert ins.main([str(prompts), str(out), "--field", "meta.q", "--kinds", "punctuation:no_comma",
+                     "detectable_format:title", "--seed", "3"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == ins.compose(BASES[:5], kinds=["punctuation:no_comma", "detectable_format:title"], seed=3)
+    bundle = load_data(data_config(out, "ifeval"), tokenizer)
+    assert bundle.records_kept == 5 and bundle.gold_scorer(rows[0]["prompt"], "<<T>>\nNo commas here.") == 1.0
+
+
+def test_an_over_long_prompt_with_instructions_is_left_out_not_shortened(tmp_path, tokenizer):
+    row = {"prompt": "Answer this. " * 60 + "Use no commas.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+    short = {"prompt": "Answer briefly.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+    bundle = load_data(data_config(write_lines(tmp_path / "if.jsonl", [row, short]), "ifeval", max_prompt_tokens=64),
+                       tokenizer)
+    assert bundle.records_kept == 1 and bundle.dropped.counts == {"prompt_too_long": 1}
