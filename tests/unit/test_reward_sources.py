@@ -107,7 +107,7 @@ def test_the_loop_trains_against_a_function_with_no_reward_model(tmp_path):
     # no normalisation bias: an ended answer's score is its gold score, an unfinished one no_eos_score
     eos, gold = stats["eos_rate"], stats["gold_score"]
     assert stats["score_raw"] == pytest.approx(gold)
-    assert -1.0 <= stats["score"] <= 1.0 and "value_loss" in stats  # PPO: a critic, started from the policy
+    assert "value_loss" in stats  # PPO: a critic, started from the policy
     assert eos == 1.0 or stats["score"] < gold
 
 
