@@ -80,6 +80,14 @@ RECORDS = {
     "hh_rlhf": shaped({"chosen": transcript(), "rejected": transcript()}),
     "oasst": oasst_row,
     "oasst_trees": shaped({"message_tree_id": text, "prompt": tree()}),
+    # IFEval's layout: real ids and argument names beside arbitrary ones and arbitrary values
+    "ifeval": shaped({"prompt": text | messages,
+                      "instruction_id_list": st.lists(st.sampled_from(["punctuation:no_comma", "keywords:frequency",
+                                                                       "detectable_format:number_bullet_lists",
+                                                                       "length_constraints:number_sentences"]) | text,
+                                                      max_size=3),
+                      "kwargs": st.lists(st.dictionaries(st.sampled_from(["keyword", "frequency", "relation",
+                                                                          "num_bullets"]) | text, values), max_size=3)}),
 }
 
 # Lines that break JSON itself: huge numbers, deep nesting, NaN/Infinity, cut objects, not JSON.
@@ -180,6 +188,7 @@ CASES = [  # (id, format, file type, the records it holds)
     ("demonstration", "demonstration", "jsonl", RECORDS["demonstration"]),
     ("messages", "messages", "jsonl", RECORDS["messages"]),
     ("prompt", "prompt", "jsonl", RECORDS["prompt"]),
+    ("ifeval", "ifeval", "jsonl", RECORDS["ifeval"]),
     ("oasst", "oasst", "jsonl", RECORDS["oasst"]),
     ("oasst_trees", "oasst", "trees.jsonl", RECORDS["oasst_trees"]),
     ("json", "pairwise", "json", RECORDS["pairwise"]),
