@@ -252,7 +252,7 @@ def _gold_scorer(cfg: DataConfig, kept: list[_Located]) -> Callable[[object, str
         return None
     if constrained < len(kept):
         plain = next(x for x in kept if getattr(x.record, "constraints", None) is None)
-        raise DataError(f"{plain.location}: a prompt without verifiable instructions beside {len(constrained)} with "
+        raise DataError(f"{plain.location}: a prompt without verifiable instructions beside {constrained} with "
                         "them: compare and evaluate judge every prompt by its instructions, so give every source "
                         "the ifeval format, or evaluate the two kinds of data separately")
     from rlhf.data.instructions import InstructionGold

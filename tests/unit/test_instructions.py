@@ -207,3 +207,12 @@ def test_an_over_long_prompt_with_instructions_is_left_out_not_shortened(tmp_pat
     bundle = load_data(data_config(write_lines(tmp_path / "if.jsonl", [row, short]), "ifeval", max_prompt_tokens=64),
                        tokenizer)
     assert bundle.records_kept == 1 and bundle.dropped.counts == {"prompt_too_long": 1}
+
+
+def test_prompts_without_instructions_beside_ones_with_them_are_refused(tokenizer):
+    from rlhf.config import DataFormat, SourceConfig
+
+    cfg = data_config(EXAMPLES / "ifeval.jsonl", "ifeval",
+                      sources=[SourceConfig(name="plain", format=DataFormat.prompt, path=str(EXAMPLES / "prompts.jsonl"))])
+    with pytest.raises(DataError, match=r"prompts\.jsonl line 1: a prompt without verifiable instructions beside 4 "):
+        load_data(cfg, tokenizer)
