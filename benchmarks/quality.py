@@ -44,21 +44,14 @@ PARTS = ("toy", "surpass")
 EXPERIMENT = {"toy": None, "surpass": "toy_surpass"}
 
 
-def run_toy(seed: int, runs_dir: str, extra: list[str]) -> Path:
-    run = Path(runs_dir) / f"toy_s{seed}"
-    log = run / "study.log"
-    common = [f"run={run.name}", f"seed={seed}", f"runs_dir={runs_dir}", "logger=tensorboard", *extra]
-    study.rlhf(log, *common, "stage=prepare")
-    study.rlhf(log, *common, "stage=pipeline", "stages=[sft,rm,ppo,dpo,bon_sft]")
-    # round 2 of the loop: every rm- and eval-split prompt answered 4 times by round 1's PPO policy
-    study.rlhf(log, *common, "stage=pipeline", "loop.round=2", "stages=[collect,rm,ppo]", "collect.max_prompts=null")
-    study.rlhf(log, *common, "stage=compare")
-    return run / "compare" / "results.json"
+# round 2 of the loop on the toy's run: every rm- and eval-split prompt answered 4 times by round
+# 1's PPO policy, ranked by the simulated labeller, the RM retrained, PPO again
+LOOP_ROUND_2 = ["stage=pipeline", "loop.round=2", "stages=[collect,rm,ppo]", "collect.max_prompts=null"]
 
 
 def run_part(part: str, seed: int, runs_dir: str, extra: list[str]) -> Path:
     if part == "toy":
-        return run_toy(seed, runs_dir, extra)
+        return study.run_seed(None, seed, [], runs_dir, extra, steps=[LOOP_ROUND_2])
     return study.run_seed(EXPERIMENT[part], seed, study.ALGOS, runs_dir, extra)
 
 
@@ -182,7 +175,7 @@ def main() -> None:
     start = time.monotonic()
     tasks = [(part, seed) for part in args.parts for seed in args.seeds]
     if args.report_only:
-        paths = [Path(args.runs_dir) / f"{EXPERIMENT[part] or part}_s{seed}" / "compare" / "results.json"
+        paths = [Path(args.runs_dir) / f"{EXPERIMENT[part] or 'toy'}_s{seed}" / "compare" / "results.json"
                  for part, seed in tasks]
     else:
         if args.jobs > 1:

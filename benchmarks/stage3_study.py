@@ -51,15 +51,20 @@ def rlhf(log: Path, *args: str, multirun: bool = False) -> None:
                          + log.read_text(errors="replace")[-3000:])
 
 
-def run_seed(experiment: str, seed: int, algos: list[str], runs_dir: str, extra: list[str]) -> Path:
-    run = Path(runs_dir) / f"{experiment}_s{seed}"
+def run_seed(experiment: str | None, seed: int, algos: list[str], runs_dir: str, extra: list[str],
+             steps: list[list[str]] = ()) -> Path:
+    """One seed's run (run=<experiment>_s<seed>; experiment None: the built-in default, toy_s<seed>);
+    `steps`: more commands (their overrides) run after the stage-3 methods, before compare."""
+    run = Path(runs_dir) / f"{experiment or 'toy'}_s{seed}"
     log = run / "study.log"  # every command's output, in order
-    common = [f"experiment={experiment}", f"run={run.name}", f"seed={seed}", f"runs_dir={runs_dir}",
-              "logger=tensorboard", *extra]
+    common = [*([f"experiment={experiment}"] if experiment else []), f"run={run.name}", f"seed={seed}",
+              f"runs_dir={runs_dir}", "logger=tensorboard", *extra]
     rlhf(log, *common, "stage=prepare")
     rlhf(log, *common, "stage=pipeline", "stages=[sft,rm,ppo,dpo,bon_sft]")
     if algos:
         rlhf(log, *common, "stage=ppo", f"algo={','.join(algos)}", multirun=True)
+    for step in steps:
+        rlhf(log, *common, *step)
     rlhf(log, *common, "stage=compare")
     return run / "compare" / "results.json"
 

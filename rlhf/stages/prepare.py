@@ -27,8 +27,9 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> DataBundle:
                                                      for d in bundle.every.demonstrations).most_common())
     kinds = Counter(i for p in bundle.every.prompts if p.constraints for i in p.constraints.ids)
     if kinds:  # verifiable instructions (the ifeval format): how often each kind is asked for, per split
-        summary["instructions"] = {name: dict(Counter(i for p in s.prompts if p.constraints for i in p.constraints.ids))
-                                   for name, s in {"all": bundle.every, **bundle.splits}.items()}
+        summary["instructions"] = {"all": dict(kinds), **{
+            name: dict(Counter(i for p in s.prompts if p.constraints for i in p.constraints.ids))
+            for name, s in bundle.splits.items()}}
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data)}
     stage_run.manifest["data"] = summary
     stage_run.metrics.update({"records": bundle.records_kept, "skipped": bundle.skips.total,
