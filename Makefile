@@ -41,8 +41,13 @@ run: setup
 	$(BIN)/rlhf stage=prepare $(RUN_ARGS)
 	$(BIN)/rlhf stage=pipeline $(RUN_ARGS)
 
+# The suite on TEST_WORKERS processes (pytest-xdist), a test module per process at a time: the
+# modules' tests share their trained fixtures and run in order. Most of a test's time is Python
+# starting up and loading small models, which one core does as fast as two, so two workers on two
+# cores finish sooner than one (docs/development.md has the timings); TEST_WORKERS=0 runs one.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The data layer fuzzed (tests/fuzz; CI runs 40 fixed examples per case): FUZZ_EXAMPLES random files
 # per format and file type, in at most FUZZ_MEMORY_KB of address space, so that a file which makes

@@ -15,17 +15,31 @@ EXAMPLES = ROOT / "data" / "examples"
 # Tests never reach a hub: fail fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Under `pytest -n N` (pytest-xdist) N workers share the cores: one torch thread for each worker and
+# the processes it starts, instead of N threads each spinning over the others.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def cli_command(*args: str, ranks: int = 1, master_port: int | None = None) -> list[str]:
+def cli_command(*args: str, ranks: int = 1) -> list[str]:
     """The command line of `rlhf ARGS` (`python -m rlhf.cli`, this interpreter); with ranks > 1,
     under torchrun (`python -m torch.distributed.run --nproc_per_node RANKS`). For tests that
     start the process themselves (Popen, to signal it mid-run); the others use run_cli."""
     if ranks == 1:
         return [sys.executable, "-m", "rlhf.cli", *args]
-    port = ["--master_port", str(master_port)] if master_port is not None else []
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), *port,
+    # torchrun's default port (29500) is one for all: two tests launching at once (pytest -n 2) would
+    # meet on it, so each launch gets a port that is free now
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(free_port()),
             "-m", "rlhf.cli", *args]
+
+
+def free_port() -> int:
+    """A TCP port that nothing on this machine listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_cli(*args: str, cwd, expect: int = 0, timeout: float = 600, env: dict | None = None,
@@ -63,9 +77,21 @@ def toy_sft_rm(tmp_path_factory) -> Path:
     """A root whose runs/whole/sft and runs/whole/rm hold TOY_SFT and TOY_RM trained on TOY_DATA,
     once per test session. Modules copy them into a root of their own (copy_toy_sft_rm) rather
     than write beside them."""
-    root = tmp_path_factory.mktemp("toy_sft_rm")
-    for stage in (TOY_SFT, TOY_RM):
-        run_cli(*TOY_DATA, "run=whole", *stage, cwd=root, timeout=600)
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        root = tmp_path_factory.mktemp("toy_sft_rm")
+        for stage in (TOY_SFT, TOY_RM):
+            run_cli(*TOY_DATA, "run=whole", *stage, cwd=root, timeout=600)
+        return root
+    # under pytest -n N: trained once, by whichever worker asks first, in the folder the workers share
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / "toy_sft_rm"
+    with FileLock(f"{root}.lock"):
+        if not (root / "trained").exists():
+            root.mkdir(exist_ok=True)
+            for stage in (TOY_SFT, TOY_RM):
+                run_cli(*TOY_DATA, "run=whole", *stage, cwd=root, timeout=600)
+            (root / "trained").touch()
     return root
 
 
@@ -112,14 +138,6 @@ def ppo_update(roles, r, p, beta: float) -> dict:
     kl, advantages, returns = advantages_of(r, scores, p, beta)
     stats = optimise(roles, r, advantages, returns, p, [], pad_id=0, train_policy=True)
     return {**stats, **rollout_stats(r, scores, kl, returns, p, beta)}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_label_server(path: Path, tokens: dict[str, str], *extra: str) -> tuple[subprocess.Popen, str]:

@@ -30,7 +30,7 @@ PPO = ["stage=ppo", "ppo.updates=2", "ppo.rollout_batch_size=8", "ppo.mini_batch
 
 
 def launch(cwd, *args, ranks=2, timeout=300):
-    cmd = cli_command(*DATA, *args, ranks=ranks, master_port=29500 + os.getpid() % 1000)
+    cmd = cli_command(*DATA, *args, ranks=ranks)
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -154,7 +154,7 @@ def test_zero2_dpo_trains_on_two_ranks_and_resumes_after_sigkill(root):
 
     args = [*DATA, "run=zero2", "deepspeed=zero2", *DPO, "dpo.max_steps=4"]
     done = root / "runs" / "zero2" / "dpo" / "checkpoints" / "checkpoint-2" / "COMPLETE"
-    proc = subprocess.Popen(cli_command(*args, ranks=2, master_port=29500 + (os.getpid() + 7) % 1000), cwd=root,
+    proc = subprocess.Popen(cli_command(*args, ranks=2), cwd=root,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 300
     while not done.exists():
@@ -218,13 +218,11 @@ def test_grpo_trains_on_two_ranks_without_a_critic_and_resumes_after_sigkill(roo
     args = [f"run={run}", f"deepspeed={zero}", *GRPO, *inputs]
     stage = root / "runs" / run / "ppo"
     checkpoints = stage / "checkpoints"
-    # a port of its own (not the one the rerun below, nor the other parametrization, uses)
-    port = 29500 + (os.getpid() + 11 + int(zero[-1])) % 1000
     # Output to a file, not a pipe: nothing reads a pipe while this waits, and ZeRO-3's warnings
     # (one per reduce-scatter) fill one in a few updates, which blocks the ranks on their next write.
     printed = root / f"{run}.killed.log"
     with open(printed, "w") as sink:
-        proc = subprocess.Popen(cli_command(*DATA, *args, ranks=2, master_port=port), cwd=root, stdout=sink,
+        proc = subprocess.Popen(cli_command(*DATA, *args, ranks=2), cwd=root, stdout=sink,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 300
     while not (checkpoints / "update_1").exists():  # renamed from update_1.tmp once every rank wrote its part

@@ -28,8 +28,8 @@ def test_benchmark_prints_its_json_line(script, flags):
     assert (result["episodes"], result["updates"]) == (16, 2)  # batch 8 x 2 updates, as asked
     assert {k: result["settings"][k] for k in ("batch", "response_len", "prompt_len")} == \
         {"batch": 8, "response_len": 6, "prompt_len": 5}
-    # the phases are timed inside the wall time, not beside it
-    assert result["generate_s"] + result["score_s"] + result["train_s"] <= result["wall_s"]
+    # the phases are timed inside the wall time, not beside it (each figure rounded to 1 ms)
+    assert result["generate_s"] + result["score_s"] + result["train_s"] <= result["wall_s"] + 0.002
     assert result["episodes_per_s"] == pytest.approx(16 / result["wall_s"], rel=1e-2)
 
 
