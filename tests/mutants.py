@@ -100,6 +100,14 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
                                  'return ("seed", "model", STAGES[stage].section', "tests/unit/test_loop.py"),
     "truncate_keeps_oldest": ("rlhf/data/formatting.py", "        turns = turns[1:]\n        while len(turns) > 1",
                               "        turns = turns[:-1]\n        while len(turns) > 1", "tests/unit/test_real_data.py"),
+    # the verifier (data=ifeval): IFEval's strict reading against its loose one, the reward's
+    # all-or-nothing credit, instruction-level accuracy pooled over instructions (not prompts)
+    "verifier_strict_reads_loose": ("rlhf/data/instructions.py", "tuple(r.strict_pass for r in results)",
+                                    "tuple(r.loose_pass for r in results)", "tests/unit/test_instructions.py"),
+    "verifier_reward_any": ("rlhf/sampling/reward.py", 'float(all(followed)) if self.credit == "all"',
+                            'float(any(followed)) if self.credit == "all"', "tests/unit/test_instructions.py"),
+    "instruction_level_per_prompt": ("rlhf/stages/compare/stats.py", '"mean": float(followed.sum() / given.sum())',
+                                     '"mean": float((followed / given).mean())', "tests/unit/test_instructions.py"),
 }
 
 IGNORE = shutil.ignore_patterns(".git", ".venv*", "runs", "*.egg-info", "__pycache__", ".pytest_cache", "gpu_check_out")

@@ -263,7 +263,7 @@ def check(cfg: RLHFConfig) -> None:
     if p.overlong_buffer is not None and not 0 < p.overlong_buffer <= generated:
         problems.append(f"ppo.overlong_buffer={p.overlong_buffer}: the tokens before the generation limit "
                         f"({generated}) where the penalty ramps up; must lie in 1..{generated}, or null")
-    problems += _reward_problems(cfg.reward)
+    problems += _reward_problems(cfg.reward, cfg.data)
     if cfg.variant is not None and (not cfg.variant.strip() or "/" in cfg.variant or "\n" in cfg.variant):
         problems.append(f"variant={cfg.variant!r}: it names folders (runs/<run>/<stage>@<variant>), so it must be "
                         "non-empty and hold no '/'")
@@ -314,9 +314,12 @@ def _loop_problems(cfg: RLHFConfig, stages) -> list[str]:
     if lp.policy_stage not in stages.policy_stages():
         problems.append(f"loop.policy_stage={lp.policy_stage!r}: choose a stage that trains a policy, one of "
                         f"{stages.policy_stages()}")
-    if c.labeller not in ("gold", "none"):
-        problems.append(f"collect.labeller={c.labeller!r}: choose gold (the toy task's simulated labeller) or none "
-                        "(ranks left empty, for a person to fill in)")
+    if c.labeller not in ("gold", "verifier", "none"):
+        problems.append(f"collect.labeller={c.labeller!r}: choose gold (the toy task's simulated labeller), verifier "
+                        "(the checks of data=ifeval's instructions) or none (ranks left empty, for a person to fill in)")
+    elif c.labeller == "verifier" and cfg.data.format is not DataFormat.ifeval:
+        problems.append(f"collect.labeller=verifier ranks by the prompts' verifiable instructions: it needs data=ifeval, "
+                        f"not data.format={cfg.data.format.value}")
     elif c.labeller == "gold" and cfg.data.format is not DataFormat.toy and (
             cfg.stage.name == "collect" or (cfg.stage.name == stages.CHAIN and "collect" in (
                 cfg.stages or stages.pipeline_stages(round=lp.round)))):
@@ -340,17 +343,27 @@ def _loop_problems(cfg: RLHFConfig, stages) -> list[str]:
     return problems
 
 
-def _reward_problems(rw) -> list[str]:
+def _reward_problems(rw, d) -> list[str]:
     callable_name = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
     problems = []
-    if rw.source not in ("model", "function", "ensemble"):
-        problems.append(f"reward.source={rw.source!r}: choose model, function or ensemble")
+    from rlhf.sampling.reward import SOURCES  # (torch: only when a stage-3 config is read)
+
+    if rw.source not in SOURCES:
+        problems.append(f"reward.source={rw.source!r}: choose one of {', '.join(SOURCES)}")
     elif rw.source == "function" and not re.fullmatch(callable_name, rw.function or ""):
         problems.append(f"reward.function={rw.function!r}: with reward.source=function name a callable as "
                         "package.module:name, e.g. reward.function=rlhf.data.toy:gold_score")
+    elif rw.source == "verifier" and any(src.format is not DataFormat.ifeval for src in (d, *d.sources)):
+        problems.append("reward.source=verifier checks the instructions each prompt carries: it needs "
+                        f"data=ifeval (prompts with verifiable instructions) for every source, not "
+                        f"{', '.join(sorted({src.format.value for src in (d, *d.sources)}))}")
     elif rw.source == "ensemble" and len(rw.members) == 1:
         problems.append(f"reward.members={list(rw.members)}: an ensemble needs at least 2 reward models "
                         "(or leave it empty for every rm and rm@* of the run)")
+    if rw.check not in ("strict", "loose"):
+        problems.append(f"reward.check={rw.check!r}: choose strict or loose")
+    if rw.credit not in ("all", "fraction"):
+        problems.append(f"reward.credit={rw.credit!r}: choose all or fraction")
     if rw.combine not in ("mean", "mean_minus_std"):
         problems.append(f"reward.combine={rw.combine!r}: choose mean or mean_minus_std")
     if rw.std_coef < 0:

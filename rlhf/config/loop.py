@@ -30,8 +30,10 @@ class CollectConfig:
     max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
     batch_size: int = 64  # prompts per generation batch
     # Who ranks: gold = the toy task's simulated labeller (ranks by the gold scorer, swaps one
-    # adjacent pair with data.toy.label_noise as the built-in comparisons do); none = ranks left
-    # empty (null) for a person to fill in, in any tool (docs/collect.md)
+    # adjacent pair with data.toy.label_noise as the built-in comparisons do); verifier = prompts with
+    # verifiable instructions (data=ifeval) ranked by the share of their instructions each answer
+    # follows strictly, with the same noise; none = ranks left empty (null) for a person to fill in,
+    # in any tool (docs/collect.md)
     labeller: str = "gold"
     label_noise: Optional[float] = None  # the simulated labeller's noise; null = data.toy.label_noise
 

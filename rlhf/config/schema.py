@@ -223,16 +223,23 @@ class RewardConfig:
     scorer (reward=toy_gold) or an exact-match check; a callable that raises or returns a
     non-finite number stops the run naming the prompt. `ensemble`: several reward models (e.g.
     one per seed: `rlhf -m stage=rm seed=1,2,3` beside this run's rm), each normalised first,
-    combined as the mean or as mean - std_coef x std (Coste et al. 2023). A function's code is
-    imported, so name only code you trust. rlhf/sampling/reward.py has the sources."""
+    combined as the mean or as mean - std_coef x std (Coste et al. 2023). `verifier`: the checks
+    of the prompts' verifiable instructions (data=ifeval), as IFEval scores them. A function's
+    code is imported, so name only code you trust. rlhf/sampling/reward.py has the sources."""
 
-    source: str = "model"  # model | function | ensemble
+    source: str = "model"  # model | function | ensemble | verifier
     function: Optional[str] = None  # source=function: "package.module:callable"
     # source=ensemble: the members' folders; empty = every reward model of this run: runs/<run>/rm/final
     # and its sweep points' runs/<run>/rm@*/final
     members: List[str] = field(default_factory=list)
     combine: str = "mean"  # ensemble: mean | mean_minus_std (uncertainty-penalised)
     std_coef: float = 1.0  # ensemble, mean_minus_std: the lambda of mean - lambda x std across members
+    # verifier: strict (the answer as written) | loose (IFEval's loose reading: also with its first
+    # or last line or markdown asterisks removed, so a preamble is forgiven)
+    check: str = "strict"
+    # verifier: all (1 when every instruction of the prompt is followed, else 0: IFEval's prompt-level
+    # accuracy) | fraction (the share of the prompt's instructions followed: partial credit)
+    credit: str = "all"
     weight: float = 1.0  # the source's weight when reward.add sums other terms with it
     # more weighted terms summed with the source, e.g. a format check:
     # reward.add='[{function: mypackage.checks:format_ok, weight: 0.5}]'

@@ -189,3 +189,20 @@ def make_comparison(prompt: PromptLike, responses: list[str], ranks: list[int],
             raise RecordError("margin", "a margin applies to pairwise comparisons only", "bad_margin")
         margin = float(margin)
     return Comparison(prompt, tuple(responses), tuple(ranks), margin, source)
+
+
+def simulated_ranking(texts: list[str], scores: list[float], label_noise: float, rng) -> tuple[list[str], list[int]]:
+    """A simulated labeller's ranking: `texts` best-first by their scores, with their ranks
+    (equal scores tie), and with probability `label_noise` one adjacent non-tied pair swapped
+    (the ranks stay in stated order, so the two swapped answers carry each other's rank). `rng`:
+    a random.Random."""
+    scored = sorted(zip(scores, texts), key=lambda x: -x[0])
+    responses = [t for _, t in scored]
+    distinct = sorted({s for s, _ in scored}, reverse=True)
+    ranks = [distinct.index(s) for s, _ in scored]
+    if rng.random() < label_noise:
+        untied = [i for i in range(len(responses) - 1) if ranks[i] < ranks[i + 1]]
+        if untied:
+            i = rng.choice(untied)
+            responses[i], responses[i + 1] = responses[i + 1], responses[i]
+    return responses, ranks

@@ -17,7 +17,7 @@ import random
 import re
 from typing import Callable, Iterator
 
-from rlhf.data.records import Comparison, Demonstration, PromptLike, Record
+from rlhf.data.records import Comparison, Demonstration, PromptLike, Record, simulated_ranking
 
 DIGITS = "0123456789"
 # task name -> (instruction as the prompt shows it, the answer for a list of digits)
@@ -153,16 +153,7 @@ def gold_ranking(prompt: PromptLike, texts: list[str], label_noise: float, rng: 
     scores tie), and with probability `label_noise` one adjacent non-tied pair swapped (the ranks
     stay in stated order, so the two swapped answers carry each other's rank). The built-in
     comparisons and `rlhf stage=collect` (collect.labeller=gold) both rank this way."""
-    scored = sorted(((gold_score(prompt, t), t) for t in texts), key=lambda x: -x[0])
-    responses = [t for _, t in scored]
-    distinct = sorted({s for s, _ in scored}, reverse=True)
-    ranks = [distinct.index(s) for s, _ in scored]  # equal gold scores are ties
-    if rng.random() < label_noise:
-        untied = [i for i in range(len(responses) - 1) if ranks[i] < ranks[i + 1]]
-        if untied:
-            i = rng.choice(untied)
-            responses[i], responses[i + 1] = responses[i + 1], responses[i]
-    return responses, ranks
+    return simulated_ranking(texts, [gold_score(prompt, t) for t in texts], label_noise, rng)
 
 
 def wrong_digit(prompt: PromptLike, rng: random.Random) -> str:

@@ -7,6 +7,8 @@
                     members' mean std on the demonstrations), combined as their mean or as
                     mean - lambda * std across members (Coste et al. 2023, "Reward Model
                     Ensembles Help Mitigate Overoptimization": the uncertainty-weighted objective)
+    VerifierReward  the checks of each prompt's verifiable instructions (data=ifeval): all or
+                    nothing, or the share of instructions followed; strict or loose
     WeightedSum     weighted terms added up (reward.weight x the source + reward.add: e.g. an RM
                     plus a format check)
 
@@ -59,6 +61,9 @@ class ModelReward:
     def describe(self) -> dict:
         return {"model": self.path}
 
+    def label(self) -> str:
+        return "RM"
+
     def score_texts(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
         return score(self.model, self.tokenizer, prompts, responses) * self.scale
 
@@ -94,6 +99,9 @@ class FunctionReward:
     def describe(self) -> dict:
         return {"function": self.spec}
 
+    def label(self) -> str:
+        return self.spec
+
     def score_texts(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
         scores = []
         for prompt, response in zip(prompts, responses):
@@ -111,6 +119,41 @@ class FunctionReward:
     def score_sequences(self, sequences, attention_mask, prompts, texts, chunk_rows: int) -> torch.Tensor:
         if prompts is None:
             raise ValueError("a reward function scores (prompt, response) texts: pass the prompts to rollout()")
+        return self.score_texts(prompts, texts).to(sequences.device)
+
+
+class VerifierReward:
+    """The prompts' own instruction checks as the reward: `credit` all gives 1 when the answer
+    follows every instruction (IFEval's prompt-level accuracy), fraction the share it follows;
+    `check` strict reads the answer as written, loose as IFEval's loose reading. `gold` is the
+    data's gold scorer (rlhf.data.instructions.InstructionGold), which knows each prompt's
+    instructions."""
+
+    def __init__(self, gold, check: str = "strict", credit: str = "all"):
+        if not hasattr(gold, "verdict"):
+            raise ConfigError("reward.source=verifier: the data's prompts carry no verifiable instructions; "
+                              "use data=ifeval (a file in IFEval's layout: prompt, instruction_id_list, kwargs)")
+        self.gold, self.check, self.credit = gold, check, credit
+
+    def models(self) -> list[ModelReward]:
+        return []
+
+    def describe(self) -> dict:
+        return {"verifier": f"{self.check}, {self.credit}"}
+
+    def label(self) -> str:
+        return f"verifier ({self.check}, {self.credit})"
+
+    def score_texts(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
+        scores = []
+        for prompt, response in zip(prompts, responses):
+            followed = getattr(self.gold.verdict(prompt, response), self.check)
+            scores.append(float(all(followed)) if self.credit == "all" else sum(followed) / len(followed))
+        return torch.tensor(scores)
+
+    def score_sequences(self, sequences, attention_mask, prompts, texts, chunk_rows: int) -> torch.Tensor:
+        if prompts is None:
+            raise ValueError("the verifier scores (prompt, response) texts: pass the prompts to rollout()")
         return self.score_texts(prompts, texts).to(sequences.device)
 
 
@@ -147,6 +190,10 @@ class EnsembleReward:
         return {"ensemble": [m.path for m in self.members], "combine": self.combine,
                 **({"std_coef": self.std_coef} if self.combine == "mean_minus_std" else {})}
 
+    def label(self) -> str:
+        how = "mean" if self.combine == "mean" else f"mean - {self.std_coef:g} std"
+        return f"ensemble of {len(self.members)} ({how})"
+
     def member_scores_texts(self, prompts, responses) -> torch.Tensor:
         return torch.stack([m.score_texts(prompts, responses) for m in self.members])
 
@@ -171,6 +218,9 @@ class WeightedSum:
     def describe(self) -> dict:
         return {"sum": [{"weight": w, **source.describe()} for w, source in self.terms]}
 
+    def label(self) -> str:
+        return " + ".join(f"{w:g} x {source.label()}" for w, source in self.terms)
+
     def score_texts(self, prompts, responses) -> torch.Tensor:
         return sum(w * source.score_texts(prompts, responses) for w, source in self.terms)
 
@@ -179,17 +229,29 @@ class WeightedSum:
                    for w, source in self.terms)
 
 
-def build_reward(rc, load_model: Callable[[str], torch.nn.Module], tokenizer, paths: dict[str, str]):
+def _ensemble(rc, load_model, tokenizer, paths, gold) -> EnsembleReward:
+    members = [paths[k] for k in sorted((k for k in paths if k.startswith("member_")), key=lambda k: int(k[7:]))]
+    return EnsembleReward([ModelReward(load_model(p), tokenizer, p) for p in members], rc.combine, rc.std_coef)
+
+
+# reward.source -> its builder (rc, load_model, tokenizer, paths, gold) -> source: a new kind of
+# reward is a class with score_texts, score_sequences, models, describe and label, an entry here,
+# its settings in RewardConfig and a conf/reward/<name>.yaml
+SOURCES: dict[str, Callable] = {
+    "model": lambda rc, load_model, tokenizer, paths, gold: ModelReward(load_model(paths["reward_from"]), tokenizer,
+                                                                       paths["reward_from"]),
+    "function": lambda rc, load_model, tokenizer, paths, gold: FunctionReward(rc.function),
+    "ensemble": _ensemble,
+    "verifier": lambda rc, load_model, tokenizer, paths, gold: VerifierReward(gold, rc.check, rc.credit),
+}
+
+
+def build_reward(rc, load_model: Callable[[str], torch.nn.Module], tokenizer, paths: dict[str, str], gold=None):
     """The reward source `rc` (a RewardConfig) describes. `paths`: the reward models by role,
     as rlhf.stages.reward_models resolves them ("reward_from" for source=model, "member_<i>" for
-    an ensemble's, "add_<i>" for an added term's model); `load_model` loads one (eval mode)."""
-    if rc.source == "model":
-        main = ModelReward(load_model(paths["reward_from"]), tokenizer, paths["reward_from"])
-    elif rc.source == "function":
-        main = FunctionReward(rc.function)
-    else:
-        members = [paths[k] for k in sorted((k for k in paths if k.startswith("member_")), key=lambda k: int(k[7:]))]
-        main = EnsembleReward([ModelReward(load_model(p), tokenizer, p) for p in members], rc.combine, rc.std_coef)
+    an ensemble's, "add_<i>" for an added term's model); `load_model` loads one (eval mode).
+    `gold`: the data's gold scorer (source=verifier checks the instructions it knows)."""
+    main = SOURCES[rc.source](rc, load_model, tokenizer, paths, gold)
     if rc.weight == 1.0 and not rc.add:
         return main
     terms: list[tuple[float, object]] = [(rc.weight, main)]

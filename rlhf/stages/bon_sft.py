@@ -50,7 +50,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     prompts = [p.prompt for p in bundle.require("ppo", "prompts", "bon_sft")][: b.prompts]
     eval_demos = bundle.require("eval", "demonstrations", "bon_sft")
     reward = build_reward(cfg.reward, lambda path: load_reward_model(cfg.model, tokenizer, path).to(device()).eval(), tokenizer,
-                          inputs)
+                          inputs, bundle.gold_scorer)
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), **inputs, "reward": reward.describe()}
     stage_run.manifest["data"] = {**bundle.summary(), "prompts": len(prompts)}
     tracker = Tracker(cfg.logger, cfg.stage_dir, "bon_sft")

@@ -15,7 +15,9 @@ in the data layer's `ranked` format, one prompt a line, each answer with its pro
 
 Ranks: `collect.labeller=gold` (the toy task) fills them at once with the simulated labeller
 (rlhf.data.toy.gold_ranking: the gold order, one adjacent pair swapped with the built-in
-comparisons' label noise); `none` leaves them null for a person to fill in (docs/collect.md),
+comparisons' label noise); `verifier` (data=ifeval) ranks by the share of the prompt's
+instructions each answer follows strictly, with the same noise (the synthetic-gold protocol of
+Gao et al. 2022 on real text); `none` leaves them null for a person to fill in (docs/collect.md),
 and the reward model refuses the file until they are. The RM stage of this round reads the file
 as one more source (rm.use_collected), its rm-split prompts for training and its eval-split
 prompts for the per-source accuracy.
@@ -34,8 +36,8 @@ from rlhf.core import distributed
 from rlhf.core.artifacts import StageRun, write_atomic
 from rlhf.core.distributed import device, is_main_process
 from rlhf.data import describe_source, load_data
-from rlhf.data.records import PromptLike, prompt_key
-from rlhf.data.toy import gold_ranking, wrong_digit_near_miss
+from rlhf.data.records import PromptLike, prompt_key, simulated_ranking
+from rlhf.data.toy import gold_ranking, gold_score, wrong_digit_near_miss
 from rlhf.models import load_causal_lm, load_tokenizer
 from rlhf.sampling import generate
 from rlhf.stages import resolve_inputs
@@ -54,6 +56,9 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     if c.labeller == "gold" and bundle.gold_scorer is None:
         raise ConfigError("collect.labeller=gold ranks by the toy task's gold scorer, which this data has not: "
                           "set collect.labeller=none and rank the file (docs/collect.md)")
+    if c.labeller == "verifier" and not hasattr(bundle.gold_scorer, "verdict"):
+        raise ConfigError("collect.labeller=verifier ranks by the prompts' verifiable instructions, which this data "
+                          "has not: use data=ifeval, or collect.labeller=none and rank the file (docs/collect.md)")
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), "policies": policies,
                                     "prompts_file": c.prompts_file}
     log.info("collect: %d answers to each of %d prompts from %s", c.answers_per_prompt, len(prompts),
@@ -78,14 +83,19 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
             counts["prompts_one_distinct_answer"] += 1
             continue
         record = {"prompt": _jsonable(prompt), "split": split, "labeller": None, "responses": distinct}
-        if c.labeller == "gold":
+        if c.labeller in ("gold", "verifier"):
             rng = random.Random(f"{cfg.seed}\0{prompt_key(prompt)}")
-            texts, ranks = gold_ranking(prompt, [a["text"] for a in distinct], noise, rng)
+            texts = [a["text"] for a in distinct]
+            if c.labeller == "gold":
+                texts, ranks = gold_ranking(prompt, texts, noise, rng)
+            else:
+                texts, ranks = simulated_ranking(texts, [_followed(bundle.gold_scorer, prompt, t) for t in texts],
+                                                 noise, rng)
             if len(set(ranks)) < 2:
                 counts["prompts_all_tied"] += 1  # every answer as good as the others: nothing to learn
                 continue
             by_text = {a["text"]: a for a in distinct}
-            record["labeller"] = f"gold (label_noise {noise})"
+            record["labeller"] = f"{c.labeller} (label_noise {noise})"
             record["responses"] = [{**by_text[t], "rank": r} for t, r in zip(texts, ranks)]
         records.append(record)
 
@@ -115,8 +125,14 @@ def _ranked_by_hand(path: Path) -> int:
         except json.JSONDecodeError:
             continue
         labeller = record.get("labeller") if isinstance(record, dict) else None
-        found += bool(labeller) and not str(labeller).startswith("gold")
+        found += bool(labeller) and not str(labeller).startswith(("gold", "verifier"))
     return found
+
+
+def _followed(gold_scorer, prompt: PromptLike, text: str) -> float:
+    """The share of the prompt's instructions that `text` follows strictly (the verifier's rank)."""
+    strict = gold_scorer.verdict(prompt, text).strict
+    return sum(strict) / len(strict)
 
 
 def _prompts(cfg: RLHFConfig, bundle) -> list[tuple[PromptLike, str]]:
@@ -173,8 +189,9 @@ def _summary(records, answers, prompts, counts, gold_scorer, policies) -> dict:
             name = "" if len(policies) == 1 else f"policy_{k}/"
             metrics[f"{name}gold_mean"] = sum(gold_scorer(p, a["text"]) for p, a in mine) / max(len(mine), 1)
             metrics[f"{name}exact_rate"] = sum(gold_scorer(p, a["text"]) == 1.0 for p, a in mine) / max(len(mine), 1)
-            metrics[f"{name}one_wrong_digit_rate"] = (sum(wrong_digit_near_miss(p, a["text"]) for p, a in mine)
-                                                      / max(len(mine), 1))
+            if gold_scorer is gold_score:  # the toy task's
+                metrics[f"{name}one_wrong_digit_rate"] = (sum(wrong_digit_near_miss(p, a["text"]) for p, a in mine)
+                                                          / max(len(mine), 1))
     return metrics
 
 

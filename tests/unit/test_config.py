@@ -15,7 +15,8 @@ CONF = ROOT / "conf"
 NEEDS = {("data", "jsonl"): ["data.path=data/examples/pairwise.jsonl"],
          ("data", "mt_bench"): ["data.path=data/examples/questions.jsonl"],
          ("data", "ifeval"): ["data.path=data/examples/ifeval.jsonl"],
-         ("reward", "function"): ["reward.function=rlhf.data.toy:gold_score"]}
+         ("reward", "function"): ["reward.function=rlhf.data.toy:gold_score"],
+         ("reward", "verifier"): ["data=ifeval", "data.path=data/examples/ifeval.jsonl"]}
 
 register_schemas()
 

@@ -216,3 +216,57 @@ def test_prompts_without_instructions_beside_ones_with_them_are_refused(tokenize
                       sources=[SourceConfig(name="plain", format=DataFormat.prompt, path=str(EXAMPLES / "prompts.jsonl"))])
     with pytest.raises(DataError, match=r"prompts\.jsonl line 1: a prompt without verifiable instructions beside 4 "):
         load_data(cfg, tokenizer)
+
+
+def test_the_verifier_reward_scores_all_or_nothing_or_the_share_followed_strict_or_loose(tokenizer):
+    from rlhf.sampling.reward import VerifierReward
+
+    bundle = load_data(data_config(EXAMPLES / "ifeval.jsonl", "ifeval"), tokenizer)
+    fruits = bundle.splits["eval"].prompts[1].prompt  # 3 bullet points, all lowercase
+    three = "* apples are sweet and red\n* pears are green and soft\n* plums are small and purple"
+    answers = [three,  # both followed
+               three.replace("pears", "Pears"),  # 3 bullets, not lowercase in any reading
+               "here they are:\n" + three.rsplit("\n", 1)[0],  # lowercase, 2 bullets in any reading
+               "Here they are:\n" + three]  # strictly not lowercase; loosely (without its first line) both
+    expected = {("strict", "all"): [1, 0, 0, 0], ("strict", "fraction"): [1, 0.5, 0.5, 0.5],
+                ("loose", "all"): [1, 0, 0, 1], ("loose", "fraction"): [1, 0.5, 0.5, 1]}
+    for (check, credit), scores in expected.items():
+        reward = VerifierReward(bundle.gold_scorer, check, credit)
+        assert reward.score_texts([fruits] * 4, answers).tolist() == scores, (check, credit)
+    assert reward.describe() == {"verifier": "loose, fraction"}
+
+
+def test_the_verifier_reward_needs_prompts_with_instructions():
+    from rlhf.config import ConfigError
+    from rlhf.data.toy import gold_score
+    from rlhf.sampling.reward import VerifierReward
+
+    with pytest.raises(ConfigError, match="data=ifeval"):
+        VerifierReward(gold_score)
+    with pytest.raises(ConfigError, match="data=ifeval"):
+        VerifierReward(None)
+
+
+def test_instruction_accuracies_pool_answers_as_ifeval_defines_them():
+    from rlhf.stages.compare.stats import instruction_accuracy
+
+    def row(i, sample, ids, strict, loose):
+        return {"policy": "p", "mode": "sampled", "prompt_index": i, "sample": sample,
+                "instructions": {"ids": ids, "strict": strict, "loose": loose}}
+
+    two = ["punctuation:no_comma", "change_case:english_lowercase"]
+    rows = [row(0, 0, two, [True, True], [True, True]), row(0, 1, two, [True, False], [True, True]),
+            row(1, 0, ["punctuation:no_comma"], [False], [True]), row(1, 1, ["punctuation:no_comma"], [False], [False])]
+    got = instruction_accuracy(rows, 2, dict(resamples=200, confidence=0.9, seed=0))
+    # prompt-level: per prompt the share of its answers following all, then the mean over prompts
+    assert got["prompt_strict"]["mean"] == pytest.approx((1 / 2 + 0) / 2)
+    assert got["prompt_loose"]["mean"] == pytest.approx((1 + 1 / 2) / 2)
+    # instruction-level: pooled over every instruction of every answer (6 of them)
+    assert got["instruction_strict"]["mean"] == pytest.approx(3 / 6)
+    assert got["instruction_loose"]["mean"] == pytest.approx(5 / 6)
+    assert got["by_kind"] == {"change_case:english_lowercase": {"instructions": 2, "strict": 0.5, "loose": 1.0},
+                              "punctuation:no_comma": {"instructions": 4, "strict": 0.5, "loose": 0.75}}
+    # resampling 2 prompts: each interval lies between the prompts' own values (all resamples are
+    # made of them) and holds the mean
+    for key, (lo, hi) in {"prompt_strict": (0, 0.5), "instruction_strict": (0, 3 / 4)}.items():
+        assert lo <= got[key]["low"] <= got[key]["mean"] <= got[key]["high"] <= hi

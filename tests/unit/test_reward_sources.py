@@ -41,9 +41,21 @@ def test_a_function_reward_scores_text_and_names_the_input_it_fails_on():
 def test_reward_config_is_checked():
     with pytest.raises(ConfigError, match="reward.function=None: with reward.source=function name a callable"):
         check(RLHFConfig(reward=RewardConfig(source="function")))
-    with pytest.raises(ConfigError, match="reward.source='oracle': choose model, function or ensemble"):
+    with pytest.raises(ConfigError, match="reward.source=.oracle.: choose one of model, function, ensemble, verifier"):
         check(RLHFConfig(reward=RewardConfig(source="oracle")))
     check(RLHFConfig(reward=RewardConfig(source="function", function="rlhf.data.toy:gold_score")))
+
+
+def test_the_verifier_reward_is_checked_against_the_data():
+    from rlhf.config import DataConfig, DataFormat
+
+    ifeval = DataConfig(name="ifeval", format=DataFormat.ifeval, path="prompts.jsonl")
+    with pytest.raises(ConfigError, match="reward.source=verifier .*needs data=ifeval .*not toy"):
+        check(RLHFConfig(reward=RewardConfig(source="verifier")))
+    with pytest.raises(ConfigError, match="reward.check='lenient': choose strict or loose") as e:
+        check(RLHFConfig(data=ifeval, reward=RewardConfig(source="verifier", check="lenient", credit="most")))
+    assert "reward.credit='most': choose all or fraction" in str(e.value)
+    check(RLHFConfig(data=ifeval, reward=RewardConfig(source="verifier", check="loose", credit="fraction")))
 
 
 def test_with_a_function_stage_3_reads_no_reward_model_and_its_lineage_names_the_function(tmp_path):
@@ -184,7 +196,7 @@ def test_an_ensemble_normalises_each_member_then_takes_the_mean_or_mean_minus_st
 
 
 def test_a_weighted_sum_adds_its_terms_and_describes_them():
-    from rlhf.sampling import FunctionReward, ModelReward, WeightedSum
+    from rlhf.sampling import EnsembleReward, FunctionReward, ModelReward, WeightedSum
 
     rm = ModelReward(ConstantRM([1.0, -1.0], bias=0.5, raw_std=1.0), None, "runs/r/rm/final")
     total = WeightedSum([(2.0, rm), (0.5, FunctionReward(f"{__name__}:length_reward"))])
@@ -193,6 +205,13 @@ def test_a_weighted_sum_adds_its_terms_and_describes_them():
     assert got.tolist() == pytest.approx([2.0 * 1.5 + 0.5 * 4, 2.0 * -0.5 + 0.0])
     assert total.describe() == {"sum": [{"weight": 2.0, "model": "runs/r/rm/final"},
                                         {"weight": 0.5, "function": f"{__name__}:length_reward"}]}
+    # compare's label of a policy trained against it: the algorithm and each source's label
+    from rlhf.stages.online_rl.loop import method_label
+
+    assert method_label(PPOStageConfig(advantage="grpo"), total) == f"grpo, 2 x RM + 0.5 x {__name__}:length_reward"
+    pair = EnsembleReward([rm, ModelReward(ConstantRM([0.0, 0.0], bias=0.0, raw_std=1.0), None, "b")],
+                          "mean_minus_std", 0.5)
+    assert method_label(PPOStageConfig(), pair) == "ppo, ensemble of 2 (mean - 0.5 std)"
 
 
 def test_ensemble_members_default_to_every_reward_model_of_the_run_and_say_how_to_train_more(tmp_path):

@@ -83,7 +83,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
         log.info("compare: no reward model in run %r, so the answers are judged by the gold scorer alone", cfg.run)
 
     rm = load_reward_model(cfg.model, tokenizer, reward_from).to(device()).eval() if reward_from else None
-    picker = bon_picker(cfg, tokenizer, rm, reward_from, policies)
+    picker = bon_picker(cfg, tokenizer, rm, reward_from, policies, bundle.gold_scorer)
     reference = load_causal_lm(cfg.model, tokenizer, reference_from).to(device()).eval()
     bon_base = None
     if "sampled" in c.modes and any(spec.startswith("bon:") for spec in policies.values()):
@@ -105,7 +105,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     log.info("compare: %s", out / "report.md")
 
 
-def bon_picker(cfg: RLHFConfig, tokenizer, rm, reward_from, policies: dict[str, str]):
+def bon_picker(cfg: RLHFConfig, tokenizer, rm, reward_from, policies: dict[str, str], gold=None):
     """What bon:<n> picks by: the `reward=` source (an ensemble, a function, a weighted sum);
     for reward=model, the judging reward model itself. None without bon:<n>."""
     if not any(spec.startswith("bon:") for spec in policies.values()):
@@ -114,7 +114,7 @@ def bon_picker(cfg: RLHFConfig, tokenizer, rm, reward_from, policies: dict[str, 
         return rm
     paths = {**({"reward_from": reward_from} if reward_from else {}), **reward_models(cfg)}
     return build_reward(cfg.reward, lambda path: load_reward_model(cfg.model, tokenizer, path).to(device()).eval(), tokenizer,
-                        paths)
+                        paths, gold)
 
 
 def _manifest_of(spec: str) -> dict:
@@ -235,10 +235,15 @@ def _records(name, mode, sample, indices, answers: list[Sample], rm, tokenizer, 
         rm_scores = score(rm, tokenizer, [a.prompt for a in answers], [a.text for a in answers])
     rows = []
     for k, (i, a) in enumerate(zip(indices, answers)):
+        # prompts with verifiable instructions: which ones the answer follows (IFEval's accuracies)
+        verdict = gold_scorer.verdict(a.prompt, a.text) if hasattr(gold_scorer, "verdict") else None
+        gold = verdict.prompt_strict if verdict else gold_scorer(a.prompt, a.text) if gold_scorer else None
         rows.append({"policy": name, "mode": mode, "prompt_index": i, "sample": sample, "prompt": a.prompt,
                      "response": a.text,
                      "rm_score": float(rm_scores[k]) if rm_scores is not None else None,
-                     "gold_score": float(gold_scorer(a.prompt, a.text)) if gold_scorer else None,
+                     "gold_score": float(gold) if gold is not None else None,
+                     **({"instructions": {"ids": list(verdict.ids), "strict": list(verdict.strict),
+                                          "loose": list(verdict.loose)}} if verdict else {}),
                      "kl": float(kl[k]) if kl is not None else None, "kl_method": kl_method if kl is not None else None,
                      "tokens": len(a.token_ids), "ended": a.ended})
     return rows

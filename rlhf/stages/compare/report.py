@@ -65,6 +65,7 @@ def report_lines(results: dict, out: Path) -> list[str]:
                          f"{_fmt(e['win_rate_gold'])} | {_fmt(e.get('win_rate_length'))} | {kl} | {e['tokens']:.1f} | "
                          f"{e['eos_rate']:.0%} | {e['distinct_1']:.2f} / {e['distinct_2']:.2f} |")
         lines.append("")
+        lines += _instruction_lines(mode, table)
     for mode, rows in (results.get("by_method") or {}).items():
         lines += [f"## {mode}, over seeds", "", "Policies that differ only by seed pooled: the mean of their "
                   "figures, [lowest, highest] among them; wall time and peak RSS their medians.", "",
@@ -88,6 +89,31 @@ def report_lines(results: dict, out: Path) -> list[str]:
     plots = write_plots(results, out)
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return lines
+
+
+def _instruction_lines(mode: str, table: dict) -> list[str]:
+    """IFEval's four accuracies per policy beside answer length, then instruction-level strict
+    accuracy by kind: for data whose prompts carry verifiable instructions."""
+    followed = {name: e["instructions"] for name, e in table.items() if e.get("instructions")}
+    if not followed:
+        return []
+    lines = [f"### {mode}: instructions followed", "",
+             "Prompt-level: answers that follow every instruction of their prompt; instruction-level: instructions "
+             "followed, pooled over answers. Strict reads the answer as written, loose also without its first or "
+             "last line or markdown asterisks (IFEval's two readings). The gold score above is prompt-level strict.",
+             "", "| policy | prompt-level strict | prompt-level loose | instruction-level strict | instruction-level loose "
+             "| tokens |", "|---|---|---|---|---|---|"]
+    for name, f in followed.items():
+        lines.append(f"| {name} | {_fmt(f['prompt_strict'])} | {_fmt(f['prompt_loose'])} | {_fmt(f['instruction_strict'])} "
+                     f"| {_fmt(f['instruction_loose'])} | {table[name]['tokens']:.1f} |")
+    kinds = sorted({k for f in followed.values() for k in f["by_kind"]})
+    lines += ["", "Instruction-level strict accuracy by kind (instructions of that kind among the prompts' answers):", "",
+              "| kind | " + " | ".join(followed) + " |", "|---|" + "---|" * len(followed)]
+    for kind in kinds:
+        cells = [f"{f['by_kind'][kind]['strict']:.3f} ({f['by_kind'][kind]['instructions']})" if kind in f["by_kind"]
+                 else "–" for f in followed.values()]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _seconds(x) -> str:

@@ -73,6 +73,7 @@ def summarise(records: list[dict], cfg: RLHFConfig, policies: dict[str, str], pr
                 per_prompt = _matrix(rs, metric, len(prompts)).mean(1)
                 low, high = bootstrap_ci(per_prompt, **ci)
                 entry[metric] = {"mean": float(per_prompt.mean()), "low": low, "high": high}
+            entry["instructions"] = instruction_accuracy(rs, len(prompts), ci) if "instructions" in rs[0] else None
             entry["kl_method"] = rs[0]["kl_method"]
             entry["tokens"] = float(np.mean([r["tokens"] for r in rs]))
             entry["eos_rate"] = float(np.mean([r["ended"] for r in rs]))
@@ -102,6 +103,38 @@ def summarise(records: list[dict], cfg: RLHFConfig, policies: dict[str, str], pr
             "samples_per_prompt": c.samples_per_prompt, "temperature": c.temperature, "seed": cfg.seed,
             "confidence": c.confidence, "bootstrap_resamples": c.bootstrap_resamples, "modes": modes,
             "examples": examples}
+
+
+def instruction_accuracy(rows: list[dict], prompts: int, ci: dict) -> dict:
+    """IFEval's accuracies of one policy and mode, from its answers' verdicts (records with
+    "instructions": ids and, per id, strict and loose pass): prompt-level (the share of answers
+    that follow every instruction of their prompt) and instruction-level (the share of
+    instructions followed, pooled over answers), strict and loose, each with a bootstrap interval
+    over prompts; and the instruction-level accuracy by kind (no interval: a kind may be rare)."""
+    out: dict = {}
+    kinds: dict[str, dict] = {}
+    for reading in ("strict", "loose"):
+        answers, every, followed, given = (np.zeros(prompts) for _ in range(4))
+        for r in rows:
+            passed, i = r["instructions"][reading], r["prompt_index"]
+            answers[i] += 1
+            every[i] += all(passed)
+            followed[i] += sum(passed)
+            given[i] += len(passed)
+            for kind, ok in zip(r["instructions"]["ids"], passed):
+                tally = kinds.setdefault(kind, {"instructions": 0, "strict": 0, "loose": 0})
+                tally[reading] += ok
+                tally["instructions"] += reading == "strict"
+        if (answers == 0).any():
+            raise ValueError(f"{rows[0]['policy']}/{rows[0]['mode']}: no answers for some prompts")
+        low, high = bootstrap_ci(every / answers, **ci)
+        out[f"prompt_{reading}"] = {"mean": float((every / answers).mean()), "low": low, "high": high}
+        # each prompt weighted by its instructions: the resampled means are pooled shares
+        low, high = bootstrap_ci(followed / given, **ci, weights=given)
+        out[f"instruction_{reading}"] = {"mean": float(followed.sum() / given.sum()), "low": low, "high": high}
+    out["by_kind"] = {kind: {"instructions": t["instructions"], "strict": t["strict"] / t["instructions"],
+                             "loose": t["loose"] / t["instructions"]} for kind, t in sorted(kinds.items())}
+    return out
 
 
 def _matrix(rows: list[dict], metric: str, prompts: int) -> np.ndarray:

@@ -76,10 +76,10 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), **inputs}
     stage_run.manifest["data"] = data.summary()
 
-    roles = load_roles(cfg, tokenizer, inputs)
+    roles = load_roles(cfg, tokenizer, inputs, data.gold_scorer)
     # what compare labels this policy by: the algorithm and the reward it was trained against
     stage_run.manifest["method"] = {"algorithm": algorithm_name(p), "reward": roles.reward.describe(),
-                                    "label": method_label(p, roles.reward.describe())}
+                                    "label": method_label(p, roles.reward)}
     kl_ctl = KLController(p.beta, p.kl_target, p.kl_horizon)
     ema = EMA(module_of(roles.policy), p.ema_decay) if p.ema_decay else None
     start = 0
@@ -203,7 +203,7 @@ def check_batch_sizes(p) -> None:
                           f"{p.micro_batch_size}; change one of them")
 
 
-def load_roles(cfg: RLHFConfig, tokenizer, inputs: dict[str, str]) -> Roles:
+def load_roles(cfg: RLHFConfig, tokenizer, inputs: dict[str, str], gold=None) -> Roles:
     """Policy, critic (when the advantage estimator uses one), reward model (or function) and
     reference.
     Dropout is off in all of them: it would make the sampling policy and the one being optimised
@@ -215,7 +215,7 @@ def load_roles(cfg: RLHFConfig, tokenizer, inputs: dict[str, str]) -> Roles:
                            critic=(load_reward_model(cfg.model, tokenizer, inputs["value_from"])
                                    if needs_critic(cfg.ppo.advantage) else None),
                            reward=build_reward(cfg.reward, lambda path: load_reward_model(cfg.model, tokenizer, path),
-                                               tokenizer, inputs),
+                                               tokenizer, inputs, gold),
                            ref=None if cfg.model.lora.enabled else load_causal_lm(cfg.model, tokenizer,
                                                                                   inputs["policy_from"]))
 
@@ -225,18 +225,10 @@ def algorithm_name(p) -> str:
     return "ppo" if p.advantage == "gae" else p.advantage
 
 
-def method_label(p, reward: dict) -> str:
-    """e.g. "grpo, RM", "ppo, ensemble of 4 (mean - 1.0 std)", "rloo, rlhf.data.toy:gold_score"."""
-    def source(d: dict) -> str:
-        if "model" in d:
-            return "RM"
-        if "function" in d:
-            return d["function"]
-        if "ensemble" in d:
-            how = "mean" if d["combine"] == "mean" else f"mean - {d['std_coef']:g} std"
-            return f"ensemble of {len(d['ensemble'])} ({how})"
-        return " + ".join(f"{t['weight']:g} x {source(t)}" for t in d["sum"])
-    return f"{algorithm_name(p)}, {source(reward)}"
+def method_label(p, reward) -> str:
+    """e.g. "grpo, RM", "ppo, ensemble of 4 (mean - 1.0 std)", "rloo, rlhf.data.toy:gold_score",
+    "grpo, verifier (strict, all)": the algorithm and the reward source's label."""
+    return f"{algorithm_name(p)}, {reward.label()}"
 
 
 def encode_demonstrations(tokenizer, demos) -> list[tuple[list[int], list[int]]]:
