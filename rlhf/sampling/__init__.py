@@ -3,7 +3,8 @@
     generate.py  one KV-cache sampler (`sample`), `generate` for lists of prompts, and the
                  log-probabilities of given responses
     score.py     reward-model scores, normalised as the RM stage saved them
-    reward.py    reward sources: a model, a function, an ensemble of models, a weighted sum
+    reward.py    reward sources (registered): a model, a function, an ensemble of models, the
+                 verifier of data=ifeval, a weighted sum
     gold.py      gold-scorer evaluation of greedy and sampled answers (toy task)
     best_of_n.py n samples per prompt, the best by the reward source kept
 """
@@ -12,5 +13,5 @@ from rlhf.sampling.generate import Sample, generate, response_logprob_sums, resp
 from rlhf.sampling.best_of_n import BestOfN, best_of_n  # noqa: F401
 from rlhf.sampling.gold import gold_evaluation  # noqa: F401
 from rlhf.sampling.score import score  # noqa: F401
-from rlhf.sampling.reward import (EnsembleReward, FunctionReward, ModelReward, WeightedSum,  # noqa: F401
+from rlhf.sampling.reward import (EnsembleReward, FunctionReward, ModelReward, VerifierReward, WeightedSum,  # noqa: F401
                                  build_reward, reward_scores)

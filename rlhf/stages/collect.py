@@ -39,7 +39,7 @@ from rlhf.data import describe_source, load_data
 from rlhf.data.records import PromptLike, prompt_key, simulated_ranking
 from rlhf.data.toy import gold_ranking, gold_score, wrong_digit_near_miss
 from rlhf.models import load_causal_lm, load_tokenizer
-from rlhf.sampling import generate
+from rlhf.sampling import VerifierReward, generate
 from rlhf.stages import resolve_inputs
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,9 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
             texts = [a["text"] for a in distinct]
             if c.labeller == "gold":
                 texts, ranks = gold_ranking(prompt, texts, noise, rng)
-            else:
-                texts, ranks = simulated_ranking(texts, [_followed(bundle.gold_scorer, prompt, t) for t in texts],
-                                                 noise, rng)
+            else:  # the share of the prompt's instructions each answer follows, strictly
+                shares = VerifierReward(bundle.gold_scorer, "strict", "fraction").score_texts([prompt] * len(texts), texts)
+                texts, ranks = simulated_ranking(texts, shares.tolist(), noise, rng)
             if len(set(ranks)) < 2:
                 counts["prompts_all_tied"] += 1  # every answer as good as the others: nothing to learn
                 continue
@@ -127,12 +127,6 @@ def _ranked_by_hand(path: Path) -> int:
         labeller = record.get("labeller") if isinstance(record, dict) else None
         found += bool(labeller) and not str(labeller).startswith(("gold", "verifier"))
     return found
-
-
-def _followed(gold_scorer, prompt: PromptLike, text: str) -> float:
-    """The share of the prompt's instructions that `text` follows strictly (the verifier's rank)."""
-    strict = gold_scorer.verdict(prompt, text).strict
-    return sum(strict) / len(strict)
 
 
 def _prompts(cfg: RLHFConfig, bundle) -> list[tuple[PromptLike, str]]:
