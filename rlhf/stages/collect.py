@@ -56,9 +56,13 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     if c.labeller == "gold" and bundle.gold_scorer is None:
         raise ConfigError("collect.labeller=gold ranks by the toy task's gold scorer, which this data has not: "
                           "set collect.labeller=none and rank the file (docs/collect.md)")
-    if c.labeller == "verifier" and not hasattr(bundle.gold_scorer, "verdict"):
-        raise ConfigError("collect.labeller=verifier ranks by the prompts' verifiable instructions, which this data "
-                          "has not: use data=ifeval, or collect.labeller=none and rank the file (docs/collect.md)")
+    share = None  # labeller=verifier: the share of the prompt's instructions an answer follows, strictly
+    if c.labeller == "verifier":
+        if not hasattr(bundle.gold_scorer, "verdict"):
+            raise ConfigError("collect.labeller=verifier ranks by the prompts' verifiable instructions, which this "
+                              "data has not: use data=ifeval, or collect.labeller=none and rank the file "
+                              "(docs/collect.md)")
+        share = VerifierReward(bundle.gold_scorer, "strict", "fraction")
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), "policies": policies,
                                     "prompts_file": c.prompts_file}
     log.info("collect: %d answers to each of %d prompts from %s", c.answers_per_prompt, len(prompts),
@@ -88,9 +92,9 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
             texts = [a["text"] for a in distinct]
             if c.labeller == "gold":
                 texts, ranks = gold_ranking(prompt, texts, noise, rng)
-            else:  # the share of the prompt's instructions each answer follows, strictly
-                shares = VerifierReward(bundle.gold_scorer, "strict", "fraction").score_texts([prompt] * len(texts), texts)
-                texts, ranks = simulated_ranking(texts, shares.tolist(), noise, rng)
+            else:
+                texts, ranks = simulated_ranking(texts, share.score_texts([prompt] * len(texts), texts).tolist(),
+                                                 noise, rng)
             if len(set(ranks)) < 2:
                 counts["prompts_all_tied"] += 1  # every answer as good as the others: nothing to learn
                 continue
