@@ -13,10 +13,9 @@ from tokenizers import Tokenizer, models
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig,
                           LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast)
 
-from rlhf.algos.rewards import shape_scores
 from rlhf.core.distributed import enable_checkpointing
-from rlhf.stages.online_rl.loop import advantages_of, optimise
 from rlhf.stages.online_rl.rollout import rollout
+from rlhf.stages.online_rl.update import update
 
 
 def parser() -> argparse.ArgumentParser:
@@ -111,24 +110,22 @@ def run_updates(roles, tok, cfg, a, batches, groups=None) -> tuple[dict[str, flo
 
         t = time.perf_counter()
         settings = VLLMConfig(enforce_eager=True if a.vllm_enforce_eager else None)
-        engine = VLLMEngine(roles.policy, settings, max_model_len=a.prompt_len + a.response_len + 1, dtype=a.dtype,
+        engine = VLLMEngine(roles.policy, tok, settings, max_model_len=a.prompt_len + a.response_len + 1, dtype=a.dtype,
                             seed=a.seed)
         phases.update(engine_start_s=time.perf_counter() - t, sync_s=0.0)
     t0 = time.perf_counter()
     for batch in batches:
         sync(a)
         r = rollout(roles, tok, batch, cfg, max_new_tokens=a.response_len, groups=groups,
-                    min_new_tokens=a.response_len, engine=engine)
+                    min_new_tokens=a.response_len, sampler=engine)
         phases["generate_s"] += r.seconds["generate"]
         phases["score_s"] += r.seconds["score"]
         t = time.perf_counter()
-        scores = shape_scores(r.scores, r.ended, clip=cfg.score_clip, no_eos_score=cfg.no_eos_score)
-        _, advantages, returns = advantages_of(r, scores, cfg, cfg.beta)
-        optimise(roles, r, advantages, returns, cfg, [], tok.pad_token_id)
+        update(roles, r, cfg, cfg.beta, pad_id=tok.pad_token_id)
         sync(a)
         phases["train_s"] += time.perf_counter() - t
         if engine is not None:  # the new weights into the engine, inside the clock: part of an update
-            phases["sync_s"] += engine.sync(roles.policy)
+            phases["sync_s"] += engine.sync(roles.policy)["time_sync_s"]
     return phases, time.perf_counter() - t0
 
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rlhf import stages
 from rlhf.config import ConfigError, RLHFConfig
-from rlhf.config.check import check, register_schemas, to_config
+from rlhf.checks import check, register_schemas, to_config
 from rlhf.core import distributed
 from rlhf.core.nonfinite import EXIT_NONFINITE, NonFiniteError
 from rlhf.core.preemption import EXIT_PREEMPTED, Preempted

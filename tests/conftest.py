@@ -127,17 +127,48 @@ def write_lines(path: Path, lines: list) -> Path:
     return path
 
 
-def ppo_update(roles, r, p, beta: float) -> dict:
-    """One stage-3 update on rollout `r` as the loop runs it (scores, rewards, advantages,
-    optimise), returning the loop's stats."""
-    from rlhf.algos.rewards import shape_scores
-    from rlhf.stages.online_rl.loop import advantages_of, optimise, rollout_stats
+def manifest(run_folder: Path, stage: str) -> dict:
+    """The manifest a stage wrote in a run's folder (runs/<run>/<stage>/manifest.json)."""
+    return json.loads((run_folder / stage / "manifest.json").read_text())
 
-    scores = shape_scores(r.scores, r.ended, clip=p.score_clip,
-                          no_eos_score=p.no_eos_score)
-    kl, advantages, returns = advantages_of(r, scores, p, beta)
-    stats = optimise(roles, r, advantages, returns, p, [], pad_id=0, train_policy=True)
-    return {**stats, **rollout_stats(r, scores, kl, returns, p, beta)}
+
+def tiny_roles(tokenizer, reward=None, *, critic: bool = False, reward_bias: float | None = None):
+    """Stage-3 roles of tiny untrained models, built in one order from torch's seed 0: the
+    policy, a reward model (unless `reward` gives a source; `reward_bias`: its saved
+    normalisation), a critic (with `critic`), the reference."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf.models import REWARD_NORM_KEY, build_tiny_model
+    from rlhf.stages.online_rl.roles import Roles
+
+    def score_model():
+        model = AutoModelForSequenceClassification.from_config(policy.config)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return model
+
+    torch.manual_seed(0)
+    policy = build_tiny_model(ModelConfig(), tokenizer)
+    policy.config.num_labels = 1  # the score models built from its config have one output
+    if reward is None:
+        reward = score_model().eval()
+        if reward_bias is not None:
+            setattr(reward.config, REWARD_NORM_KEY, {"bias": reward_bias})
+    value = score_model() if critic else None
+    return Roles(policy=policy, ref=build_tiny_model(ModelConfig(), tokenizer).eval(), reward=reward, critic=value)
+
+
+def trainable(roles, p, lr: float):
+    """The roles' policy and critic as the loop trains them: local engines stepping AdamW at
+    `lr` (`p`: the stage-3 settings they read). Returns the roles."""
+    import torch
+
+    from rlhf.stages.online_rl.roles import local_engine
+
+    roles.policy = local_engine(roles.policy, torch.optim.AdamW(roles.policy.parameters(), lr=lr), p)
+    if roles.critic is not None:
+        roles.critic = local_engine(roles.critic, torch.optim.AdamW(roles.critic.parameters(), lr=lr), p)
+    return roles
 
 
 def start_label_server(path: Path, tokens: dict[str, str], *extra: str) -> tuple[subprocess.Popen, str]:

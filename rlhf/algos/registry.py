@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from rlhf.core.errors import ConfigError
+
 
 class Registry:
     def __init__(self, field: str):
@@ -37,7 +39,5 @@ class Registry:
 
     def _entry(self, name: str):
         if name not in self._entries:
-            from rlhf.config import ConfigError
-
             raise ConfigError(self.problem(name))
         return self._entries[name]

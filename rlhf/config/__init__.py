@@ -1,6 +1,6 @@
-"""The configuration: the schema, every option documented beside its field (schema.py; the data
-layer's in data.py), and the step from Hydra's composed config to a checked `RLHFConfig`
-(check.py)."""
+"""The configuration's schema: every option documented beside its field (schema.py; the data
+layer's in data.py). It imports only rlhf.core; the step from Hydra's composed config to a
+checked `RLHFConfig` reads the registries above, so it lives at the entry layer (rlhf/checks/)."""
 
 from rlhf.config.schema import (  # noqa: F401  (the names every layer imports from rlhf.config)
     SPLITS,

@@ -8,9 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+from rlhf.config.answers import AnswerLengthConfig
+
 
 @dataclass
-class CompareConfig:
+class CompareConfig(AnswerLengthConfig):
     """`rlhf stage=compare`: policies side by side on held-out prompts (rlhf/stages/compare/)."""
 
     # name -> checkpoint folder, hub id, or "bon:<n>": the best of n samples of `bon_from`, picked
@@ -29,7 +31,6 @@ class CompareConfig:
     samples_per_prompt: int = 4  # sampled answers per prompt and policy (seeds seed, seed+1, ...)
     modes: List[str] = field(default_factory=lambda: ["sampled", "greedy"])
     temperature: float = 1.0  # of the sampled mode
-    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
     batch_size: int = 64  # prompts per generation batch
     bootstrap_resamples: int = 1000  # confidence intervals: resampling prompts with replacement
     confidence: float = 0.95
@@ -57,7 +58,7 @@ class GenerateConfig:
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(AnswerLengthConfig):
     """`rlhf stage=evaluate` (rlhf/stages/evaluate.py): a reward model on comparisons, or
     policies on prompts, from any data source (`data=...`, `data.path=...`), without training."""
 
@@ -77,7 +78,6 @@ class EvaluateConfig:
     samples_per_prompt: int = 1
     temperature: float = 1.0
     greedy: bool = False
-    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
     batch_size: int = 32  # comparisons or prompts per forward/generation batch
     bootstrap_resamples: int = 1000
     confidence: float = 0.95

@@ -8,9 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from rlhf.config.answers import AnswerLengthConfig
+
 
 @dataclass
-class CollectConfig:
+class CollectConfig(AnswerLengthConfig):
     """`rlhf stage=collect` (rlhf/stages/collect.py): answers of the current policy to rank, the
     data of the next round's reward model (InstructGPT's feedback loop)."""
 
@@ -27,7 +29,6 @@ class CollectConfig:
     max_prompts: Optional[int] = 1024  # the first N prompts (of each split); null = all
     answers_per_prompt: int = 4  # K sampled answers per prompt; exact duplicates dropped
     temperature: float = 1.0
-    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
     batch_size: int = 64  # prompts per generation batch
     # Who ranks: gold = the toy task's simulated labeller (ranks by the gold scorer, swaps one
     # adjacent pair with data.toy.label_noise as the built-in comparisons do); verifier = prompts with

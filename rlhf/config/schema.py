@@ -2,12 +2,14 @@
 
 Hydra composes `conf/config.yaml` on top of `RLHFConfig` (registered as the schema
 `rlhf_schema`), so an unknown key or a value of the wrong type fails at composition with the
-full key named. `rlhf/config/check.py` registers the schema, turns the composed config into
-these dataclasses and adds the cross-field rules that a type cannot express. The YAML files
-under conf/ only hold choices that differ from the defaults below. The stages themselves, and
-the order the pipeline runs them in, are listed once, in the stage registry (rlhf/stages/).
+full key named. `rlhf/checks/` (at the entry layer: the rules read the registries above this
+one) registers the schema, turns the composed config into these dataclasses and adds the
+cross-field rules that a type cannot express. The YAML files under conf/ only hold choices that
+differ from the defaults below. The stages themselves, and the order the pipeline runs them in,
+are listed once, in the stage registry (rlhf/stages/), which also makes the `stage=` options.
 Four groups live beside it and are re-exported here: data.py (`data.`), loop.py (`collect.`,
-`loop.`), judging.py (`compare.`, `generate.`, `evaluate.`) and online_rl.py (`ppo.`, `vllm.`).
+`loop.`), judging.py (`compare.`, `generate.`, `evaluate.`) and online_rl.py (`ppo.`, `vllm.`);
+answers.py holds what the stages that sample answers share (max_new_tokens, gold_eval_prompts).
 """
 
 from __future__ import annotations
@@ -17,14 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-class ConfigError(ValueError):
-    """A config that composes but cannot run; the message names every field involved."""
-
-
-from rlhf.config.loop import CollectConfig, LoopConfig  # noqa: E402,F401  (part of the schema, as data.py)
-from rlhf.config.judging import CompareConfig, EvaluateConfig, GenerateConfig  # noqa: E402,F401
-from rlhf.config.online_rl import PPOStageConfig, VLLMConfig  # noqa: E402,F401
-from rlhf.config.data import (  # noqa: E402,F401  (part of the schema; imported from here too)
+from rlhf.core.errors import ConfigError  # noqa: F401  (re-exported: rlhf.config.ConfigError)
+from rlhf.config.loop import CollectConfig, LoopConfig  # noqa: F401  (part of the schema, as data.py)
+from rlhf.config.judging import CompareConfig, EvaluateConfig, GenerateConfig  # noqa: F401
+from rlhf.config.online_rl import PPOStageConfig, VLLMConfig  # noqa: F401
+from rlhf.config.answers import AnswerLengthConfig, GoldEvalConfig  # noqa: F401  (part of the schema)
+from rlhf.config.data import (  # noqa: F401  (part of the schema; imported from here too)
     SPLITS,
     DataConfig,
     DataFormat,
@@ -140,13 +140,10 @@ class TrainConfig:
 
 
 @dataclass
-class SFTStageConfig(TrainConfig):
+class SFTStageConfig(GoldEvalConfig, TrainConfig):
     """Stage 1. init_from null = model.name_or_path (the tiny model: freshly built)."""
 
     packing: bool = False  # concatenate examples into full sequences (trl's BFD packing)
-    # Toy task only: gold score of generations on this many eval prompts after training.
-    gold_eval_prompts: int = 256
-    max_new_tokens: Optional[int] = None  # gold evaluation's generation length; null = data.max_response_tokens
 
 
 @dataclass
@@ -167,7 +164,7 @@ class RMStageConfig(TrainConfig):
 
 
 @dataclass
-class DPOStageConfig(TrainConfig):
+class DPOStageConfig(GoldEvalConfig, TrainConfig):
     """`rlhf stage=dpo` (rlhf/stages/dpo.py): trl's DPOTrainer on the rm split's comparisons.
     init_from null = runs/<run>/sft/final, which is also the frozen reference."""
 
@@ -183,16 +180,14 @@ class DPOStageConfig(TrainConfig):
     learning_rate: float = 1e-6
     # Implicit-reward accuracy on this many train pairs after training (0: skip)
     train_accuracy_pairs: int = 256
-    # Toy task only: gold score of generations on this many eval prompts after training.
-    gold_eval_prompts: int = 256
-    max_new_tokens: Optional[int] = None  # gold evaluation's generation length; null = data.max_response_tokens
 
 
 @dataclass
-class BonSFTStageConfig(TrainConfig):
+class BonSFTStageConfig(GoldEvalConfig, TrainConfig):
     """`rlhf stage=bon_sft` (rlhf/stages/bon_sft.py): best-of-n distillation (rejection-sampling
     fine-tuning): n answers per prompt of the ppo split from the policy, the one the reward source
     (`reward=`) scores best kept, and the policy fine-tuned on those picks as SFT trains.
+    max_new_tokens is the n answers' length as well as the gold evaluation's.
     init_from null = runs/<run>/sft/final."""
 
     reward_from: Optional[str] = None  # null = runs/<run>/rm/final; reward.source=model only
@@ -200,10 +195,8 @@ class BonSFTStageConfig(TrainConfig):
     prompts: Optional[int] = None  # the ppo split's first N prompts; null = all of them
     rounds: int = 1  # > 1: sample again from the last round's policy and fine-tune it on the new picks
     temperature: float = 1.0
-    max_new_tokens: Optional[int] = None  # null = data.max_response_tokens
     generation_batch_size: int = 64  # prompts per sampling batch
     learning_rate: float = 1e-5
-    gold_eval_prompts: int = 256  # as sft.gold_eval_prompts
 
 
 @dataclass

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from rlhf.config import ConfigError
 from rlhf.core import distributed
+from rlhf.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

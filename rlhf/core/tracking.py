@@ -10,18 +10,18 @@ import logging
 from pathlib import Path
 
 from rlhf.core.distributed import is_main_process
-from rlhf.config import LoggerConfig
 
 log = logging.getLogger(__name__)
 
 
 class Tracker:
-    def __init__(self, cfg: LoggerConfig, stage_dir: Path, prefix: str):
+    def __init__(self, stage_dir: Path, prefix: str, backend: str = "none", wandb_project: str | None = None):
+        """`backend` and `wandb_project` are logger.backend's value and logger.wandb_project, passed
+        as plain values: core sits below the config layer and does not import its schema."""
         self.prefix = prefix
         self._tb = self._wandb = None
         if not is_main_process():
             return
-        backend = cfg.backend.value
         if backend == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
@@ -31,7 +31,7 @@ class Tracker:
                 import wandb
             except ImportError as e:
                 raise ImportError("logger=wandb needs the wandb package: pip install wandb") from e
-            self._wandb = wandb.init(project=cfg.wandb_project, name=f"{stage_dir.parent.name}/{prefix}",
+            self._wandb = wandb.init(project=wandb_project, name=f"{stage_dir.parent.name}/{prefix}",
                                      dir=str(stage_dir), reinit=True)
 
     def log(self, metrics: dict[str, float], step: int) -> None:

@@ -215,6 +215,21 @@ def load_data(cfg: DataConfig, tokenizer) -> DataBundle:
             per_source[item.source]["empty_turns"] += sum(not m["content"].strip() for m in item.record.prompt)
 
     # 3. split by prompt hash
+    splits, every, unassigned = _split(kept, cfg)
+    bundle = DataBundle(source, splits, sum(c["rows_read"] for c in per_source.values()), len(kept), skips,
+                        unassigned, _gold_scorer(cfg, kept),
+                        dropped=dropped, truncated=truncated, every=every, per_source=per_source)
+    for tally, what in ((skips, "skipped %d bad record(s)"), (dropped, "left out %d record(s)"),
+                        (truncated, "shortened %d record(s) to the token limits")):
+        if tally.total:
+            log.warning(what + " of %d: %s", tally.total, bundle.rows_read,
+                        ", ".join(f"{k}={v} (first at {tally.first_at[k]})" for k, v in tally.counts.items()))
+    return bundle
+
+
+def _split(kept: list[_Located], cfg: DataConfig) -> tuple[dict[str, Split], Split, int]:
+    """The kept records into the splits their prompt's hash assigns, and all of them into `every`;
+    each split lists a prompt once. Returns the splits, `every`, and how many prompts no split took."""
     splits = {name: Split(name) for name in SPLITS}
     every = Split("all")
     seen_prompts: dict[str, set[str]] = {name: set() for name in (*SPLITS, "all")}
@@ -230,16 +245,7 @@ def load_data(cfg: DataConfig, tokenizer) -> DataBundle:
                 seen_prompts[split.name].add(item.key)
                 split.prompts.append(Prompt(item.record.prompt, item.source, getattr(item.record, "constraints", None)))
                 split.prompt_tokens.append(item.prompt_len)
-
-    bundle = DataBundle(source, splits, sum(c["rows_read"] for c in per_source.values()), len(kept), skips,
-                        len(unassigned), _gold_scorer(cfg, kept),
-                        dropped=dropped, truncated=truncated, every=every, per_source=per_source)
-    for tally, what in ((skips, "skipped %d bad record(s)"), (dropped, "left out %d record(s)"),
-                        (truncated, "shortened %d record(s) to the token limits")):
-        if tally.total:
-            log.warning(what + " of %d: %s", tally.total, bundle.rows_read,
-                        ", ".join(f"{k}={v} (first at {tally.first_at[k]})" for k, v in tally.counts.items()))
-    return bundle
+    return splits, every, len(unassigned)
 
 
 def _gold_scorer(cfg: DataConfig, kept: list[_Located]) -> Callable[[object, str], float] | None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from rlhf.core.distributed import full_weights
 from rlhf.core.ops import entropy_from_logits, pad_right, positions
 from rlhf.data import encode_prompts
 from rlhf.data.records import PromptLike
@@ -67,6 +68,45 @@ def sample(model, input_ids, attention_mask, *, max_new_tokens: int, temperature
         logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position,
                        use_cache=True, **{cache_arg: cache}).logits[:, -1]
     return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(entropies, 1)
+
+
+@dataclass
+class Samples:
+    """A sampler's answers to a batch of prompts, n per prompt in consecutive rows: what stage
+    3's rollout scores. Every stage-3 sampler (`PolicySampler`, the vLLM engine) returns these."""
+    prompt_ids: torch.Tensor  # [B, P] the prompts, left-padded
+    prompt_mask: torch.Tensor  # [B, P]
+    responses: torch.Tensor  # [B, <= max_new_tokens]; PAD after a row's EOS
+    logprobs: torch.Tensor  # [B, same] the sampler's own log-prob of each token at the temperature
+    entropy: Optional[torch.Tensor]  # [B, same] the sampler's, where it has them
+    # the policy itself sampled, so `logprobs` are the policy's; else its own come from a forward
+    # pass over the tokens, and these stay beside them (the mismatch, truncated IS)
+    by_policy: bool
+
+
+class PolicySampler:
+    """Stage 3's default sampler: the policy answers with `sample`, so each token's log-prob
+    comes with it and no second forward pass is needed."""
+
+    def __init__(self, policy, tokenizer):
+        self.policy, self.tokenizer = policy, tokenizer  # policy: a model or an engine around one
+
+    @torch.no_grad()
+    def sample(self, prompt_ids: Sequence[Sequence[int]], n: int = 1, *, max_new_tokens: int, temperature: float,
+               min_new_tokens: int = 0) -> Samples:
+        rows = [list(ids) for ids in prompt_ids for _ in range(n)]
+        with full_weights(self.policy) as policy:  # ZeRO-3: gathered once per rollout, not per token
+            device = next(policy.parameters()).device
+            batch = self.tokenizer.pad({"input_ids": rows}, padding_side="left", return_tensors="pt").to(device)
+            responses, logprobs, entropy = sample(policy, batch["input_ids"], batch["attention_mask"],
+                                                  max_new_tokens=max_new_tokens, temperature=temperature,
+                                                  eos_id=self.tokenizer.eos_token_id,
+                                                  pad_id=self.tokenizer.pad_token_id, min_new_tokens=min_new_tokens)
+        return Samples(batch["input_ids"], batch["attention_mask"], responses, logprobs, entropy, by_policy=True)
+
+    def sync(self, policy) -> dict[str, float]:
+        """Nothing to push: it samples from the policy's weights as they are."""
+        return {}
 
 
 def response_logprobs(model, sequences, attention_mask, prompt_len: int, temperature: float,

@@ -15,16 +15,23 @@
 Each scores decoded text (`score_texts`) and, in stage 3's rollout, the policy's own token
 sequences (`score_sequences`: a reward model reads the tokens it was sampled as, with no
 re-tokenization; a function reads the text). Both return [B] float tensors.
+
+The sources are registered by the name `reward.source` gives (`SOURCES`): a new kind is one
+class here (or in any module imported before the config is checked), decorated
+`@register_reward_source("<name>")`, and one `conf/reward/<name>.yaml`; the config check, the
+manifest's record and compare's labels need nothing else.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import re
 from typing import Callable, Optional, Sequence
 
 import torch
 
+from rlhf.algos.registry import Registry
 from rlhf.config import ConfigError
 from rlhf.core.distributed import module_of
 from rlhf.core.ops import positions
@@ -33,14 +40,70 @@ from rlhf.models.reward import REWARD_NORM_KEY, reward_bias
 from rlhf.sampling.score import score
 
 
+SOURCES = Registry("reward.source")  # name -> the RewardSource class
+
+
+def register_reward_source(name: str):
+    """Class decorator: `reward.source=<name>` builds this class (its `build`), the config check
+    asks its `problems`, and its records carry `source: <name>`."""
+    def add(cls):
+        cls.name = name
+        return SOURCES.register(name)(cls)
+    return add
+
+
+class RewardSource:
+    """What every source answers. `name` is set by its registration."""
+    name = "?"
+
+    @classmethod
+    def build(cls, rc, load_model: Callable, tokenizer, paths: dict[str, str], gold) -> "RewardSource":
+        """The source from the `reward` settings `rc`, the reward models' `paths` by role (loaded
+        with `load_model`) and the data's gold scorer."""
+        raise NotImplementedError
+
+    @staticmethod
+    def problems(rc, data) -> list[str]:
+        """The config check's rules for this source: `rc` the reward settings, `data` the data's."""
+        return []
+
+    def models(self) -> list["ModelReward"]:
+        return []  # the reward models it holds (ZeRO-3 shards them)
+
+    def describe(self) -> dict:
+        """The structured record (manifests; compare reads `source`)."""
+        return {"source": self.name, **self.settings()}
+
+    def settings(self) -> dict:
+        return {}
+
+    def label(self) -> str:
+        """How compare's tables name it beside the algorithm ("grpo, RM")."""
+        return self.name
+
+    def score_texts(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score_sequences(self, sequences, attention_mask, prompts, texts, chunk_rows: int) -> torch.Tensor:
+        """By default from the decoded texts with their prompts (a model reads the tokens instead)."""
+        if prompts is None:
+            raise ValueError(f"reward.source={self.name} scores (prompt, response) texts: pass the prompts to rollout()")
+        return self.score_texts(prompts, texts).to(sequences.device)
+
+
 def _config_of(model):
     """The Hugging Face config of a model, a DeepSpeed engine around one, or a peft wrapper."""
     return module_of(model).config
 
 
-class ModelReward:
+@register_reward_source("model")
+class ModelReward(RewardSource):
     """A reward model as a reward source; `model` may be replaced by a DeepSpeed inference
     engine around it (stage 3 under ZeRO-3 does, rlhf.stages.online_rl.roles)."""
+
+    @classmethod
+    def build(cls, rc, load_model, tokenizer, paths, gold) -> "ModelReward":
+        return cls(load_model(paths["reward_from"]), tokenizer, paths["reward_from"])
 
     def __init__(self, model, tokenizer, path: str, scale: float = 1.0):
         self.model, self.tokenizer, self.path = model, tokenizer, path
@@ -58,7 +121,7 @@ class ModelReward:
     def models(self) -> list["ModelReward"]:
         return [self]
 
-    def describe(self) -> dict:
+    def settings(self) -> dict:
         return {"model": self.path}
 
     def label(self) -> str:
@@ -77,10 +140,25 @@ class ModelReward:
         return (torch.cat(raw) + self.bias) * self.scale
 
 
-class FunctionReward:
+CALLABLE_NAME = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"  # package.module:name
+
+
+@register_reward_source("function")
+class FunctionReward(RewardSource):
     """A reward source that is a Python callable (prompt, response) -> float, named
     `package.module:name`. A callable that raises or returns a non-finite number stops the run,
     naming the prompt and the response."""
+
+    @classmethod
+    def build(cls, rc, load_model, tokenizer, paths, gold) -> "FunctionReward":
+        return cls(rc.function)
+
+    @staticmethod
+    def problems(rc, data) -> list[str]:
+        if re.fullmatch(CALLABLE_NAME, rc.function or ""):
+            return []
+        return [f"reward.function={rc.function!r}: with reward.source=function name a callable as "
+                "package.module:name, e.g. reward.function=rlhf.data.toy:gold_score"]
 
     def __init__(self, spec: str, setting: str = "reward.function"):
         module, _, name = spec.partition(":")
@@ -93,10 +171,7 @@ class FunctionReward:
             raise ConfigError(f"{setting}={spec!r} is not callable")
         self.spec, self.setting = spec, setting
 
-    def models(self) -> list[ModelReward]:
-        return []
-
-    def describe(self) -> dict:
+    def settings(self) -> dict:
         return {"function": self.spec}
 
     def label(self) -> str:
@@ -116,18 +191,26 @@ class FunctionReward:
             scores.append(value)
         return torch.tensor(scores)
 
-    def score_sequences(self, sequences, attention_mask, prompts, texts, chunk_rows: int) -> torch.Tensor:
-        if prompts is None:
-            raise ValueError("a reward function scores (prompt, response) texts: pass the prompts to rollout()")
-        return self.score_texts(prompts, texts).to(sequences.device)
 
-
-class VerifierReward:
+@register_reward_source("verifier")
+class VerifierReward(RewardSource):
     """The prompts' own instruction checks as the reward: `credit` all gives 1 when the answer
     follows every instruction (IFEval's prompt-level accuracy), fraction the share it follows;
     `check` strict reads the answer as written, loose as IFEval's loose reading. `gold` is the
     data's gold scorer (rlhf.data.instructions.InstructionGold), which knows each prompt's
     instructions."""
+
+    @classmethod
+    def build(cls, rc, load_model, tokenizer, paths, gold) -> "VerifierReward":
+        return cls(gold, rc.check, rc.credit)
+
+    @staticmethod
+    def problems(rc, data) -> list[str]:
+        formats = {src.format.value for src in (data, *data.sources)}
+        if formats == {"ifeval"}:
+            return []
+        return ["reward.source=verifier checks the instructions each prompt carries: it needs data=ifeval "
+                f"(prompts with verifiable instructions) for every source, not {', '.join(sorted(formats))}"]
 
     def __init__(self, gold, check: str = "strict", credit: str = "all"):
         if not hasattr(gold, "verdict"):
@@ -135,10 +218,7 @@ class VerifierReward:
                               "use data=ifeval (a file in IFEval's layout: prompt, instruction_id_list, kwargs)")
         self.gold, self.check, self.credit = gold, check, credit
 
-    def models(self) -> list[ModelReward]:
-        return []
-
-    def describe(self) -> dict:
+    def settings(self) -> dict:
         return {"verifier": f"{self.check}, {self.credit}"}
 
     def label(self) -> str:
@@ -151,11 +231,6 @@ class VerifierReward:
             scores.append(float(all(followed)) if self.credit == "all" else sum(followed) / len(followed))
         return torch.tensor(scores)
 
-    def score_sequences(self, sequences, attention_mask, prompts, texts, chunk_rows: int) -> torch.Tensor:
-        if prompts is None:
-            raise ValueError("the verifier scores (prompt, response) texts: pass the prompts to rollout()")
-        return self.score_texts(prompts, texts).to(sequences.device)
-
 
 def combine_members(scores: torch.Tensor, combine: str, std_coef: float) -> torch.Tensor:
     """[members, B] -> [B]: the mean, or mean - std_coef * std (the members' sample std)."""
@@ -165,13 +240,26 @@ def combine_members(scores: torch.Tensor, combine: str, std_coef: float) -> torc
     return mean - std_coef * scores.std(0, unbiased=True)
 
 
-class EnsembleReward:
+@register_reward_source("ensemble")
+class EnsembleReward(RewardSource):
     """Several reward models as one source. Each member is normalised first: its saved bias
     (demonstrations mean 0), and a factor putting its demonstration std at the members' mean, so
     no member dominates by scale and the ensemble's scale stays an RM's (beta, no_eos_score and
     score_clip keep their meaning)."""
 
     COMBINES = ("mean", "mean_minus_std")
+
+    @classmethod
+    def build(cls, rc, load_model, tokenizer, paths, gold) -> "EnsembleReward":
+        members = [paths[k] for k in sorted((k for k in paths if k.startswith("member_")), key=lambda k: int(k[7:]))]
+        return cls([ModelReward(load_model(p), tokenizer, p) for p in members], rc.combine, rc.std_coef)
+
+    @staticmethod
+    def problems(rc, data) -> list[str]:
+        if len(rc.members) != 1:
+            return []
+        return [f"reward.members={list(rc.members)}: an ensemble needs at least 2 reward models "
+                "(or leave it empty for every rm and rm@* of the run)"]
 
     def __init__(self, members: list[ModelReward], combine: str = "mean", std_coef: float = 1.0):
         if len(members) < 2:
@@ -186,7 +274,7 @@ class EnsembleReward:
     def models(self) -> list[ModelReward]:
         return list(self.members)
 
-    def describe(self) -> dict:
+    def settings(self) -> dict:
         return {"ensemble": [m.path for m in self.members], "combine": self.combine,
                 **({"std_coef": self.std_coef} if self.combine == "mean_minus_std" else {})}
 
@@ -206,8 +294,9 @@ class EnsembleReward:
         return combine_members(scores, self.combine, self.std_coef)
 
 
-class WeightedSum:
-    """sum_i weight_i x source_i."""
+class WeightedSum(RewardSource):
+    """sum_i weight_i x source_i (reward.weight and reward.add: not a `reward.source` of its own)."""
+    name = "sum"
 
     def __init__(self, terms: list[tuple[float, object]]):
         self.terms = terms
@@ -215,7 +304,7 @@ class WeightedSum:
     def models(self) -> list[ModelReward]:
         return [m for _, source in self.terms for m in source.models()]
 
-    def describe(self) -> dict:
+    def settings(self) -> dict:
         return {"sum": [{"weight": w, **source.describe()} for w, source in self.terms]}
 
     def label(self) -> str:
@@ -229,29 +318,12 @@ class WeightedSum:
                    for w, source in self.terms)
 
 
-def _ensemble(rc, load_model, tokenizer, paths, gold) -> EnsembleReward:
-    members = [paths[k] for k in sorted((k for k in paths if k.startswith("member_")), key=lambda k: int(k[7:]))]
-    return EnsembleReward([ModelReward(load_model(p), tokenizer, p) for p in members], rc.combine, rc.std_coef)
-
-
-# reward.source -> its builder (rc, load_model, tokenizer, paths, gold) -> source: a new kind of
-# reward is a class with score_texts, score_sequences, models, describe and label, an entry here,
-# its settings in RewardConfig and a conf/reward/<name>.yaml
-SOURCES: dict[str, Callable] = {
-    "model": lambda rc, load_model, tokenizer, paths, gold: ModelReward(load_model(paths["reward_from"]), tokenizer,
-                                                                       paths["reward_from"]),
-    "function": lambda rc, load_model, tokenizer, paths, gold: FunctionReward(rc.function),
-    "ensemble": _ensemble,
-    "verifier": lambda rc, load_model, tokenizer, paths, gold: VerifierReward(gold, rc.check, rc.credit),
-}
-
-
 def build_reward(rc, load_model: Callable[[str], torch.nn.Module], tokenizer, paths: dict[str, str], gold=None):
     """The reward source `rc` (a RewardConfig) describes. `paths`: the reward models by role,
     as rlhf.stages.reward_models resolves them ("reward_from" for source=model, "member_<i>" for
     an ensemble's, "add_<i>" for an added term's model); `load_model` loads one (eval mode).
     `gold`: the data's gold scorer (source=verifier checks the instructions it knows)."""
-    main = SOURCES[rc.source](rc, load_model, tokenizer, paths, gold)
+    main = SOURCES[rc.source].build(rc, load_model, tokenizer, paths, gold)
     if rc.weight == 1.0 and not rc.add:
         return main
     terms: list[tuple[float, object]] = [(rc.weight, main)]

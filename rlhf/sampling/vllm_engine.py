@@ -23,13 +23,14 @@ import shutil
 import tempfile
 import time
 import warnings
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
 from rlhf.core import distributed
 from rlhf.core.distributed import full_weights
 from rlhf.models import unwrap
+from rlhf.sampling.generate import Samples, response_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,11 @@ CPU_KV_CACHE_MIB = 512  # vllm.kv_cache_mib's default on CPU (vLLM would take mo
 class VLLMEngine:
     """A vLLM engine that samples as `rlhf.sampling.sample` does, from weights pushed by `sync`."""
 
-    def __init__(self, policy, settings, *, max_model_len: int, dtype: str, seed: int):
+    def __init__(self, policy, tokenizer, settings, *, max_model_len: int, dtype: str, seed: int):
         """`policy`: the stage-3 policy (a model, a peft model or a DeepSpeed engine around one);
-        `settings`: the `vllm` config section (rlhf.config.VLLMConfig)."""
+        `tokenizer`: its tokenizer (the pad and EOS ids); `settings`: the `vllm` config section
+        (rlhf.config.VLLMConfig)."""
+        self.tokenizer = tokenizer
         try:
             with warnings.catch_warnings():  # vLLM's import touches torch's deprecated names
                 warnings.simplefilter("ignore", FutureWarning)
@@ -95,9 +98,9 @@ class VLLMEngine:
 
     # ---- weights ----
 
-    def sync(self, policy) -> float:
+    def sync(self, policy) -> dict[str, float]:
         """Pushes the policy's current weights into the engine in place; returns the seconds it
-        took. A collective under ZeRO-3 (the shards are gathered): every rank calls it."""
+        took (`time_sync_s`). A collective under ZeRO-3 (the shards are gathered): every rank calls it."""
         started = time.perf_counter()
         self._wake()
         with full_weights(policy) as module:
@@ -106,38 +109,59 @@ class VLLMEngine:
         # cached prompt prefixes hold keys and values of the old weights: reusing them would
         # sample the next rollout partly from the policy before the update
         self.llm.reset_prefix_cache()
-        return time.perf_counter() - started
+        return {"time_sync_s": time.perf_counter() - started}
 
     # ---- sampling ----
 
     @torch.no_grad()
-    def sample(self, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float,
-               eos_id: int, pad_id: int, min_new_tokens: int = 0, seeds: Sequence[int],
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """One response per prompt row (a group's copies each with their own seed). Returns
-        (responses [B, <= max_new_tokens] with PAD after a row's EOS, the engine's log-prob of each
-        token at `temperature` [B, same], 0 on padding)."""
+    def sample(self, prompt_ids: Sequence[Sequence[int]], n: int = 1, *, max_new_tokens: int, temperature: float,
+               min_new_tokens: int = 0, seeds: Optional[Sequence[int]] = None) -> Samples:
+        """n answers to each prompt, in consecutive rows, each row with its own seed (default:
+        drawn from torch's generator, so a run is reproducible and resumes with it). The log-probs
+        are the engine's, at `temperature`, 0 on padding."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        rows = [list(ids) for ids in prompt_ids for _ in range(n)]
+        device = distributed.device()
+        batch = self.tokenizer.pad({"input_ids": rows}, padding_side="left", return_tensors="pt").to(device)
+        if seeds is None:
+            seeds = torch.randint(0, 2**31 - 1, (len(rows),)).tolist()
+        eos_id, pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         self._wake()
         params = [SamplingParams(temperature=temperature, top_k=0, top_p=1.0, max_tokens=max_new_tokens,
                                  min_tokens=min_new_tokens, stop_token_ids=[eos_id], logprobs=0, seed=int(seed),
                                  detokenize=False, skip_special_tokens=False)
                   for seed in seeds]
         with self._global_rng_kept():
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids], params,
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in rows], params,
                                         use_tqdm=False)
         self._sleep()
-        rows = [out.outputs[0] for out in outputs]
-        width = max(1, max(len(row.token_ids) for row in rows))
-        responses = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        logprobs = torch.zeros(len(rows), width)
-        for i, row in enumerate(rows):
-            ids = list(row.token_ids)
+        answers = [out.outputs[0] for out in outputs]
+        width = max(1, max(len(answer.token_ids) for answer in answers))
+        responses = torch.full((len(answers), width), pad_id, dtype=torch.long)
+        logprobs = torch.zeros(len(answers), width)
+        for i, answer in enumerate(answers):
+            ids = list(answer.token_ids)
             responses[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            logprobs[i, :len(ids)] = torch.tensor([step[token].logprob for step, token in zip(row.logprobs, ids)])
-        return responses.to(device), logprobs.to(device)
+            logprobs[i, :len(ids)] = torch.tensor([step[token].logprob for step, token in zip(answer.logprobs, ids)])
+        return Samples(batch["input_ids"], batch["attention_mask"], responses.to(device), logprobs.to(device),
+                       entropy=None, by_policy=False)
+
+    def check_sync(self, policy, prompt_ids: Sequence[Sequence[int]]) -> dict:
+        """The largest |log-prob difference| between the engine and the policy on these prompts'
+        tokens (prompts of one token are left out): whether the engine holds the policy's weights."""
+        probe = [list(ids) for ids in prompt_ids if len(ids) > 1]
+        if not probe:
+            return {}
+        engine_side = self.sequence_logprobs(probe)
+        padded = self.tokenizer.pad({"input_ids": probe}, padding_side="right", return_tensors="pt")
+        device = distributed.device()
+        with torch.no_grad():
+            policy_side, _ = response_logprobs(policy, padded["input_ids"].to(device),
+                                               padded["attention_mask"].to(device), 1, 1.0)
+        diff = max((policy_side[i, :len(e)].cpu() - e).abs().max().item() for i, e in enumerate(engine_side))
+        return {"max_abs_logprob_diff": diff, "tokens": sum(len(e) for e in engine_side)}
 
     @torch.no_grad()
     def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[torch.Tensor]:

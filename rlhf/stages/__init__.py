@@ -1,8 +1,9 @@
 """The stage registry: every stage's name, module, inputs (with their defaults) and output, in
 the order the pipeline runs them. The pipeline, lineage, the config checks, compare's and
 generate's default policies, the "run stage X first" errors and jobs/ (through `rlhf
---list-stages`) all read it. Adding a stage means an entry below, its module (a function
-`run(cfg, stage_run)`) and conf/stage/<name>.yaml.
+--list-stages`) all read it, and `stage=<name>` is an option because it is listed here
+(rlhf/checks/ registers one per entry). Adding a stage means an entry below, its module (a
+function `run(cfg, stage_run)`) and its options' section in rlhf/config/schema.py.
 
 Folders are resolved here and nowhere else: runs/<run>/<stage> for round 1 of the feedback loop,
 runs/<run>/round_<n>/<stage> for a later one (loop.round), <stage>@<variant> for a sweep's point.

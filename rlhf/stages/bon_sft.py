@@ -53,7 +53,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
                           inputs, bundle.gold_scorer)
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), **inputs, "reward": reward.describe()}
     stage_run.manifest["data"] = {**bundle.summary(), "prompts": len(prompts)}
-    tracker = Tracker(cfg.logger, cfg.stage_dir, "bon_sft")
+    tracker = Tracker(cfg.stage_dir, "bon_sft", cfg.logger.backend.value, cfg.logger.wandb_project)
     stop = stop_request()
 
     policy_from = inputs["init_from"]

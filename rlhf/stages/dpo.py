@@ -89,7 +89,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     o = cfg.dpo
     tokenizer = load_tokenizer(cfg.model)
     bundle = load_data(cfg.data, tokenizer)
-    tracker = Tracker(cfg.logger, cfg.stage_dir, "dpo")
+    tracker = Tracker(cfg.stage_dir, "dpo", cfg.logger.backend.value, cfg.logger.wandb_project)
     stop = stop_request()
     trainer, info = build_trainer(cfg, tokenizer, bundle, stage_callbacks("dpo", o, tracker, stop))
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), "init_from": info["init_from"],

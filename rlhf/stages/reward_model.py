@@ -117,7 +117,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
                         remove_unused_columns=False, max_length=None)
     torch.manual_seed(cfg.seed)  # the new score head's initial weights
     model = load_reward_model(cfg.model, tokenizer, init_from, dropout=rm.dropout)
-    tracker = Tracker(cfg.logger, cfg.stage_dir, "rm")
+    tracker = Tracker(cfg.stage_dir, "rm", cfg.logger.backend.value, cfg.logger.wandb_project)
     stop = stop_request()
     lora = peft_lora_config(cfg.model.lora, "score") if cfg.model.lora.enabled else None
     trainer = KWiseRewardTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora,

@@ -64,7 +64,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), "init_from": init_from or "tiny model, built fresh"}
     stage_run.manifest["data"] = bundle.summary()
 
-    tracker = Tracker(cfg.logger, cfg.stage_dir, "sft")
+    tracker = Tracker(cfg.stage_dir, "sft", cfg.logger.backend.value, cfg.logger.wandb_project)
     stop = stop_request()
     trainer = sft_trainer(cfg, s, tokenizer, s.init_from, sft_dataset(tokenizer, train_demos),
                           sft_dataset(tokenizer, eval_demos), stage_callbacks("sft", s, tracker, stop))

@@ -5,7 +5,6 @@ Each launch has a timeout, after which torchrun is stopped with its ranks, so a 
 crashes or hangs cannot stall the suite (torchrun itself stops every rank when one fails)."""
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import cli_command
+from tests.conftest import cli_command, manifest
 
 # time limit per test: 2-rank runs under ZeRO
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.distributed]
@@ -45,10 +44,6 @@ def launch(cwd, *args, ranks=2, timeout=300):
         pytest.fail(f"{' '.join(args)} did not finish in {timeout} s:\n{out[-3000:]}")
     assert proc.returncode == 0, out[-4000:]
     return out
-
-
-def manifest(root, run, stage):
-    return json.loads((root / "runs" / run / stage / "manifest.json").read_text())
 
 
 def weights(root, run, stage):
@@ -83,8 +78,8 @@ def test_sft_first_steps_equal_a_single_process_run_on_the_same_global_batch(roo
 
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_state_is_really_sharded_across_the_two_ranks(root, zero):
-    reports = [manifest(root, zero, "sft")["distributed"], manifest(root, zero, "rm")["distributed"],
-               *manifest(root, zero, "ppo")["distributed"].values()]
+    reports = [manifest(root / "runs" / zero, "sft")["distributed"], manifest(root / "runs" / zero, "rm")["distributed"],
+               *manifest(root / "runs" / zero, "ppo")["distributed"].values()]
     for report in reports:
         assert report["zero_stage"] == int(zero[-1]) and report["world_size"] == 2
         ranks = report["ranks"]
@@ -100,7 +95,7 @@ def test_state_is_really_sharded_across_the_two_ranks(root, zero):
 
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_every_stage_learns_and_its_consolidated_final_loads_in_a_fresh_process(root, zero):
-    sft, rm, ppo = (manifest(root, zero, s) for s in ("sft", "rm", "ppo"))
+    sft, rm, ppo = (manifest(root / "runs" / zero, s) for s in ("sft", "rm", "ppo"))
     assert all(m["status"] == "completed" for m in (sft, rm, ppo))
     assert sft["metrics"]["steps"] == 2 and rm["metrics"]["steps"] == 2 and ppo["metrics"]["updates"] == 2
     # PPO moved the policy away from SFT
@@ -128,10 +123,10 @@ print("loaded")
 def test_zero3_checkpoints_resume_sft_and_ppo(root):
     out = launch(root, "run=zero3", "deepspeed=zero3", *SFT, "sft.per_device_batch_size=4", "sft.max_steps=3")
     assert "resuming from" in out and "checkpoint-2" in out
-    assert manifest(root, "zero3", "sft")["metrics"]["steps"] == 3
+    assert manifest(root / "runs" / "zero3", "sft")["metrics"]["steps"] == 3
     out = launch(root, "run=zero3", "deepspeed=zero3", *PPO, "ppo.updates=3")
     assert "resumed from" in out and "update_2 at update 2" in out
-    assert manifest(root, "zero3", "ppo")["metrics"]["updates"] == 3
+    assert manifest(root / "runs" / "zero3", "ppo")["metrics"]["updates"] == 3
     # DeepSpeed's own checkpoint: every rank's shard of the optimizer state
     shards = sorted(p.name for p in (root / "runs" / "zero3" / "ppo" / "checkpoints" / "update_3" / "policy").iterdir())
     assert any("rank_0" in s and "optim" in s for s in shards) and any("rank_1" in s and "optim" in s for s in shards)
@@ -175,7 +170,7 @@ def test_zero2_dpo_trains_on_two_ranks_and_resumes_after_sigkill(root):
     resumed = [int(line.rsplit("checkpoint-", 1)[1].split()[0]) for line in out.splitlines()
                if "resuming from" in line and "checkpoint-" in line]
     assert resumed and resumed[0] >= 2, out[-3000:]
-    m = manifest(root, "zero2", "dpo")
+    m = manifest(root / "runs" / "zero2", "dpo")
     assert m["status"] == "completed" and m["metrics"]["steps"] == 4
     assert m["distributed"]["zero_stage"] == 2 and m["distributed"]["world_size"] == 2
     before, after = weights(root, "zero2", "sft"), weights(root, "zero2", "dpo")
@@ -247,7 +242,7 @@ def test_grpo_trains_on_two_ranks_without_a_critic_and_resumes_after_sigkill(roo
     resumed = [line for line in out.splitlines() if "resumed from" in line]
     assert resumed and resumed[0].endswith(f"checkpoints/update_{killed_at} at update {killed_at}"), out[-3000:]
     assert f"{run}/ppo/checkpoints" in resumed[0]
-    m = manifest(root, run, "ppo")
+    m = manifest(root / "runs" / run, "ppo")
     assert m["status"] == "completed" and m["metrics"]["updates"] == 3
     # no critic: neither trained (no value/ state in any checkpoint) nor built (not among the roles)
     assert set(m["distributed"]) == {"policy", "ref", *(["reward"] if zero == "zero2" else ["reward_0", "reward_1"])}

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import manifest, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +26,10 @@ def pipeline(cwd, *args):
     return {s for s in STAGES if f"stage {s} -> " in log}, {s for s in STAGES if f"{s}: up to date" in log}
 
 
-def manifest(root, stage):
-    return json.loads((root / "runs" / "default" / stage / "manifest.json").read_text())
-
-
 def test_pipeline_runs_every_stage_then_skips_what_is_up_to_date(tmp_path):
     ran, skipped = pipeline(tmp_path)
     assert ran == set(STAGES) and not skipped
-    first = {s: manifest(tmp_path, s) for s in STAGES}
+    first = {s: manifest(tmp_path / "runs" / "default", s) for s in STAGES}
     for s in STAGES:  # lineage: inputs by path and content hash, and the output's hash
         assert first[s]["status"] == "completed" and len(first[s]["fingerprint"]) == 64
         assert first[s]["outputs"]["sha256"]
@@ -42,11 +38,11 @@ def test_pipeline_runs_every_stage_then_skips_what_is_up_to_date(tmp_path):
 
     ran, skipped = pipeline(tmp_path)
     assert not ran and skipped == set(STAGES)
-    assert {s: manifest(tmp_path, s) for s in STAGES} == first  # nothing rewritten
+    assert {s: manifest(tmp_path / "runs" / "default", s) for s in STAGES} == first  # nothing rewritten
 
     ran, skipped = pipeline(tmp_path, "ppo.learning_rate=3e-5")  # a PPO setting: PPO and compare rerun
     assert ran == {"ppo", "compare"} and skipped == {"sft", "rm"}
-    assert manifest(tmp_path, "ppo")["outputs"]["sha256"] != first["ppo"]["outputs"]["sha256"]
+    assert manifest(tmp_path / "runs" / "default", "ppo")["outputs"]["sha256"] != first["ppo"]["outputs"]["sha256"]
 
     ran, skipped = pipeline(tmp_path, "ppo.learning_rate=3e-5", "stages=[rm,ppo]")
     assert not ran and skipped == {"rm", "ppo"}
@@ -77,7 +73,8 @@ def test_a_dpo_pipeline_without_a_reward_model_is_compared_by_the_gold_scorer(tm
     golds = [x["gold_score"] for x in samples if (x["policy"], x["mode"]) == ("dpo", "sampled")]
     assert len(golds) == 8 and row["gold_score"]["mean"] == pytest.approx(sum(golds) / len(golds))
     assert (tmp_path / "runs" / "default" / "compare" / "report.md").exists()
-    assert manifest(tmp_path, "dpo")["lineage"]["init_from"]["content"] == manifest(tmp_path, "sft")["outputs"]["sha256"]
+    run = tmp_path / "runs" / "default"
+    assert manifest(run, "dpo")["lineage"]["init_from"]["content"] == manifest(run, "sft")["outputs"]["sha256"]
 
     out = run_cli("stage=pipeline", *SMALL, *args, "dpo.pairs=best", cwd=tmp_path, timeout=900)
     log = out.stdout + out.stderr

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from rlhf.config import ModelConfig
 from rlhf.data import toy
 from rlhf.models import build_tiny_model, build_tiny_tokenizer
-from tests.conftest import write_lines
+from tests.conftest import manifest, write_lines
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the module's run, and the ensemble sweep
 
@@ -31,10 +31,6 @@ def runs(tmp_path_factory, run_cli):
 
 PPO = ["ppo.rollout_batch_size=32", "ppo.mini_batch_size=16", "ppo.ppo_epochs=2", "ppo.eval_prompts=32",
        "ppo.eval_every_updates=3", "ppo.save_every_updates=3", "ppo.learning_rate=1e-4", "ppo.critic_warmup_updates=2"]
-
-
-def manifest(runs, stage):
-    return json.loads((runs / stage / "manifest.json").read_text())
 
 
 def test_sft_loss_falls_and_every_parameter_changes(runs):

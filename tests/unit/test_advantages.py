@@ -8,7 +8,7 @@ import torch
 
 from rlhf.algos.advantages import ADVANTAGES, AdvantageInput, group_stats, needs_critic, needs_groups
 from rlhf.config import ConfigError, PPOStageConfig, RLHFConfig
-from rlhf.config.check import check
+from rlhf.checks import check
 from rlhf.core.ops import masked_whiten
 
 LENGTHS = [3, 1, 4, 2, 4, 3]
@@ -111,29 +111,20 @@ def test_group_estimators_need_groups():
 
 
 def test_a_critic_free_update_with_the_kl_in_the_loss(tokenizer):
-    from transformers import AutoModelForSequenceClassification
-
-    from rlhf.config import ModelConfig
     from rlhf.data import encode_prompts
-    from rlhf.models import build_tiny_model
-    from rlhf.stages.online_rl.roles import Roles, local_engine
     from rlhf.stages.online_rl.rollout import rollout
-    from tests.conftest import ppo_update
+    from rlhf.stages.online_rl.update import update
+    from tests.conftest import tiny_roles, trainable
 
-    torch.manual_seed(0)
-    policy = build_tiny_model(ModelConfig(), tokenizer)
-    policy.config.num_labels = 1
-    reward = AutoModelForSequenceClassification.from_config(policy.config).eval()
-    reward.config.pad_token_id = tokenizer.pad_token_id
     p = PPOStageConfig(advantage="grpo", samples_per_prompt=3, rollout_batch_size=6, mini_batch_size=6,
                        kl_in_reward=False, kl_loss_coef=0.5, kl_estimator="k3", ppo_epochs=2, learning_rate=1e-2)
-    roles = Roles(policy=policy, ref=build_tiny_model(ModelConfig(), tokenizer).eval(), reward=reward)
+    roles = tiny_roles(tokenizer)
+    policy = roles.policy
     prompts = ["sort ascending: 3 1 2"] * 3 + ["sort descending: 5 9 1"] * 3
     r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens=4,
                 groups=torch.tensor([0, 0, 0, 1, 1, 1]))
     before = {k: v.clone() for k, v in policy.state_dict().items()}
-    roles.policy = local_engine(policy, torch.optim.AdamW(policy.parameters(), lr=1e-2), p)
-    stats = ppo_update(roles, r, p, beta=0.3)
+    stats = update(trainable(roles, p, lr=1e-2), r, p, beta=0.3)
     assert r.values is None and "value_loss" not in stats and "explained_variance" not in stats
     assert stats["kl_loss"] >= 0  # k3 is never negative; in the second epoch the policy has moved
     assert stats["non_score_reward"] == 0.0  # the KL is in the loss, not the reward
@@ -144,28 +135,22 @@ def test_a_critic_free_update_with_the_kl_in_the_loss(tokenizer):
 def test_a_negative_entropy_coefficient_lowers_the_policys_entropy(tokenizer):
     """ppo.entropy_coef < 0 is entropy minimisation: with advantages of zero (every score
     equal), the only gradient is the entropy term's, and the policy's entropy falls."""
-    from rlhf.config import ModelConfig
     from rlhf.data import encode_prompts
-    from rlhf.models import build_tiny_model
     from rlhf.sampling import FunctionReward
-    from rlhf.stages.online_rl.roles import Roles, local_engine
     from rlhf.stages.online_rl.rollout import rollout
-    from tests.conftest import ppo_update
+    from rlhf.stages.online_rl.update import update
+    from tests.conftest import tiny_roles, trainable
 
     prompts = ["sort ascending: 3 1 2", "sort descending: 5 9 1"] * 4
     entropies = {}
     for coef in (0.0, -0.5):
-        torch.manual_seed(0)
-        policy = build_tiny_model(ModelConfig(), tokenizer)
         p = PPOStageConfig(advantage="grpo", samples_per_prompt=2, rollout_batch_size=8, mini_batch_size=8,
                            kl_in_reward=False, ppo_epochs=4, entropy_coef=coef, no_eos_score=0.0)
-        roles = Roles(policy=policy, ref=build_tiny_model(ModelConfig(), tokenizer).eval(),
-                      reward=FunctionReward("rlhf.data.toy:gold_score"))
+        roles = tiny_roles(tokenizer, FunctionReward("rlhf.data.toy:gold_score"))
         roles.reward.score_texts = lambda ps, rs: torch.zeros(len(rs))  # one score for all: no advantage
         r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens=4, prompts=prompts,
                     groups=torch.arange(4).repeat_interleave(2))
-        roles.policy = local_engine(policy, torch.optim.AdamW(policy.parameters(), lr=1e-2), p)
-        ppo_update(roles, r, p, beta=0.0)
+        update(trainable(roles, p, lr=1e-2), r, p, beta=0.0)
         after = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens=4, prompts=prompts,
                         groups=torch.arange(4).repeat_interleave(2))
         entropies[coef] = (after.entropy.sum() / after.mask.sum()).item()

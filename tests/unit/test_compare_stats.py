@@ -101,7 +101,8 @@ def test_policies_that_differ_only_by_seed_are_pooled_with_their_range_and_peak_
                 "kl": {"mean": kl, "low": kl, "high": kl}}
 
     def curve(label, golds):
-        return {"label": label, "evals": [{"update": 4 * i, "gold_sampled_mean": g} for i, g in enumerate(golds)]}
+        return {"label": label, "algorithm": "grpo", "reward": "model",
+                "evals": [{"update": 4 * i, "gold_sampled_mean": g} for i, g in enumerate(golds)]}
 
     a0, a1, b = "ppo@algo=grpo,seed=0", "ppo@algo=grpo,seed=1", "ppo@algo=grpo,beta=0"
     results = {

@@ -9,14 +9,14 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from rlhf.config import ConfigError, PPOStageConfig, RLHFConfig
-from rlhf.config.runtime import attention_problems
+from rlhf.checks.runtime import attention_problems
 from rlhf.core import distributed
 from rlhf.data import encode_prompts
 from rlhf.core.distributed import is_checkpointing
 from rlhf.models import build_tiny_model
 from rlhf.stages.online_rl.roles import build_roles
 from rlhf.stages.online_rl.rollout import rollout
-from tests.conftest import ppo_update
+from rlhf.stages.online_rl.update import update
 
 PROMPTS = ["sort ascending: 3 1 2", "sort descending: 5 9", "sort ascending: 7 7 0 4"] * 2
 
@@ -51,7 +51,7 @@ def test_gradient_checkpointing_gives_the_same_update(tokenizer, lora):
         torch.manual_seed(1)
         r = rollout(roles, tokenizer, encode_prompts(tokenizer, PROMPTS), cfg.ppo, max_new_tokens=5)
         before = {k: v.clone() for k, v in policy.state_dict().items()}
-        ppo_update(roles, r, cfg.ppo, 0.05)
+        update(roles, r, cfg.ppo, 0.05)
         after = policy.state_dict()
         assert any(not torch.equal(after[k], before[k]) for k in after)  # it learned something
         weights.append((after, distributed.module_of(roles.critic).state_dict()))
@@ -80,7 +80,7 @@ def test_attention_kernel_is_checked_and_reaches_the_model(tokenizer, monkeypatc
 
 
 def test_the_checked_config_names_a_bad_attention_kernel():
-    from rlhf.config.check import check
+    from rlhf.checks import check
 
     cfg = config(attn_implementation="flash")
     with pytest.raises(ConfigError, match="model.attn_implementation='flash'"):

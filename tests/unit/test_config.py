@@ -7,8 +7,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from tests.conftest import ROOT
+from rlhf import stages
 from rlhf.config import ConfigError, RLHFConfig
-from rlhf.config.check import check, register_schemas, to_config
+from rlhf.checks import check, register_schemas, to_config
 
 CONF = ROOT / "conf"
 # Options that need a value the file leaves for the user to give.
@@ -28,8 +29,9 @@ def load(overrides: list[str]) -> RLHFConfig:
     return cfg
 
 
-OPTIONS = sorted((group.name, f.stem) for group in CONF.iterdir() if group.is_dir()
-                 for f in group.glob("*.yaml"))
+# stage=<name> has no file: register_schemas() makes one option per entry of the stage registry
+OPTIONS = sorted([*((group.name, f.stem) for group in CONF.iterdir() if group.is_dir() for f in group.glob("*.yaml")),
+                  *(("stage", name) for name in (*stages.STAGES, stages.CHAIN))])
 
 
 def test_every_group_has_options():

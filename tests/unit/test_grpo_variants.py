@@ -12,7 +12,7 @@ import yaml
 from rlhf.algos.policy_loss import LOSS_AGGREGATIONS, POLICY_LOSSES, aggregate
 from rlhf.algos.rewards import overlong_penalty, uniform_groups
 from rlhf.config import ConfigError, PPOStageConfig, RLHFConfig
-from rlhf.config.check import check
+from rlhf.checks import check
 from tests.conftest import ROOT
 
 LENGTHS = [3, 1, 4, 2, 4, 3]
@@ -112,30 +112,20 @@ def test_uniform_groups_are_those_whose_scores_are_all_equal():
 
 @pytest.mark.parametrize("algo", ["dr_grpo", "dapo", "gspo"])
 def test_each_variant_config_is_checked_and_moves_the_policy_in_one_real_update(algo, tokenizer):
-    from transformers import AutoModelForSequenceClassification
-
-    from rlhf.config import ModelConfig
     from rlhf.data import encode_prompts
-    from rlhf.models import build_tiny_model
-    from rlhf.stages.online_rl.loop import advantages_of, optimise
-    from rlhf.stages.online_rl.roles import Roles, local_engine
     from rlhf.stages.online_rl.rollout import rollout
+    from rlhf.stages.online_rl.update import update
+    from tests.conftest import tiny_roles, trainable
 
     settings = yaml.safe_load((ROOT / "conf" / "algo" / f"{algo}.yaml").read_text())
     p = PPOStageConfig(**{**settings, "rollout_batch_size": 8, "mini_batch_size": 4, "learning_rate": 1e-2})
     check(RLHFConfig(ppo=p))
-    torch.manual_seed(0)
-    policy = build_tiny_model(ModelConfig(), tokenizer)
-    policy.config.num_labels = 1
-    reward = AutoModelForSequenceClassification.from_config(policy.config).eval()
-    reward.config.pad_token_id = tokenizer.pad_token_id
-    roles = Roles(policy=policy, ref=build_tiny_model(ModelConfig(), tokenizer).eval(), reward=reward)
+    roles = tiny_roles(tokenizer)
+    policy = roles.policy
     prompts = ["sort ascending: 3 1 2"] * 4 + ["sort descending: 5 9 1"] * 4
     r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens=6,
                 groups=torch.tensor([0] * 4 + [1] * 4))
-    _, advantages, _ = advantages_of(r, r.scores, p, beta=0.0)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
-    roles.policy = local_engine(policy, torch.optim.AdamW(policy.parameters(), lr=1e-2), p)
-    stats = optimise(roles, r, advantages, None, p, [], pad_id=tokenizer.pad_token_id, horizon=6)
+    stats = update(trainable(roles, p, lr=1e-2), r, p, 0.0, max_new_tokens=6, pad_id=tokenizer.pad_token_id)
     assert math.isfinite(stats["policy_loss"])
     assert [k for k, v in policy.state_dict().items() if not torch.equal(v, before[k])]

@@ -233,7 +233,7 @@ def test_the_verifier_reward_scores_all_or_nothing_or_the_share_followed_strict_
     for (check, credit), scores in expected.items():
         reward = VerifierReward(bundle.gold_scorer, check, credit)
         assert reward.score_texts([fruits] * 4, answers).tolist() == scores, (check, credit)
-    assert reward.describe() == {"verifier": "loose, fraction"}
+    assert reward.describe() == {"source": "verifier", "verifier": "loose, fraction"}
 
 
 def test_the_verifier_reward_needs_prompts_with_instructions():

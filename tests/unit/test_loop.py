@@ -9,7 +9,7 @@ import pytest
 
 from rlhf import lineage, stages
 from rlhf.config import ConfigError, DataConfig, DataFormat, FieldMap, LoopConfig, RLHFConfig, StageConfig, ToyConfig
-from rlhf.config.check import check
+from rlhf.checks import check
 from rlhf.data import DataError, load_data, toy
 from rlhf.data.records import RecordError
 from rlhf.data.sources import ranked

@@ -17,7 +17,7 @@ from rlhf.sampling import response_logprobs
 from rlhf.models import AdapterDisabled, apply_lora, build_tiny_model
 from rlhf.stages.online_rl.roles import Roles, local_engine
 from rlhf.stages.online_rl.rollout import rollout
-from tests.conftest import ppo_update
+from rlhf.stages.online_rl.update import update
 
 PROMPTS = ["sort ascending: 3 1 2", "sort descending: 5 9 1 0", "sort ascending: 7 7", "sort descending: 4 2"]
 LORA = LoraConfig(enabled=True, r=4, alpha=8)
@@ -52,7 +52,7 @@ def test_ppo_with_lora_trains_adapters_and_the_critic_head_only(tokenizer):
     params = lambda m: [w for w in m.parameters() if w.requires_grad]  # noqa: E731
     roles.policy = local_engine(policy, torch.optim.SGD(params(policy), lr=1.0), p)
     roles.critic = local_engine(value, torch.optim.SGD(params(value), lr=1.0), p)
-    ppo_update(roles, r, p, 0.05)
+    update(roles, r, p, 0.05)
 
     changed = {k for k, v in policy.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all("lora_" in k for k in changed), changed

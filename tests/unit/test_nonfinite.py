@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification
 
 from rlhf.config import (DataConfig, LoggerBackend, LoggerConfig, ModelConfig, PPOStageConfig, RLHFConfig,
                          SFTStageConfig, StageConfig, ToyConfig)
-from rlhf.config.check import check
+from rlhf.checks import check
 from rlhf.core.artifacts import StageRun, save_final, sha256_of
 from rlhf.core.nonfinite import NonFiniteError, NonFiniteGuard
 from rlhf.models import build_tiny_model, load_tokenizer
@@ -129,21 +129,12 @@ def rollout_and_roles(tokenizer):
     micro-batches each."""
     from rlhf.algos.rewards import shape_scores
     from rlhf.data import encode_prompts
-    from rlhf.stages.online_rl.loop import advantages_of
-    from rlhf.stages.online_rl.roles import Roles, local_engine
     from rlhf.stages.online_rl.rollout import rollout
+    from rlhf.stages.online_rl.update import advantages_of
+    from tests.conftest import tiny_roles, trainable
 
-    torch.manual_seed(0)
-    policy = build_tiny_model(ModelConfig(), tokenizer)
-    policy.config.num_labels = 1
-    reward = AutoModelForSequenceClassification.from_config(policy.config)
-    critic = AutoModelForSequenceClassification.from_config(policy.config)
-    for model in (reward, critic):
-        model.config.pad_token_id = tokenizer.pad_token_id
     p = PPOStageConfig(rollout_batch_size=8, mini_batch_size=4, micro_batch_size=2, ppo_epochs=1)
-    roles = Roles(policy=local_engine(policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), p),
-                  ref=build_tiny_model(ModelConfig(), tokenizer), reward=reward.eval(),
-                  critic=local_engine(critic, torch.optim.AdamW(critic.parameters(), lr=1e-3), p))
+    roles = trainable(tiny_roles(tokenizer, critic=True), p, lr=1e-3)
     prompts = ["sort ascending: 3 1 2", "sort descending: 5 9 1 0", "reverse: 1 2 3", "sort ascending: 7 7"] * 2
     r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens=4)
     scores = shape_scores(r.scores, r.ended, clip=p.score_clip, no_eos_score=p.no_eos_score)
@@ -155,7 +146,7 @@ def rollout_and_roles(tokenizer):
 def nan_second_policy_loss(monkeypatch):
     """The policy loss of the second micro-batch (the first mini-batch's last) is nan."""
     from rlhf.algos.policy_loss import POLICY_LOSSES
-    from rlhf.stages.online_rl import loop
+    from rlhf.stages.online_rl import update
 
     calls = []
 
@@ -164,11 +155,11 @@ def nan_second_policy_loss(monkeypatch):
         calls.append(1)
         return (loss * NAN if len(calls) == 2 else loss), stats
 
-    monkeypatch.setattr(loop, "POLICY_LOSSES", {"ppo_clip": policy_loss})
+    monkeypatch.setattr(update, "POLICY_LOSSES", {"ppo_clip": policy_loss})
 
 
 def test_a_nan_loss_stops_before_its_backward(rollout_and_roles, nan_second_policy_loss):
-    from rlhf.stages.online_rl.loop import optimise
+    from rlhf.stages.online_rl.update import optimise
 
     roles, r, advantages, returns, p = rollout_and_roles
     before = {k: v.clone() for k, v in roles.policy.module.state_dict().items()}
@@ -178,7 +169,7 @@ def test_a_nan_loss_stops_before_its_backward(rollout_and_roles, nan_second_poli
 
 
 def test_with_skip_nonfinite_a_nan_loss_drops_its_mini_batch_step(rollout_and_roles, nan_second_policy_loss):
-    from rlhf.stages.online_rl.loop import optimise
+    from rlhf.stages.online_rl.update import optimise
 
     roles, r, advantages, returns, p = rollout_and_roles
     guard = NonFiniteGuard(skip=True, setting="ppo.skip_nonfinite")

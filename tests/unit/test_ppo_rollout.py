@@ -1,22 +1,25 @@
 """EOS handling in PPO's rollout: the score is read at the EOS, a response without EOS gets the
 fixed penalty, and tokens after the EOS take part in no loss."""
 
+import importlib
+
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
 
-import rlhf.stages.online_rl.rollout as rollout_module
 from rlhf.algos.advantages import gae
 from rlhf.algos.kl import kl_per_token
 from rlhf.algos.policy_loss import clipped_surrogate
 from rlhf.algos.rewards import shape_scores, token_rewards
-from rlhf.config import ModelConfig, PPOStageConfig
+from rlhf.config import PPOStageConfig
 from rlhf.data import encode_prompts
-from rlhf.models import REWARD_NORM_KEY, build_tiny_model
 from rlhf.sampling import response_logprobs, sample
 from rlhf.stages.online_rl.roles import Roles, local_engine
 from rlhf.stages.online_rl.rollout import eos_mask, rollout
-from tests.conftest import ppo_update as update
+from rlhf.stages.online_rl.update import update
+from tests.conftest import tiny_roles
+
+# the module (rlhf.sampling's `generate` is the function of that name)
+generate_module = importlib.import_module("rlhf.sampling.generate")
 
 PROMPTS = ["sort ascending: 3 1 2", "sort descending: 5 9 1 0", "sort ascending: 7 7"]
 
@@ -31,15 +34,7 @@ def test_eos_mask_keeps_tokens_up_to_the_first_eos():
 
 @pytest.fixture
 def roles(tokenizer):
-    torch.manual_seed(0)
-    policy = build_tiny_model(ModelConfig(), tokenizer)
-    policy.config.num_labels = 1
-    reward = AutoModelForSequenceClassification.from_config(policy.config)
-    reward.config.pad_token_id = tokenizer.pad_token_id
-    setattr(reward.config, REWARD_NORM_KEY, {"bias": 0.5})
-    value = AutoModelForSequenceClassification.from_config(policy.config)
-    value.config.pad_token_id = tokenizer.pad_token_id
-    return Roles(policy=policy, ref=build_tiny_model(ModelConfig(), tokenizer), reward=reward, critic=value)
+    return tiny_roles(tokenizer, critic=True, reward_bias=0.5)
 
 
 def scores_of(r, roles, p):
@@ -103,7 +98,7 @@ def test_score_at_eos_penalty_without_eos_and_nothing_after_eos(roles, tokenizer
     responses = [[digit, eos, junk, junk, junk],     # ends early: junk after EOS
                  [digit, digit, digit, digit, digit],  # never ends: penalty
                  [digit, digit, digit, eos, junk]]
-    monkeypatch.setattr(rollout_module, "sample", fixed_sample(responses))
+    monkeypatch.setattr(generate_module, "sample", fixed_sample(responses))
     p = PPOStageConfig(no_eos_score=-7.0)
     r = rollout(roles, tokenizer, encode_prompts(tokenizer, PROMPTS), p, max_new_tokens=5)
     scores = scores_of(r, roles, p)
@@ -164,7 +159,7 @@ def test_micro_batches_give_the_same_update_as_one_pass(roles, tokenizer, monkey
     prompts = PROMPTS + ["sort descending: 1 2", "sort ascending: 9 8 7 6"] * 2 + ["sort ascending: 0 4 2"]
     eos, digit = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("Ġ1")
     # unequal response lengths, so that weighting micro-batches by tokens matters
-    monkeypatch.setattr(rollout_module, "sample", fixed_sample([[digit] * n + [eos] * (5 - n) for n in (0, 1, 4, 2, 5, 3, 1, 4)]))
+    monkeypatch.setattr(generate_module, "sample", fixed_sample([[digit] * n + [eos] * (5 - n) for n in (0, 1, 4, 2, 5, 3, 1, 4)]))
     p = PPOStageConfig(rollout_batch_size=8, mini_batch_size=8, ppo_epochs=1, learning_rate=1e-3, max_new_tokens=5)
     r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens=5)
     assert len(set(r.mask.sum(1).tolist())) > 1

@@ -8,7 +8,7 @@ import torch
 
 from rlhf import lineage, stages
 from rlhf.config import ConfigError, PPOStageConfig, RewardConfig, RLHFConfig
-from rlhf.config.check import check
+from rlhf.checks import check
 from rlhf.sampling import FunctionReward
 
 CALLS = []
@@ -41,7 +41,7 @@ def test_a_function_reward_scores_text_and_names_the_input_it_fails_on():
 def test_reward_config_is_checked():
     with pytest.raises(ConfigError, match="reward.function=None: with reward.source=function name a callable"):
         check(RLHFConfig(reward=RewardConfig(source="function")))
-    with pytest.raises(ConfigError, match="reward.source=.oracle.: choose one of model, function, ensemble, verifier"):
+    with pytest.raises(ConfigError, match="reward.source=.oracle.: choose one of ensemble, function, model, verifier"):
         check(RLHFConfig(reward=RewardConfig(source="oracle")))
     check(RLHFConfig(reward=RewardConfig(source="function", function="rlhf.data.toy:gold_score")))
 
@@ -71,16 +71,12 @@ def test_with_a_function_stage_3_reads_no_reward_model_and_its_lineage_names_the
 
 
 def test_the_rollout_scores_decoded_responses_with_the_function(tokenizer):
-    from rlhf.config import ModelConfig
     from rlhf.data import encode_prompts
-    from rlhf.models import build_tiny_model
-    from rlhf.stages.online_rl.roles import Roles
     from rlhf.stages.online_rl.rollout import rollout
+    from tests.conftest import tiny_roles
 
-    torch.manual_seed(0)
     prompts = ["sort ascending: 3 1 2", "sort descending: 5 9 1"]
-    roles = Roles(policy=build_tiny_model(ModelConfig(), tokenizer), ref=build_tiny_model(ModelConfig(), tokenizer),
-                  reward=FunctionReward(f"{__name__}:length_reward"))
+    roles = tiny_roles(tokenizer, FunctionReward(f"{__name__}:length_reward"))
     CALLS.clear()
     p = PPOStageConfig(rollout_batch_size=2, mini_batch_size=2)
     r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens=5, prompts=prompts)
@@ -114,7 +110,8 @@ def test_the_loop_trains_against_a_function_with_no_reward_model(tmp_path):
         loop.run(cfg, stage_run)
     manifest = json.loads((cfg.stage_dir / "manifest.json").read_text())
     assert "reward_from" not in manifest["inputs"] and manifest["inputs"]["value_from"] == str(tmp_path / "policy")
-    assert manifest["distributed"]["reward"] == {"function": "rlhf.data.toy:gold_score"}
+    assert manifest["distributed"]["reward"] == {"source": "function", "function": "rlhf.data.toy:gold_score"}
+    assert manifest["method"]["reward"] == manifest["distributed"]["reward"]  # what compare reads
     stats = manifest["metrics"]["last_update"]
     # no normalisation bias: an ended answer's score is its gold score, an unfinished one no_eos_score
     eos, gold = stats["eos_rate"], stats["gold_score"]
@@ -203,8 +200,9 @@ def test_a_weighted_sum_adds_its_terms_and_describes_them():
     seq, att = torch.arange(2)[:, None].repeat(1, 3), torch.ones(2, 3, dtype=torch.long)
     got = total.score_sequences(seq, att, ["p", "q"], ["abcd", ""], chunk_rows=8)
     assert got.tolist() == pytest.approx([2.0 * 1.5 + 0.5 * 4, 2.0 * -0.5 + 0.0])
-    assert total.describe() == {"sum": [{"weight": 2.0, "model": "runs/r/rm/final"},
-                                        {"weight": 0.5, "function": f"{__name__}:length_reward"}]}
+    assert total.describe() == {"source": "sum", "sum": [
+        {"weight": 2.0, "source": "model", "model": "runs/r/rm/final"},
+        {"weight": 0.5, "source": "function", "function": f"{__name__}:length_reward"}]}
     # compare's label of a policy trained against it: the algorithm and each source's label
     from rlhf.stages.online_rl.loop import method_label
 

@@ -116,7 +116,7 @@ def test_a_systematic_habit_is_always_in_the_same_place():
 
 def test_an_unknown_flaw_kind_or_mode_is_refused():
     from rlhf.config import ConfigError, DataConfig, RLHFConfig
-    from rlhf.config.check import check
+    from rlhf.checks import check
 
     with pytest.raises(ConfigError, match=r"(?s)data.toy.demo_flaws=\['typo'\].*data.toy.demo_flaw_mode='often'"):
         check(RLHFConfig(data=DataConfig(toy=ToyConfig(demo_flaws=["typo"], demo_flaw_mode="often"))))

@@ -5,7 +5,7 @@ import pytest
 
 from rlhf import lineage, stages
 from rlhf.config import ConfigError, RLHFConfig, StageConfig
-from rlhf.config.check import check
+from rlhf.checks import check
 
 
 def finished(folder):

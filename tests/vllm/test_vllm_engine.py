@@ -28,7 +28,8 @@ def policy_model(tokenizer, seed=0):
 
 @pytest.fixture(scope="module")
 def engine(tokenizer):
-    return VLLMEngine(policy_model(tokenizer), VLLMConfig(kv_cache_mib=128), max_model_len=64, dtype="float32", seed=0)
+    return VLLMEngine(policy_model(tokenizer), tokenizer, VLLMConfig(kv_cache_mib=128), max_model_len=64, dtype="float32",
+                      seed=0)
 
 
 def sequences(tokenizer):
@@ -93,9 +94,10 @@ def test_sampling_follows_our_semantics_seeds_eos_and_min_new_tokens(engine, tok
         policy.get_input_embeddings().weight[eos] *= 30
     engine.sync(policy)
     prompt = encode_prompts(tokenizer, PROMPTS[:1])[0]
-    kw = dict(max_new_tokens=8, temperature=1.0, eos_id=eos, pad_id=tokenizer.pad_token_id,
-              device=torch.device("cpu"))
-    responses, logprobs = engine.sample([prompt] * 6, seeds=[7, 7, 1, 2, 3, 4], **kw)
+    kw = dict(max_new_tokens=8, temperature=1.0)
+    s = engine.sample([prompt], 6, seeds=[7, 7, 1, 2, 3, 4], **kw)
+    responses, logprobs = s.responses, s.logprobs
+    assert not s.by_policy and s.prompt_ids.tolist() == [prompt] * 6  # n answers to a prompt, in consecutive rows
     assert torch.equal(responses[0], responses[1])  # a seed decides a response
     assert len({tuple(r.tolist()) for r in responses[1:]}) > 1
     ended = (responses == eos).any(1)
@@ -105,7 +107,7 @@ def test_sampling_follows_our_semantics_seeds_eos_and_min_new_tokens(engine, tok
             first = (row == eos).nonzero()[0].item()
             assert (row[first + 1:] == tokenizer.pad_token_id).all() and (lp[first + 1:] == 0).all()
             assert lp[first] < 0  # the EOS itself is kept, with its log-prob
-    held, _ = engine.sample([prompt] * 6, seeds=range(6), min_new_tokens=4, **kw)
+    held = engine.sample([prompt] * 6, seeds=range(6), min_new_tokens=4, **kw).responses
     assert not (held[:, :4] == eos).any()
 
 
@@ -115,8 +117,8 @@ def test_samples_come_from_the_policys_distribution_at_the_temperature(engine, t
     policy, temperature, n = policy_model(tokenizer, seed=4), 0.7, 1500
     engine.sync(policy)
     prompt = encode_prompts(tokenizer, PROMPTS[1:2])[0]
-    tokens, engine_side = engine.sample([prompt] * n, max_new_tokens=1, temperature=temperature, eos_id=tokenizer.eos_token_id,
-                                        pad_id=tokenizer.pad_token_id, seeds=range(n), device=torch.device("cpu"))
+    s = engine.sample([prompt], n, max_new_tokens=1, temperature=temperature, seeds=range(n))
+    tokens, engine_side = s.responses, s.logprobs
     with torch.no_grad():
         logits = policy(input_ids=torch.tensor([prompt])).logits[0, -1] / temperature
     logp = torch.log_softmax(logits, -1)
@@ -138,12 +140,12 @@ def test_a_rollout_on_the_engine_takes_its_logprobs_from_the_policy(engine, toke
     p = PPOStageConfig(rollout_batch_size=8, mini_batch_size=8, temperature=0.9, advantage="grpo", samples_per_prompt=2)
     prompts = [q for q in PROMPTS for _ in range(2)]
     torch.manual_seed(0)
-    r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, 6, prompts=prompts, engine=engine)
+    r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, 6, prompts=prompts, sampler=engine)
     assert r.engine_logprobs is not None and r.engine_logprobs.shape == r.logprobs.shape
     expected, _ = response_logprobs(policy, r.sequences, r.attention_mask, r.prompt_len, p.temperature)
     assert torch.allclose(r.logprobs, expected * r.mask, atol=1e-6)
     assert ((r.logprobs - r.engine_logprobs).abs() * r.mask).max() < TOLERANCE
     assert (r.engine_logprobs * (1 - r.mask) == 0).all() and r.entropy.abs().sum() > 0
     torch.manual_seed(0)  # the same generator state draws the same seeds, so the same responses
-    again = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, 6, prompts=prompts, engine=engine)
+    again = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, 6, prompts=prompts, sampler=engine)
     assert torch.equal(again.sequences, r.sequences)

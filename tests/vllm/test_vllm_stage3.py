@@ -4,7 +4,6 @@ killed with SIGKILL resumes with the checkpoint's weights in the engine and ends
 uninterrupted run ends, and two ZeRO-2 or ZeRO-3 ranks each run an engine of their own.
 Needs vLLM (`make test-vllm`); skipped, and counted, without it."""
 
-import json
 import signal
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed here: `make test-vllm` runs these tests in .venv-vllm")
 
 from tests.cluster.test_deepspeed import launch  # noqa: E402
-from tests.conftest import copy_toy_sft_rm  # noqa: E402
+from tests.conftest import copy_toy_sft_rm, manifest  # noqa: E402
 from tests.e2e.test_resume import PPO, final, interrupt, max_diff, resumed_step, run  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a vLLM engine's start
@@ -30,16 +29,12 @@ def root(tmp_path_factory, toy_sft_rm):
     return root
 
 
-def manifest(root, run_name, stage="ppo"):
-    return json.loads((root / "runs" / run_name / stage / "manifest.json").read_text())
-
-
 def inputs(root):
     return [f"ppo.policy_from={root}/runs/whole/sft/final", f"ppo.reward_from={root}/runs/whole/rm/final"]
 
 
 def test_ppo_on_vllm_trains_and_reports_the_engine_policy_mismatch(root):
-    metrics = manifest(root, "whole")["metrics"]
+    metrics = manifest(root / "runs" / "whole", "ppo")["metrics"]
     assert metrics["engine_sync_check"]["update"] == 0
     assert metrics["engine_sync_check"]["max_abs_logprob_diff"] < TOLERANCE
     last = metrics["last_update"]
@@ -60,7 +55,7 @@ def test_killed_ppo_on_vllm_resumes_with_the_checkpoints_weights_in_the_engine(r
     out = run(root, "run=cut", *args)
     step = resumed_step(out)
     assert step >= 6
-    check = manifest(root, "cut")["metrics"]["engine_sync_check"]
+    check = manifest(root / "runs" / "cut", "ppo")["metrics"]["engine_sync_check"]
     assert check["update"] == step and check["max_abs_logprob_diff"] < TOLERANCE, check
     whole, cut, start = final(root, "whole", "ppo"), final(root, "cut", "ppo"), final(root, "whole", "sft")
     moved = max_diff({k: v for k, v in whole.items() if k in start}, start)
@@ -69,7 +64,7 @@ def test_killed_ppo_on_vllm_resumes_with_the_checkpoints_weights_in_the_engine(r
 
 def test_grpo_on_vllm_trains_without_a_critic(root):
     run(root, "run=grpo", "algo=grpo", *PPO, "ppo.updates=4", "ppo.save_every_updates=0", *VLLM, *inputs(root))
-    m = manifest(root, "grpo")
+    m = manifest(root / "runs" / "grpo", "ppo")
     assert m["method"]["algorithm"] == "grpo" and "value" not in m["distributed"]
     assert m["metrics"]["last_update"]["engine_logprob_abs_diff"] < TOLERANCE
     moved = max_diff({k: v for k, v in final(root, "grpo", "ppo").items() if k in final(root, "whole", "sft")},
@@ -84,7 +79,7 @@ def test_two_ranks_each_sample_with_an_engine_of_their_own(root, zero):
     launch(root, f"run={zero}", "stage=ppo", f"deepspeed={zero}", "ppo.updates=2", "ppo.rollout_batch_size=8",
            "ppo.mini_batch_size=4", "ppo.micro_batch_size=2", "ppo.eval_prompts=8", "ppo.critic_warmup_updates=0",
            "ppo.learning_rate=1e-3", *VLLM, *inputs(root))
-    m = manifest(root, zero)
+    m = manifest(root / "runs" / zero, "ppo")
     assert m["distributed"]["policy"]["world_size"] == 2
     assert m["distributed"]["policy"]["zero_stage"] == int(zero[-1])
     assert m["metrics"]["engine_sync_check"]["max_abs_logprob_diff"] < TOLERANCE

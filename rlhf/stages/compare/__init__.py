@@ -140,8 +140,10 @@ def eval_curves(policies: dict[str, str]) -> dict[str, dict]:
     for name, spec in policies.items():
         manifest = _manifest_of(spec) if not spec.startswith("bon:") else {}
         evals = (manifest.get("metrics") or {}).get("evals")
-        if evals and manifest.get("method"):
-            curves[name] = {"label": manifest["method"]["label"], "evals": evals}
+        method = manifest.get("method")
+        if evals and method:
+            curves[name] = {"label": method["label"], "algorithm": method["algorithm"],
+                            "reward": method["reward"].get("source"), "evals": evals}
     return curves
 
 

@@ -209,23 +209,25 @@ def gold_vs_sqrt_kl(results: dict, out: Path) -> Path:
     ensemble dashed, function dotted). bon:<n> from the sampled table as a star."""
     import matplotlib.pyplot as plt
 
-    groups: dict[str, tuple[str, list[dict]]] = {}
+    groups: dict[str, tuple[dict, list[dict]]] = {}
     for name, curve in results["eval_curves"].items():  # one curve per policy up to its seed
-        label, runs = groups.setdefault(seedless(name), (curve["label"], []))
+        _, runs = groups.setdefault(seedless(name), (curve, []))
         runs.append({e["update"]: e for e in curve["evals"]})
-    algorithms = sorted({label.split(",")[0] for label, _ in groups.values()})
+    algorithms = sorted({curve.get("algorithm", "?") for curve, _ in groups.values()})
     colours = {a: plt.get_cmap("tab10")(i % 10) for i, a in enumerate(algorithms)}
-    shared = {label for label, _ in groups.values() if sum(lab == label for lab, _ in groups.values()) > 1}
+    labels = [curve["label"] for curve, _ in groups.values()]
+    shared = {label for label in labels if labels.count(label) > 1}
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    for group, (label, runs) in sorted(groups.items()):
+    for group, (curve, runs) in sorted(groups.items()):
+        label = curve["label"]
         updates = sorted(set.intersection(*(set(u for u, e in r.items() if "kl_sampled_mean" in e or u == 0)
                                             for r in runs)))
         xs = [math.sqrt(max(float(np.mean([r[u].get("kl_sampled_mean", 0.0) for r in runs])), 0.0)) for u in updates]
         ys = [float(np.mean([r[u]["gold_sampled_mean"] for r in runs])) for u in updates]
-        reward = label.split(", ", 1)[1] if ", " in label else ""
-        style = "--" if reward.startswith("ensemble") else "-" if reward == "RM" else ":"
+        style = {"ensemble": "--", "model": "-"}.get(curve.get("reward"), ":")
         seeds = f", {len(runs)} seeds" if len(runs) > 1 else ""
-        ax.plot(xs, ys, style, marker="o", ms=3, color=colours[label.split(",")[0]], label=f"{group}: {label}{seeds}" if label in shared else f"{label}{seeds}")
+        ax.plot(xs, ys, style, marker="o", ms=3, color=colours[curve.get("algorithm", "?")],
+                label=f"{group}: {label}{seeds}" if label in shared else f"{label}{seeds}")
     for name, e in results["modes"].get("sampled", {}).items():
         if name.startswith("bon:") and e.get("gold_score") and e.get("kl"):
             x, y = math.sqrt(max(e["kl"]["mean"], 0.0)), e["gold_score"]["mean"]

@@ -19,15 +19,15 @@ from typing import Optional
 
 import torch
 
-from rlhf.algos.critic import explained_variance
 from rlhf.config import RLHFConfig
 from rlhf.core import distributed
 from rlhf.core.artifacts import StageRun
-from rlhf.core.distributed import full_weights, module_of
-from rlhf.core.ops import masked_mean, positions
+from rlhf.core.distributed import module_of
+from rlhf.core.ops import positions
 from rlhf.data import encode_prompts
 from rlhf.models import unwrap
-from rlhf.sampling import response_logprobs, sample
+from rlhf.sampling import response_logprobs
+from rlhf.sampling.generate import PolicySampler
 from rlhf.stages.online_rl.roles import Roles, micro_rows
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ class Rollout:
     groups: torch.Tensor  # [B] the prompt each response answers
     texts: list[str]  # decoded responses
     seconds: dict[str, float]  # wall time of this rollout's phases: generate, score
-    # [B, R] the sampling engine's own log-probs when that is not the policy (vLLM), else None;
+    prompts: Optional[list] = None  # the prompt of each row, where the caller gave them
+    # [B, R] the sampler's own log-probs when that is not the policy (vLLM), else None;
     # `logprobs` are then the policy's, from a forward pass over the sampled sequences
     engine_logprobs: Optional[torch.Tensor] = None
 
@@ -78,38 +79,22 @@ def token_values(critic, sequences, attention_mask, prompt_len: int) -> torch.Te
 @torch.no_grad()
 def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tokens: int,
             groups: Optional[torch.Tensor] = None, min_new_tokens: int = 0, prompts: Optional[list] = None,
-            engine=None) -> Rollout:
+            sampler=None) -> Rollout:
     """`prompt_ids` are formatted prompts (rlhf.data.encode_prompts), one row per response;
     `groups` their prompt ids (default: each its own); `prompts` the prompts themselves, which a
     reward function scores with the decoded responses (a reward model reads the tokens). min_new_tokens > 0
     holds EOS back until then (the throughput benchmark samples fixed-length responses).
-    `engine`: a vLLM engine holding the policy's weights (rlhf.sampling.vllm_engine) to sample
-    with; None samples from the policy itself."""
+    `sampler`: what answers (`build_sampler`); default the policy itself."""
     roles.policy.eval()
     start = time.perf_counter()
-    engine_logprobs = None
-    if engine is None:
-        with full_weights(roles.policy) as policy:  # ZeRO-3: gathered once per rollout, not per token
-            device = next(policy.parameters()).device  # every tensor of the rollout lives there
-            batch = tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt").to(device)
-            responses, logprobs, entropy = sample(policy, batch["input_ids"], batch["attention_mask"],
-                                                  max_new_tokens=max_new_tokens, temperature=p.temperature,
-                                                  eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                                                  min_new_tokens=min_new_tokens)
-    else:
-        device = distributed.device()
-        batch = tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt").to(device)
-        # one seed per response, drawn from this rank's torch generator: reproducible, and resumed with it
-        seeds = torch.randint(0, 2**31 - 1, (len(prompt_ids),)).tolist()
-        responses, engine_logprobs = engine.sample(prompt_ids, max_new_tokens=max_new_tokens,
-                                                   temperature=p.temperature, eos_id=tokenizer.eos_token_id,
-                                                   pad_id=tokenizer.pad_token_id, min_new_tokens=min_new_tokens,
-                                                   seeds=seeds, device=device)
-    prompt_len = batch["input_ids"].shape[1]
-    mask, ended = eos_mask(responses, tokenizer.eos_token_id)
-    responses = torch.where(mask.bool(), responses, tokenizer.pad_token_id)  # tokens after EOS -> PAD
-    sequences = torch.cat([batch["input_ids"], responses], 1)
-    attention_mask = torch.cat([batch["attention_mask"], mask], 1)
+    s = (sampler or PolicySampler(roles.policy, tokenizer)).sample(
+        prompt_ids, max_new_tokens=max_new_tokens, temperature=p.temperature, min_new_tokens=min_new_tokens)
+    device = s.responses.device  # every tensor of the rollout lives there
+    prompt_len = s.prompt_ids.shape[1]
+    mask, ended = eos_mask(s.responses, tokenizer.eos_token_id)
+    responses = torch.where(mask.bool(), s.responses, tokenizer.pad_token_id)  # tokens after EOS -> PAD
+    sequences = torch.cat([s.prompt_ids, responses], 1)
+    attention_mask = torch.cat([s.prompt_mask, mask], 1)
 
     generated = time.perf_counter()
 
@@ -117,7 +102,7 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
     # (under ZeRO-3 each of these forward passes is a collective: every rank runs as many chunks)
     for rows in torch.arange(len(sequences)).split(micro_rows(p)):
         seq, att = sequences[rows], attention_mask[rows]
-        if engine is not None:  # the PPO ratio's old log-probs from the policy itself, not the engine's numerics
+        if not s.by_policy:  # the PPO ratio's old log-probs from the policy itself, not the sampler's numerics
             policy_logprobs, policy_entropy = response_logprobs(roles.policy, seq, att, prompt_len, p.temperature,
                                                                 with_entropy=True)
             parts["policy"].append(policy_logprobs.float())
@@ -125,8 +110,9 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
         parts["ref"].append(response_logprobs(roles.ref, seq, att, prompt_len, p.temperature)[0])
         if roles.critic is not None:
             parts["values"].append(token_values(roles.critic, seq, att, prompt_len))
-    if engine is not None:
-        logprobs, entropy, engine_logprobs = torch.cat(parts["policy"]), torch.cat(parts["entropy"]), engine_logprobs * mask
+    logprobs, entropy, sampler_logprobs = s.logprobs, s.entropy, None
+    if not s.by_policy:
+        logprobs, entropy, sampler_logprobs = torch.cat(parts["policy"]), torch.cat(parts["entropy"]), s.logprobs * mask
     logprobs, entropy = logprobs * mask, entropy * mask
     ref_logprobs = torch.cat(parts["ref"]).float()
     values = torch.cat(parts["values"]).float() * mask if parts["values"] else None
@@ -136,50 +122,24 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
     seconds = {"generate": generated - start, "score": time.perf_counter() - generated}
     return Rollout(sequences, attention_mask, mask.float(), logprobs, ref_logprobs, values, scores, ended, entropy,
                    (groups if groups is not None else torch.arange(len(sequences))).to(device), texts, seconds,
-                   engine_logprobs)
+                   prompts, sampler_logprobs)
 
 
-def start_engine(cfg: RLHFConfig, roles: Roles, tokenizer, probe_prompts: list, max_new_tokens: int,
-                 stage_run: StageRun, update: int):
-    """ppo.rollout_engine=vllm: the vLLM engine, holding the policy's weights as they are now (at
-    the start, or as a resumed checkpoint left them), checked against the policy on the probe
-    prompts: the largest |log-prob difference| goes to the log and to the manifest's metrics
-    (`engine_sync_check`). None for the hf engine."""
+def build_sampler(cfg: RLHFConfig, roles: Roles, tokenizer, probe_prompts: list, max_new_tokens: int,
+                  stage_run: StageRun, update: int):
+    """What samples the rollouts: the policy itself, or (ppo.rollout_engine=vllm) a vLLM engine
+    holding the policy's weights as they are now (at the start, or as a resumed checkpoint left
+    them), checked against the policy on the probe prompts: the largest |log-prob difference|
+    goes to the log and to the manifest's metrics (`engine_sync_check`)."""
     if cfg.ppo.rollout_engine != "vllm":
-        return None
+        return PolicySampler(roles.policy, tokenizer)
     from rlhf.sampling.vllm_engine import VLLMEngine
 
-    engine = VLLMEngine(roles.policy, cfg.vllm, dtype=cfg.model.dtype, seed=cfg.seed + distributed.rank(),
+    engine = VLLMEngine(roles.policy, tokenizer, cfg.vllm, dtype=cfg.model.dtype, seed=cfg.seed + distributed.rank(),
                         max_model_len=cfg.data.max_prompt_tokens + max_new_tokens + 1)
-    probe = [ids for ids in encode_prompts(tokenizer, probe_prompts[:8]) if len(ids) > 1]
-    if probe:
-        engine_side = engine.sequence_logprobs(probe)
-        padded = tokenizer.pad({"input_ids": probe}, padding_side="right", return_tensors="pt")
-        device = distributed.device()
-        with torch.no_grad():
-            policy_side, _ = response_logprobs(roles.policy, padded["input_ids"].to(device),
-                                               padded["attention_mask"].to(device), 1, 1.0)
-        diff = max((policy_side[i, :len(e)].cpu() - e).abs().max().item() for i, e in enumerate(engine_side))
-        stage_run.metrics["engine_sync_check"] = {"update": update, "max_abs_logprob_diff": diff,
-                                                  "tokens": sum(len(e) for e in engine_side)}
+    check = engine.check_sync(roles.policy, encode_prompts(tokenizer, probe_prompts[:8]))
+    if check:
+        stage_run.metrics["engine_sync_check"] = {"update": update, **check}
         log.info("vLLM engine holds the policy's weights of update %d: largest |log-prob difference| %.2g over "
-                 "%d probe tokens", update, diff, sum(len(e) for e in engine_side))
+                 "%d probe tokens", update, check["max_abs_logprob_diff"], check["tokens"])
     return engine
-
-
-def rollout_stats(r: Rollout, scores: torch.Tensor, kl: torch.Tensor, returns: Optional[torch.Tensor], p,
-                  beta: float) -> dict[str, float]:
-    """What to watch together: score up with length up and KL running away is reward hacking."""
-    beta = beta if p.kl_in_reward else 0.0  # the KL penalty's share of the reward
-    stats = {
-        "score": scores.mean().item(),
-        "score_raw": r.scores.mean().item(),  # the reward source's, before the no-EOS score and clipping
-        "kl": kl.sum(1).mean().item(),  # per sequence, nats
-        "non_score_reward": (-beta * kl).sum(1).mean().item(),
-        "entropy": masked_mean(r.entropy, r.mask).item(),
-        "response_length": r.mask.sum(1).mean().item(),
-        "eos_rate": r.ended.float().mean().item(),
-    }
-    if r.values is not None and returns is not None:
-        stats["explained_variance"] = explained_variance(r.values, returns, r.mask).item()
-    return stats

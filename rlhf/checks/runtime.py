@@ -1,8 +1,11 @@
-"""The checks of where and how models compute: the attention kernel and stage 3's rollout engine.
-Each needs to look at the machine (is a package installed, is there a GPU), which the rest of
-check.py's rules never do."""
+"""The checks of where and how models compute: the attention kernel, stage 3's rollout engine, a
+GGUF source, LoRA and DeepSpeed's ZeRO stage. The first two look at the machine (is a package
+installed, is there a GPU), which the other sections' checks never do."""
 
 from __future__ import annotations
+
+from rlhf import stages
+from rlhf.config import RLHFConfig
 
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
@@ -57,4 +60,28 @@ def rollout_engine_problems(cfg, runs_stage3: bool) -> list[str]:
     if runs_stage3 and p.rollout_engine == "vllm" and importlib.util.find_spec("vllm") is None:
         problems.append("ppo.rollout_engine=vllm needs vLLM, which is not installed in this environment: "
                         "`make setup-vllm` builds .venv-vllm with it (docs/vllm.md), or use ppo.rollout_engine=hf")
+    return problems
+
+
+def runtime_problems(cfg: RLHFConfig) -> list[str]:
+    """Where and how the models compute: the attention kernel, stage 3's rollout engine, a GGUF
+    source, LoRA and DeepSpeed's ZeRO stage."""
+    lora = cfg.model.lora
+    problems = attention_problems(cfg.model)
+    problems += rollout_engine_problems(cfg, runs_stage3=cfg.stage.name in ("ppo", stages.CHAIN))
+    if (cfg.model.gguf_package is None) != (cfg.model.gguf_file is None):
+        problems.append("model.gguf_package and model.gguf_file go together: set both, or neither")
+    if lora.enabled and (lora.r < 1 or lora.alpha <= 0):
+        problems.append(f"model.lora.r={lora.r}, model.lora.alpha={lora.alpha}: both must be positive")
+    ds = cfg.deepspeed
+    if ds.name != "none":
+        stage = (ds.config or {}).get("zero_optimization", {}).get("stage")
+        if stage not in (0, 1, 2, 3):
+            problems.append(f"deepspeed={ds.name}: deepspeed.config.zero_optimization.stage={stage!r}; choose 0-3")
+        elif stage == 3 and lora.enabled:
+            problems.append("model.lora.enabled=true with ZeRO-3 is not supported yet (the adapter merge needs the "
+                            "whole weights on one rank): use deepspeed=zero2, whose parameters are whole on every rank")
+        elif stage == 3 and cfg.ppo.ema_decay is not None:
+            problems.append("ppo.ema_decay with ZeRO-3 is not supported (the EMA would average weight shards): "
+                            "use deepspeed=zero2, or ppo.ema_decay=null")
     return problems
