@@ -64,9 +64,18 @@ def test_summary_report_and_plots_from_records(tmp_path):
     assert ppo["rm_score"]["mean"] == pytest.approx(np.mean([0, 1.5, 3]))
     assert ppo["eos_rate"] == 0.5 and results["modes"]["sampled"]["sft"]["win_rate_rm"] is None
     assert ppo["win_rate_length"]["value"] == 0.5  # every answer 3 tokens: ties, halves
+    # the paired gain: per prompt, the mean of answer j minus the baseline's answer j
+    # gold: prompt 0 (0.5 + 0) / 2, prompt 1 (0 - 1) / 2, prompt 2 (0 + 1) / 2; RM: 0, 0.5, 1
+    assert ppo["gold_minus_baseline"]["mean"] == pytest.approx((0.25 - 0.5 + 0.5) / 3)
+    assert ppo["rm_minus_baseline"]["mean"] == pytest.approx(0.5)
+    low, high = bootstrap_ci(np.array([0.25, -0.5, 0.5]), resamples=200, confidence=cfg.compare.confidence,
+                             seed=cfg.seed)
+    assert (ppo["gold_minus_baseline"]["low"], ppo["gold_minus_baseline"]["high"]) == (low, high)
+    assert results["modes"]["sampled"]["sft"]["gold_minus_baseline"] is None
     write_report(json.loads(json.dumps(results)), tmp_path)  # what from_results does: JSON in, files out
     report = (tmp_path / "report.md").read_text()
     assert "| ppo | 1.500 [" in report and "0.750 [" in report
+    assert f"| ppo | +0.500 [{ppo['rm_minus_baseline']['low']:+.3f}, " in report  # the paired table
     import matplotlib.image
 
     for name in ("scores.png", "rm_vs_kl.png"):

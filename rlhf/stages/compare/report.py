@@ -65,6 +65,7 @@ def report_lines(results: dict, out: Path) -> list[str]:
                          f"{_fmt(e['win_rate_gold'])} | {_fmt(e.get('win_rate_length'))} | {kl} | {e['tokens']:.1f} | "
                          f"{e['eos_rate']:.0%} | {e['distinct_1']:.2f} / {e['distinct_2']:.2f} |")
         lines.append("")
+        lines += _difference_lines(table, results["baseline"])
         lines += _instruction_lines(mode, table)
     for mode, rows in (results.get("by_method") or {}).items():
         lines += [f"## {mode}, over seeds", "", "Policies that differ only by seed pooled: the mean of their "
@@ -89,6 +90,22 @@ def report_lines(results: dict, out: Path) -> list[str]:
     plots = write_plots(results, out)
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return lines
+
+
+def _difference_lines(table: dict, baseline: str) -> list[str]:
+    """Each policy's RM and gold score minus the baseline's, paired per prompt, with intervals."""
+    found = [(name, e) for name, e in table.items() if e.get("gold_minus_baseline") or e.get("rm_minus_baseline")]
+    if not found:
+        return []
+    lines = [f"Minus `{baseline}`'s, paired per prompt (answer j against answer j):", "",
+             "| policy | RM score | gold score |", "|---|---|---|"]
+    lines += [f"| {name} | {_signed(e.get('rm_minus_baseline'))} | {_signed(e.get('gold_minus_baseline'))} |"
+              for name, e in found]
+    return lines + [""]
+
+
+def _signed(x) -> str:
+    return "–" if x is None else f"{x['mean']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}]"
 
 
 def _instruction_lines(mode: str, table: dict) -> list[str]:

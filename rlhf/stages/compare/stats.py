@@ -91,6 +91,17 @@ def summarise(records: list[dict], cfg: RLHFConfig, policies: dict[str, str], pr
                 wins = per_prompt_wins(mine[:, :samples], theirs[:, :samples])
                 low, high = bootstrap_ci(wins, **ci)
                 entry[key] = {"value": float(wins.mean()), "low": low, "high": high}
+            # the gain itself, paired per prompt (answer j against answer j): the interval a claim
+            # that one policy beats another is read on
+            for metric, key in (("rm_score", "rm_minus_baseline"), ("gold_score", "gold_minus_baseline")):
+                entry[key] = None
+                if base is None or name == c.baseline or rs[0][metric] is None:
+                    continue
+                mine, theirs = _matrix(rs, metric, len(prompts)), _matrix(base, metric, len(prompts))
+                samples = min(mine.shape[1], theirs.shape[1])
+                diff = (mine[:, :samples] - theirs[:, :samples]).mean(1)
+                low, high = bootstrap_ci(diff, **ci)
+                entry[key] = {"mean": float(diff.mean()), "low": low, "high": high}
             table[name] = entry
         modes[mode] = table
     examples = []
