@@ -19,6 +19,7 @@ the checkpoints when a setting changes.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -48,7 +49,12 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     tokenizer = load_tokenizer(cfg.model)
     bundle = load_data(cfg.data, tokenizer)
     prompts = [p.prompt for p in bundle.require("ppo", "prompts", "bon_sft")][: b.prompts]
-    eval_demos = bundle.require("eval", "demonstrations", "bon_sft")
+    # the eval loss reads the eval split's demonstrations; prompt-only data (data=ifeval, where the
+    # verifier picks) has none, and the picks then train without an eval loss
+    eval_demos = bundle.splits["eval"].demonstrations
+    if not eval_demos:
+        log.info("bon_sft: the eval split has no demonstrations, so no eval loss (bon_sft.eval_every_steps=0)")
+        b = dataclasses.replace(b, eval_every_steps=0)
     reward = build_reward(cfg.reward, lambda path: load_reward_model(cfg.model, tokenizer, path).to(device()).eval(), tokenizer,
                           inputs, bundle.gold_scorer)
     stage_run.manifest["inputs"] = {"data": describe_source(cfg.data), **inputs, "reward": reward.describe()}
@@ -77,7 +83,8 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
         trainer = sft_trainer(cfg, b, tokenizer, policy_from,
                               token_dataset(encode_prompts(tokenizer, [p["prompt"] for p in kept]),
                                             [p["token_ids"] for p in kept]),
-                              sft_dataset(tokenizer, eval_demos), stage_callbacks("bon_sft", b, tracker, stop),
+                              sft_dataset(tokenizer, eval_demos) if eval_demos else None,
+                              stage_callbacks("bon_sft", b, tracker, stop),
                               checkpoints=checkpoints)
         log.info("bon_sft round %d: fine-tuning %s on %d picks (%d dropped: no EOS)", k, policy_from, len(kept),
                  len(picks) - len(kept))
@@ -85,7 +92,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
         if stop.signal_name:
             stop.stop(f"round {k}, checkpoint-{trainer.state.global_step}")
         metrics = {**{f"picks_{m}": v for m, v in pick_metrics.items()}, "picks_trained": len(kept),
-                   **loss_summary(trainer), "eval_loss": trainer.evaluate()["eval_loss"]}
+                   **loss_summary(trainer), **({"eval_loss": trainer.evaluate()["eval_loss"]} if eval_demos else {})}
         if last:
             metrics.update(gold_metrics(cfg, b, bundle, trainer, tokenizer))
         tracker.log({f"round_{k}/{m}": v for m, v in metrics.items() if isinstance(v, (int, float))}, k)

@@ -92,3 +92,21 @@ def test_collect_ranks_the_policys_answers_by_the_share_of_instructions_they_fol
         ranks = [a["rank"] for a in r["responses"]]
         assert shares == sorted(shares, reverse=True) and len(set(ranks)) > 1
         assert all((ranks[i] == ranks[j]) == (shares[i] == shares[j]) for i in range(len(ranks)) for j in range(i))
+
+
+def test_bon_sft_distils_the_verifiers_picks_on_data_without_demonstrations(root, run_cli):
+    """Prompt-only data has no demonstrations for an eval loss: bon_sft trains on the picks
+    without one, and each pick is a candidate the verifier scores best."""
+    run_cli(*DATA, "run=whole", "stage=bon_sft", "reward=verifier", "bon_sft.n=4", "bon_sft.prompts=8",
+            "bon_sft.max_new_tokens=12", "bon_sft.max_steps=2", "bon_sft.eval_every_steps=10",
+            "bon_sft.gold_eval_prompts=0", cwd=root)
+    stage = root / "runs" / "whole" / "bon_sft"
+    picks = [json.loads(line) for line in (stage / "round_1" / "picks.jsonl").read_text().splitlines()]
+    assert len(picks) == 8
+    for p in picks:
+        ended = [s for s in p["candidate_scores"] if s is not None]
+        assert p["score"] == (max(ended) if ended else None)
+        assert p["score"] is None or p["gold_score"] == p["score"]  # strict, all or nothing: the gold itself
+    m = json.loads((stage / "manifest.json").read_text())
+    assert m["status"] == "completed" and "eval_loss" not in m["metrics"] and m["metrics"]["steps"] == 2
+    assert (stage / "final" / "model.safetensors").exists()
