@@ -84,6 +84,12 @@ class Samples:
     by_policy: bool
 
 
+def padded_prompts(tokenizer, prompt_ids: Sequence[Sequence[int]], n: int, device) -> dict[str, torch.Tensor]:
+    """Each prompt n times in consecutive rows, left-padded (every sampler's batch layout)."""
+    rows = [list(ids) for ids in prompt_ids for _ in range(n)]
+    return tokenizer.pad({"input_ids": rows}, padding_side="left", return_tensors="pt").to(device)
+
+
 class PolicySampler:
     """Stage 3's default sampler: the policy answers with `sample`, so each token's log-prob
     comes with it and no second forward pass is needed."""
@@ -94,10 +100,8 @@ class PolicySampler:
     @torch.no_grad()
     def sample(self, prompt_ids: Sequence[Sequence[int]], n: int = 1, *, max_new_tokens: int, temperature: float,
                min_new_tokens: int = 0) -> Samples:
-        rows = [list(ids) for ids in prompt_ids for _ in range(n)]
         with full_weights(self.policy) as policy:  # ZeRO-3: gathered once per rollout, not per token
-            device = next(policy.parameters()).device
-            batch = self.tokenizer.pad({"input_ids": rows}, padding_side="left", return_tensors="pt").to(device)
+            batch = padded_prompts(self.tokenizer, prompt_ids, n, next(policy.parameters()).device)
             responses, logprobs, entropy = sample(policy, batch["input_ids"], batch["attention_mask"],
                                                   max_new_tokens=max_new_tokens, temperature=temperature,
                                                   eos_id=self.tokenizer.eos_token_id,

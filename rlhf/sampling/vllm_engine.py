@@ -30,7 +30,7 @@ import torch
 from rlhf.core import distributed
 from rlhf.core.distributed import full_weights
 from rlhf.models import unwrap
-from rlhf.sampling.generate import Samples, response_logprobs
+from rlhf.sampling.generate import Samples, padded_prompts, response_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,10 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        rows = [list(ids) for ids in prompt_ids for _ in range(n)]
         device = distributed.device()
-        batch = self.tokenizer.pad({"input_ids": rows}, padding_side="left", return_tensors="pt").to(device)
+        batch = padded_prompts(self.tokenizer, prompt_ids, n, device)
         if seeds is None:
-            seeds = torch.randint(0, 2**31 - 1, (len(rows),)).tolist()
+            seeds = torch.randint(0, 2**31 - 1, (len(batch["input_ids"]),)).tolist()
         eos_id, pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         self._wake()
         params = [SamplingParams(temperature=temperature, top_k=0, top_p=1.0, max_tokens=max_new_tokens,
@@ -134,7 +133,8 @@ class VLLMEngine:
                                  detokenize=False, skip_special_tokens=False)
                   for seed in seeds]
         with self._global_rng_kept():
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in rows], params,
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids for _ in range(n)],
+                                        params,
                                         use_tqdm=False)
         self._sleep()
         answers = [out.outputs[0] for out in outputs]
