@@ -1,7 +1,10 @@
 """Sampling from policies and scoring with reward models: the services every stage calls.
 
-    generate.py  one KV-cache sampler (`sample`), `generate` for lists of prompts, and the
+    generate.py  one KV-cache sampler (`sample`: one prefill per prompt for its n answers,
+                 finished answers out of the batch), `generate` for lists of prompts, and the
                  log-probabilities of given responses
+    prefix.py    forward passes over rows that share prompts: each prompt read once, no
+                 column that every row pads
     score.py     reward-model scores, normalised as the RM stage saved them
     reward.py    reward sources (registered): a model, a function, an ensemble of models, the
                  verifier of data=ifeval, a weighted sum

@@ -8,7 +8,6 @@ what a batch generates after that is padding and is cut off here.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -20,7 +19,7 @@ from rlhf.core.distributed import full_weights
 from rlhf.core.ops import entropy_from_logits, pad_right, positions
 from rlhf.data import encode_prompts
 from rlhf.data.records import PromptLike
-from rlhf.models import unwrap
+from rlhf.sampling.prefix import cache_kwarg, prompt_once
 
 
 @dataclass(frozen=True)
@@ -32,42 +31,66 @@ class Sample:
     logprob: float  # sum of log pi(token) over token_ids at the sampling temperature, kept as sampled
 
 
+# A row whose answer has ended leaves the decoding batch (and its cache) once this share of the
+# batch has ended: compacting copies every remaining row's cache, so not for each single row.
+COMPACT_ENDED_SHARE = 0.125
+
+
 @torch.no_grad()
 def sample(model, input_ids, attention_mask, *, max_new_tokens: int, temperature: float, eos_id: int,
-           pad_id: int, min_new_tokens: int = 0, greedy: bool = False):
+           pad_id: int, n: int = 1, min_new_tokens: int = 0, greedy: bool = False):
     """Pure sampling (top_k 0, top_p 1) with a KV cache, or greedy decoding, keeping each token's
     log-prob and the step's entropy as it goes: PPO's rollout forward pass is the sampling itself,
     not a second pass over the finished sequences. Only one position's logits exist at a time.
-    Returns (responses, logprobs, entropy), each [B, <= max_new_tokens]; PAD after a row's EOS."""
-    # transformers renamed past_key_values to cache (5.x); accept either
-    # (read from the transformers model inside a peft wrapper, whose forward takes **kwargs)
-    cache_arg = "cache" if "cache" in inspect.signature(unwrap(model).forward).parameters else "past_key_values"
+
+    `input_ids` [U, P] are distinct prompts, each answered `n` times in consecutive rows: a prompt
+    is prefilled once and its cache copied to its n rows. Rows whose answer has ended leave the
+    decoding batch and the cache (COMPACT_ENDED_SHARE); the random numbers are still drawn for
+    every row, so the answers are those of decoding all U * n rows to the end.
+    Returns (responses, logprobs, entropy), each [U * n, <= max_new_tokens]; after a row's EOS,
+    PAD with log-prob and entropy 0."""
+    cache_arg = cache_kwarg(model)
     cache = _kv_cache(model.config, input_ids.shape[1] + max_new_tokens)
-    attention_mask = attention_mask.clone()
-    position = positions(attention_mask)[:, -1:]
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
                    use_cache=True, logits_to_keep=1, **{cache_arg: cache}).logits[:, -1]
-    finished = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
-    tokens, logprobs, entropies = [], [], []
+    if n > 1:
+        cache.batch_repeat_interleave(n)
+        logits, attention_mask = logits.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
+    rows, device = len(logits), logits.device
+    position = positions(attention_mask)[:, -1:]
+    present = torch.arange(rows, device=device)  # the rows in the decoding batch, in order
+    ended = torch.zeros(rows, dtype=torch.bool, device=device)
+    tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros(rows, max_new_tokens, device=device)
+    entropies = torch.zeros(rows, max_new_tokens, device=device)
     for step in range(max_new_tokens):
         scaled = logits.float() / temperature
         if step < min_new_tokens:
             scaled[:, eos_id] = float("-inf")
         logp = torch.log_softmax(scaled, -1)
-        token = logp.argmax(-1) if greedy else _draw(logp)
-        token = torch.where(finished, pad_id, token)
-        tokens.append(token)
-        logprobs.append(logp.gather(1, token[:, None]).squeeze(1))
-        entropies.append(-(logp.exp() * logp).nan_to_num().sum(-1))
-        finished |= token == eos_id
-        if finished.all() or step == max_new_tokens - 1:
+        # one number per row of the whole batch, as if every row were still decoding
+        token = logp.argmax(-1) if greedy else _draw(logp, torch.rand(rows, 1, device=device)[present])
+        live = ~ended[present]
+        answering = present[live]
+        tokens[answering, step] = token[live]
+        logprobs[answering, step] = logp[live].gather(1, token[live, None]).squeeze(1)
+        entropies[answering, step] = -(logp[live].exp() * logp[live]).nan_to_num().sum(-1)
+        ended[answering] |= token[live] == eos_id
+        if ended.all() or step == max_new_tokens - 1:
             break
-        # a finished row goes on reading PAD; what it computes there is masked out later
+        gone = ended[present]
+        if gone.sum() >= COMPACT_ENDED_SHARE * len(present):
+            keep = (~gone).nonzero().squeeze(1)
+            present, token, attention_mask, position = present[keep], token[keep], attention_mask[keep], position[keep]
+            cache.batch_select_indices(keep)
+        # a row that ended but has not left yet reads PAD; what it computes there is never kept
+        token = torch.where(ended[present], pad_id, token)
         attention_mask = torch.cat([attention_mask, torch.ones_like(token)[:, None]], 1)
         position = position + 1
         logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position,
                        use_cache=True, **{cache_arg: cache}).logits[:, -1]
-    return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(entropies, 1)
+    width = step + 1
+    return tokens[:, :width], logprobs[:, :width], entropies[:, :width]
 
 
 @dataclass
@@ -92,7 +115,8 @@ def padded_prompts(tokenizer, prompt_ids: Sequence[Sequence[int]], n: int, devic
 
 class PolicySampler:
     """Stage 3's default sampler: the policy answers with `sample`, so each token's log-prob
-    comes with it and no second forward pass is needed."""
+    comes with it and no second forward pass is needed; each prompt is prefilled once for its n
+    answers."""
 
     def __init__(self, policy, tokenizer):
         self.policy, self.tokenizer = policy, tokenizer  # policy: a model or an engine around one
@@ -101,12 +125,13 @@ class PolicySampler:
     def sample(self, prompt_ids: Sequence[Sequence[int]], n: int = 1, *, max_new_tokens: int, temperature: float,
                min_new_tokens: int = 0) -> Samples:
         with full_weights(self.policy) as policy:  # ZeRO-3: gathered once per rollout, not per token
-            batch = padded_prompts(self.tokenizer, prompt_ids, n, next(policy.parameters()).device)
-            responses, logprobs, entropy = sample(policy, batch["input_ids"], batch["attention_mask"],
+            batch = padded_prompts(self.tokenizer, prompt_ids, 1, next(policy.parameters()).device)
+            responses, logprobs, entropy = sample(policy, batch["input_ids"], batch["attention_mask"], n=n,
                                                   max_new_tokens=max_new_tokens, temperature=temperature,
                                                   eos_id=self.tokenizer.eos_token_id,
                                                   pad_id=self.tokenizer.pad_token_id, min_new_tokens=min_new_tokens)
-        return Samples(batch["input_ids"], batch["attention_mask"], responses, logprobs, entropy, by_policy=True)
+        return Samples(batch["input_ids"].repeat_interleave(n, 0), batch["attention_mask"].repeat_interleave(n, 0),
+                       responses, logprobs, entropy, by_policy=True)
 
     def sync(self, policy) -> dict[str, float]:
         """Nothing to push: it samples from the policy's weights as they are."""
@@ -114,13 +139,12 @@ class PolicySampler:
 
 
 def response_logprobs(model, sequences, attention_mask, prompt_len: int, temperature: float,
-                      with_entropy: bool = False):
-    """Log-probabilities of the response tokens under `model` at `temperature`, from one forward
-    pass over the response positions' logits only (no full-sequence log-softmax kept)."""
-    # logits_to_keep: the LM head runs on the response positions only, not on the prompt's
-    response_len = sequences.shape[1] - prompt_len
-    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=positions(attention_mask),
-                   logits_to_keep=response_len + 1, use_cache=False).logits[:, :-1].float()
+                      with_entropy: bool = False, n: int = 1):
+    """Log-probabilities of the response tokens under `model` at `temperature`, from the response
+    positions' logits only (no full-sequence log-softmax kept). Rows in runs of `n` that share
+    their prompt compute it once (rlhf.sampling.prefix)."""
+    logits = prompt_once(model, sequences, attention_mask, prompt_len, n)[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # statistics in float32 at least
     if temperature != 1.0:  # skip a full copy of the logits when there is nothing to divide
         logits = logits / temperature
     targets = sequences[:, prompt_len:]
@@ -183,6 +207,26 @@ class _InPlaceLayer(DynamicLayer):
         self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
         return self.keys, self.values
 
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Each row `repeats` times (a prompt's cache copied to its group's answers)."""
+        if self.is_initialized:
+            self._keys = self._keys.repeat_interleave(repeats, 0)
+            self._values = self._values.repeat_interleave(repeats, 0)
+            self._views()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Only the rows `indices`, moved to the front of the same storage: only the filled part
+        is copied and nothing is allocated but the copy's source."""
+        if self.is_initialized:
+            kept = len(indices)
+            self._keys[:kept, :, :self._filled] = self._keys[indices, :, :self._filled]
+            self._values[:kept, :, :self._filled] = self._values[indices, :, :self._filled]
+            self._keys, self._values = self._keys[:kept], self._values[:kept]
+            self._views()
+
+    def _views(self) -> None:
+        self.keys, self.values = self._keys[:, :, :self._filled], self._values[:, :, :self._filled]
+
 
 def _kv_cache(config, capacity: int) -> DynamicCache:
     """A cache of _InPlaceLayer for `capacity` tokens; transformers' own for models whose layers
@@ -193,13 +237,12 @@ def _kv_cache(config, capacity: int) -> DynamicCache:
     return cache
 
 
-def _draw(logp: torch.Tensor) -> torch.Tensor:
-    """One token per row from exp(logp), by inverse CDF: one uniform number per row. As exact as
-    torch.multinomial, which on CPU draws far more random numbers (measured at 64 x 4096 on
-    2 cores: 8.0 ms a call vs 0.48 ms, in a decoding step of ~30 ms)."""
+def _draw(logp: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One token per row from exp(logp), by inverse CDF at `u` [rows, 1], uniform in [0, 1): one
+    random number per row. As exact as torch.multinomial, which on CPU draws far more random
+    numbers (measured at 64 x 4096 on 2 cores: 8.0 ms a call vs 0.48 ms, in a decoding step of ~30 ms)."""
     cdf = logp.exp().cumsum(-1)
-    u = torch.rand(len(cdf), 1, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
+    return torch.searchsorted(cdf, u.to(cdf.dtype) * cdf[:, -1:], right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
 
 
 @torch.no_grad()

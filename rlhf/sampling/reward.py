@@ -36,7 +36,9 @@ from rlhf.config import ConfigError
 from rlhf.core.distributed import module_of
 from rlhf.core.ops import positions
 from rlhf.data.records import PromptLike
+from rlhf.models import unwrap
 from rlhf.models.reward import REWARD_NORM_KEY, reward_bias
+from rlhf.sampling.prefix import prompt_once
 from rlhf.sampling.score import score
 
 
@@ -84,8 +86,11 @@ class RewardSource:
     def score_texts(self, prompts: Sequence[PromptLike], responses: Sequence[str]) -> torch.Tensor:
         raise NotImplementedError
 
-    def score_sequences(self, sequences, attention_mask, prompts, texts, chunk_rows: int) -> torch.Tensor:
-        """By default from the decoded texts with their prompts (a model reads the tokens instead)."""
+    def score_sequences(self, sequences, attention_mask, prompts, texts, chunk_rows: int, prompt_len: int = 0,
+                        n: int = 1) -> torch.Tensor:
+        """By default from the decoded texts with their prompts (a model reads the tokens instead).
+        `prompt_len` and `n`: the first prompt_len columns come in runs of n equal prompts (a
+        model then reads each prompt once; 0: not known)."""
         if prompts is None:
             raise ValueError(f"reward.source={self.name} scores (prompt, response) texts: pass the prompts to rollout()")
         return self.score_texts(prompts, texts).to(sequences.device)
@@ -132,12 +137,25 @@ class ModelReward(RewardSource):
 
     @torch.no_grad()
     def score_sequences(self, sequences: torch.Tensor, attention_mask: torch.Tensor, prompts, texts,
-                        chunk_rows: int) -> torch.Tensor:
-        """The RM reads the last non-pad token: the EOS of an ended response. In chunks of
-        `chunk_rows` (under ZeRO-3 each forward is a collective: every rank runs as many)."""
-        raw = [self.model(input_ids=seq, attention_mask=att, position_ids=positions(att), use_cache=False).logits[:, 0].float()
+                        chunk_rows: int, prompt_len: int = 0, n: int = 1) -> torch.Tensor:
+        """The RM reads the last non-pad token, as a transformers sequence classifier does: the
+        EOS of an ended response. In chunks of `chunk_rows` (under ZeRO-3 each forward is a
+        collective: every rank runs as many), each prompt read once when `prompt_len` is given."""
+        raw = [self._raw(seq, att, prompt_len, n)
                for seq, att in zip(sequences.split(chunk_rows), attention_mask.split(chunk_rows))]
         return (torch.cat(raw) + self.bias) * self.scale
+
+    def _raw(self, seq: torch.Tensor, att: torch.Tensor, prompt_len: int, n: int) -> torch.Tensor:
+        model = unwrap(module_of(self.model))  # with LoRA: the adapters stay active, the score head is peft's copy
+        if prompt_len and hasattr(model, "score"):
+            pad_id = model.config.get_text_config().pad_token_id
+            columns = torch.arange(seq.shape[1], device=seq.device)
+            last = (columns * (seq != pad_id)).argmax(-1) if pad_id is not None else columns[-1:].expand(len(seq))
+            if (last >= prompt_len - 1).all():  # (else an answer of pad tokens only: read in the prompt)
+                hidden = prompt_once(getattr(model, model.base_model_prefix), seq, att, prompt_len, n, hidden=True)
+                return model.score(hidden[torch.arange(len(seq), device=seq.device), last - (prompt_len - 1)])[:, 0].float()
+        return self.model(input_ids=seq, attention_mask=att, position_ids=positions(att),
+                          use_cache=False).logits[:, 0].float()
 
 
 CALLABLE_NAME = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"  # package.module:name
@@ -288,8 +306,9 @@ class EnsembleReward(RewardSource):
     def score_texts(self, prompts, responses) -> torch.Tensor:
         return combine_members(self.member_scores_texts(prompts, responses), self.combine, self.std_coef)
 
-    def score_sequences(self, sequences, attention_mask, prompts, texts, chunk_rows: int) -> torch.Tensor:
-        scores = torch.stack([m.score_sequences(sequences, attention_mask, prompts, texts, chunk_rows)
+    def score_sequences(self, sequences, attention_mask, prompts, texts, chunk_rows: int, prompt_len: int = 0,
+                        n: int = 1) -> torch.Tensor:
+        scores = torch.stack([m.score_sequences(sequences, attention_mask, prompts, texts, chunk_rows, prompt_len, n)
                               for m in self.members])
         return combine_members(scores, self.combine, self.std_coef)
 
@@ -313,8 +332,9 @@ class WeightedSum(RewardSource):
     def score_texts(self, prompts, responses) -> torch.Tensor:
         return sum(w * source.score_texts(prompts, responses) for w, source in self.terms)
 
-    def score_sequences(self, sequences, attention_mask, prompts, texts, chunk_rows: int) -> torch.Tensor:
-        return sum(w * source.score_sequences(sequences, attention_mask, prompts, texts, chunk_rows)
+    def score_sequences(self, sequences, attention_mask, prompts, texts, chunk_rows: int, prompt_len: int = 0,
+                        n: int = 1) -> torch.Tensor:
+        return sum(w * source.score_sequences(sequences, attention_mask, prompts, texts, chunk_rows, prompt_len, n)
                    for w, source in self.terms)
 
 

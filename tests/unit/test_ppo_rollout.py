@@ -183,7 +183,7 @@ def test_draw_samples_each_token_at_its_probability_and_never_a_masked_one():
 
     torch.manual_seed(0)
     logits = torch.tensor([[0.0, 1.0, float("-inf"), 2.0, -1.0]]).expand(40000, 5)
-    drawn = _draw(torch.log_softmax(logits, -1))
+    drawn = _draw(torch.log_softmax(logits, -1), torch.rand(len(logits), 1))
     freq = torch.bincount(drawn, minlength=5).float() / len(drawn)
     expected = torch.softmax(logits[0], -1)
     assert freq[2] == 0

@@ -133,7 +133,7 @@ def test_a_rollout_on_the_engine_takes_its_logprobs_from_the_policy(engine, toke
     engine.sync(policy)
 
     class Constant:  # a reward function's interface: scores from the decoded texts
-        def score_sequences(self, sequences, attention_mask, prompts, texts, rows):
+        def score_sequences(self, sequences, attention_mask, prompts, texts, rows, *layout):
             return torch.ones(len(sequences))
 
     roles = Roles(policy=policy, ref=ref, reward=Constant())

@@ -6,8 +6,10 @@ EOS, keeping each token's log-prob as it is sampled (ppo.rollout_engine=vllm: sa
 engine holding the policy's weights, and the log-probs then taken by one forward pass of the
 policy, the engine's kept beside them); then one forward pass each of the reference,
 the critic (when there is one) and the reward source's models (a function reads the decoded
-text), in chunks of micro-batch rows to bound the memory of the reference's logits. Turning
-scores into rewards is the loop's business, not this.
+text), in chunks of micro-batch rows to bound the memory of the reference's logits. A group's
+prompt is prefilled once and read once per pass, and the chunks hold whole groups of similar
+lengths, so that little padding is computed (rlhf.sampling.prefix). Turning scores into
+rewards is the loop's business, not this.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from rlhf.config import RLHFConfig
 from rlhf.core import distributed
 from rlhf.core.artifacts import StageRun
 from rlhf.core.distributed import module_of
-from rlhf.core.ops import positions
 from rlhf.data import encode_prompts
 from rlhf.models import unwrap
 from rlhf.sampling import response_logprobs
 from rlhf.sampling.generate import PolicySampler
+from rlhf.sampling.prefix import length_sorted, prompt_once, run_length
 from rlhf.stages.online_rl.roles import Roles, micro_rows
 
 log = logging.getLogger(__name__)
@@ -66,14 +68,14 @@ def eos_mask(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.
     return (idx[None, :] <= first[:, None]).long(), ended
 
 
-def token_values(critic, sequences, attention_mask, prompt_len: int) -> torch.Tensor:
+def token_values(critic, sequences, attention_mask, prompt_len: int, n: int = 1) -> torch.Tensor:
     """The critic's value before each response token: the score head on every position's
-    hidden state (a sequence classifier reads only the last one)."""
+    hidden state (a sequence classifier reads only the last one); rows in runs of `n` that share
+    their prompt compute it once."""
     model = unwrap(module_of(critic))  # with LoRA: the adapters stay active, the score head is peft's copy
     backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=sequences, attention_mask=attention_mask, position_ids=positions(attention_mask),
-                      use_cache=False).last_hidden_state
-    return model.score(hidden[:, prompt_len - 1:-1]).squeeze(-1).float()
+    hidden = prompt_once(backbone, sequences, attention_mask, prompt_len, n, hidden=True)
+    return model.score(hidden[:, :-1]).squeeze(-1).float()
 
 
 @torch.no_grad()
@@ -87,8 +89,9 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
     `sampler`: what answers (`build_sampler`); default the policy itself."""
     roles.policy.eval()
     start = time.perf_counter()
+    n = run_length(prompt_ids)  # a group's rows: its prompt is prefilled and read once
     s = (sampler or PolicySampler(roles.policy, tokenizer)).sample(
-        prompt_ids, max_new_tokens=max_new_tokens, temperature=p.temperature, min_new_tokens=min_new_tokens)
+        prompt_ids[::n], n, max_new_tokens=max_new_tokens, temperature=p.temperature, min_new_tokens=min_new_tokens)
     device = s.responses.device  # every tensor of the rollout lives there
     prompt_len = s.prompt_ids.shape[1]
     mask, ended = eos_mask(s.responses, tokenizer.eos_token_id)
@@ -100,24 +103,32 @@ def rollout(roles: Roles, tokenizer, prompt_ids: list[list[int]], p, max_new_tok
 
     parts: dict[str, list[torch.Tensor]] = {"ref": [], "values": [], "policy": [], "entropy": []}
     # (under ZeRO-3 each of these forward passes is a collective: every rank runs as many chunks)
-    for rows in torch.arange(len(sequences)).split(micro_rows(p)):
+    chunk = max(n, micro_rows(p) // n * n)  # whole groups, of similar lengths: little padding to compute
+    order = length_sorted(mask.sum(1), n)
+    for rows in order.split(chunk):
         seq, att = sequences[rows], attention_mask[rows]
         if not s.by_policy:  # the PPO ratio's old log-probs from the policy itself, not the sampler's numerics
             policy_logprobs, policy_entropy = response_logprobs(roles.policy, seq, att, prompt_len, p.temperature,
-                                                                with_entropy=True)
+                                                                with_entropy=True, n=n)
             parts["policy"].append(policy_logprobs.float())
             parts["entropy"].append(policy_entropy.float())
-        parts["ref"].append(response_logprobs(roles.ref, seq, att, prompt_len, p.temperature)[0])
+        parts["ref"].append(response_logprobs(roles.ref, seq, att, prompt_len, p.temperature, n=n)[0])
         if roles.critic is not None:
-            parts["values"].append(token_values(roles.critic, seq, att, prompt_len))
+            parts["values"].append(token_values(roles.critic, seq, att, prompt_len, n))
+    back = order.argsort()  # the chunks' rows back in rollout order
     logprobs, entropy, sampler_logprobs = s.logprobs, s.entropy, None
     if not s.by_policy:
-        logprobs, entropy, sampler_logprobs = torch.cat(parts["policy"]), torch.cat(parts["entropy"]), s.logprobs * mask
+        logprobs, entropy = torch.cat(parts["policy"])[back], torch.cat(parts["entropy"])[back]
+        sampler_logprobs = s.logprobs * mask
     logprobs, entropy = logprobs * mask, entropy * mask
-    ref_logprobs = torch.cat(parts["ref"]).float()
-    values = torch.cat(parts["values"]).float() * mask if parts["values"] else None
+    ref_logprobs = torch.cat(parts["ref"]).float()[back]
+    values = torch.cat(parts["values"]).float()[back] * mask if parts["values"] else None
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    scores = roles.reward.score_sequences(sequences, attention_mask, prompts, texts, micro_rows(p)).float().to(device)
+    ordered = order.tolist()
+    scores = roles.reward.score_sequences(sequences[order], attention_mask[order],
+                                          None if prompts is None else [prompts[i] for i in ordered],
+                                          [texts[i] for i in ordered], chunk, prompt_len, n)
+    scores = scores.float().to(device)[back]
     roles.policy.train()
     seconds = {"generate": generated - start, "score": time.perf_counter() - generated}
     return Rollout(sequences, attention_mask, mask.float(), logprobs, ref_logprobs, values, scores, ended, entropy,

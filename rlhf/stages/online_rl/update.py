@@ -11,7 +11,8 @@
                 else stop, or with ppo.skip_nonfinite skip (rlhf/core/nonfinite.py)
     optimise    ppo_epochs x minibatches of the registered `ppo.policy_loss` (+ vf_coef x the
                 critic's clipped value loss, + ptx_coef x LM loss on demonstrations: PPO-ptx),
-                each minibatch's gradients accumulated over micro-batches into one step
+                each minibatch's gradients accumulated over micro-batches into one step;
+                minibatches hold whole groups, and a micro-batch reads each group's prompt once
     statistics  what to watch together (score, KL, entropy, length, losses)
 
 The tests and the benchmarks call `update` too, so what they measure is the loop's update.
@@ -36,6 +37,7 @@ from rlhf.core.distributed import module_of
 from rlhf.core.nonfinite import NonFiniteGuard
 from rlhf.core.ops import masked_mean, masked_whiten, pad_right
 from rlhf.sampling import response_logprobs
+from rlhf.sampling.prefix import length_sorted, run_length
 from rlhf.stages.online_rl.roles import LocalEngine, Roles, micro_rows
 from rlhf.stages.online_rl.rollout import Rollout, token_values
 
@@ -103,8 +105,9 @@ def optimise(roles: Roles, r: Rollout, advantages: torch.Tensor, returns: Option
     policy_loss = POLICY_LOSSES[p.policy_loss]
     sums: dict[str, float] = {}
     steps = 0
+    group = run_length(r.groups.tolist())  # a group's rows stay together: a micro-batch reads their prompt once
     for epoch in range(p.ppo_epochs):
-        for n, idx in enumerate(torch.randperm(len(r.mask)).split(p.mini_batch_size // distributed.world_size())):
+        for n, idx in enumerate(shuffled(len(r.mask), group).split(p.mini_batch_size // distributed.world_size())):
             at = f"{where}, epoch {epoch + 1}, mini-batch {n + 1}"
             step: dict[str, float] = {}
             tokens = r.mask[idx].sum().clamp(min=1)
@@ -112,6 +115,8 @@ def optimise(roles: Roles, r: Rollout, advantages: torch.Tensor, returns: Option
             # pass over the minibatch (each loss weighted by its share of the minibatch's
             # response tokens, so token means stay exact), with a fraction of the activations.
             # The engines step after every micro-batch and apply the update (clipped) on the last.
+            if len(idx) > micro_rows(p):  # micro-batches of similar lengths: little padding to compute
+                idx = idx[length_sorted(r.mask[idx].sum(1), run_length(r.groups[idx].tolist()))]
             micros = idx.split(micro_rows(p))
             dropped: set[str] = set()  # roles whose step of this minibatch a non-finite loss dropped
             for i, micro in enumerate(micros):
@@ -119,7 +124,7 @@ def optimise(roles: Roles, r: Rollout, advantages: torch.Tensor, returns: Option
                 weight = m.sum() / tokens
                 parts: dict[str, torch.Tensor] = {}
                 if roles.critic is not None and "critic" not in dropped:
-                    values = token_values(roles.critic, seq, att, r.prompt_len)
+                    values = token_values(roles.critic, seq, att, r.prompt_len, group)
                     v_loss, v_clip = value_loss(values, r.values[micro], returns[micro], m, p.value_clip)
                     if checked_backward(roles.critic, weight * p.vf_coef * v_loss, guard, at, "the critic's loss"):
                         parts.update(value_loss=v_loss, value_clipfrac=v_clip)
@@ -129,7 +134,7 @@ def optimise(roles: Roles, r: Rollout, advantages: torch.Tensor, returns: Option
                     roles.critic.step()  # also when dropped: the engine counts micro-batches
                 if train_policy and "policy" not in dropped:
                     logprobs, entropy = response_logprobs(roles.policy, seq, att, r.prompt_len, p.temperature,
-                                                          with_entropy=p.entropy_coef != 0)
+                                                          with_entropy=p.entropy_coef != 0, n=group)
                     token_losses, pg_stats = policy_loss(logprobs, r.logprobs[micro], advantages[micro], m, p)
                     pg_loss = aggregate(token_losses, m, p.loss_agg, rows=len(idx), tokens=tokens, horizon=horizon)
                     loss = pg_loss
@@ -166,6 +171,11 @@ def optimise(roles: Roles, r: Rollout, advantages: torch.Tensor, returns: Option
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
     return {k: v / steps for k, v in sums.items()}
+
+
+def shuffled(rows: int, n: int) -> torch.Tensor:
+    """A random order of the rows that keeps each run of n rows (a group) together, in order."""
+    return (torch.randperm(rows // n)[:, None] * n + torch.arange(n)).flatten()
 
 
 def checked_backward(engine, loss: torch.Tensor, guard: NonFiniteGuard, where: str, name: str) -> bool:
