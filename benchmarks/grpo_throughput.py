@@ -10,7 +10,8 @@ model from --seed + 1); each update samples `batch` episodes = batch / group ran
 temperature 1, top_k 0, top_p 1; group-normalised advantages; the KL to the reference as a k3
 term in the loss with coefficient --beta; `mini-batches` optimizer steps per update, one pass;
 `updates` updates. No critic is built. (Unlike the peer, the reference pass also runs at
---beta 0: the loop always reports the KL.)
+--beta 0: the loop always reports the KL.) --workload hh: HH-RLHF's prompt and answer lengths
+(benchmarks/hh_workload.py), answers ended by the policy's EOS rule, as in the peer.
 
     .venv/bin/python benchmarks/grpo_throughput.py --batch 32 --group 4 --response-len 32 --updates 4
 """
@@ -38,9 +39,9 @@ cfg = PPOStageConfig(advantage="grpo", samples_per_prompt=a.group, rollout_batch
 roles = Roles(policy=local_engine(policy, torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5), cfg),
               ref=ref, reward=reward.eval().requires_grad_(False))
 
-g = torch.Generator().manual_seed(a.seed)
 per_update = a.batch // a.group
-prompts = torch.randint(2, a.vocab, (per_update * a.updates, a.prompt_len), generator=g).tolist()
+prompts = workload.prompts(a, per_update * a.updates)
 batches = [[q for q in prompts[u * per_update:(u + 1) * per_update] for _ in range(a.group)] for u in range(a.updates)]
-phases, wall = workload.run_updates(roles, tok, cfg, a, batches, groups=torch.arange(per_update).repeat_interleave(a.group))
-workload.report("rlhf-grpo", a, phases, wall)
+phases, wall, answer_lengths = workload.run_updates(roles, tok, cfg, a, batches,
+                                                    groups=torch.arange(per_update).repeat_interleave(a.group))
+workload.report("rlhf-grpo", a, phases, wall, batches, answer_lengths)

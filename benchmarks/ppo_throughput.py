@@ -7,6 +7,8 @@ Llama policy, reference, reward and value built from LlamaConfig(vocab, hidden, 
 layers, heads) with random weights from --seed; `batch` random prompts of `prompt-len` tokens per
 update; exactly `response-len` sampled tokens per episode (EOS held back), temperature 1, top_k 0,
 top_p 1; `ppo-epochs` epochs over `mini-batches` minibatches per update; `updates` updates.
+--workload hh: HH-RLHF's prompt and answer lengths (benchmarks/hh_workload.py), answers ended by
+the policy's EOS rule, as in the peer.
 
     .venv/bin/python benchmarks/ppo_throughput.py --batch 32 --response-len 32 --updates 4
 """
@@ -33,7 +35,7 @@ roles = Roles(policy=local_engine(policy, torch.optim.AdamW(policy.parameters(),
               ref=ref, reward=reward.eval().requires_grad_(False),
               critic=local_engine(value, torch.optim.AdamW(value.parameters(), lr=cfg.learning_rate, eps=1e-5), cfg))
 
-g = torch.Generator().manual_seed(a.seed)
-prompts = torch.randint(2, a.vocab, (a.batch * a.updates, a.prompt_len), generator=g).tolist()
-phases, wall = workload.run_updates(roles, tok, cfg, a, [prompts[u * a.batch:(u + 1) * a.batch] for u in range(a.updates)])
-workload.report("rlhf-ppo", a, phases, wall)
+prompts = workload.prompts(a, a.batch * a.updates)
+batches = [prompts[u * a.batch:(u + 1) * a.batch] for u in range(a.updates)]
+phases, wall, answer_lengths = workload.run_updates(roles, tok, cfg, a, batches)
+workload.report("rlhf-ppo", a, phases, wall, batches, answer_lengths)

@@ -1,5 +1,6 @@
 """What benchmarks/ppo_throughput.py and grpo_throughput.py share: the peer scripts' flags, the
-tiny Llama and word-level tokenizer they build, the timed loop of updates, and the JSON line."""
+tiny Llama and word-level tokenizer they build, the prompts, the timed loop of updates, and the
+JSON line. `--workload hh` (hh_workload.py) gives prompts and answers HH-RLHF's lengths."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import resource
 import time
 
+import hh_workload  # benchmarks/hh_workload.py, beside this file
 import torch
 from tokenizers import Tokenizer, models
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig,
@@ -49,8 +51,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def parse(p: argparse.ArgumentParser):
-    """The flags, with torch's thread count set from --threads."""
-    a = p.parse_args()
+    """The flags (and --workload), with torch's thread count set from --threads."""
+    a = hh_workload.parse(p)
+    if a.workload == "hh" and a.rollout_engine == "vllm":
+        p.error("--workload hh ends answers by a rule in the transformers policy, which vLLM does not run")
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.model:
@@ -59,14 +63,19 @@ def parse(p: argparse.ArgumentParser):
 
 
 def policy_and_reference(a) -> tuple[LlamaForCausalLM, LlamaForCausalLM]:
-    """The policy from --seed and its frozen reference, a copy of the same weights."""
+    """The policy from --seed and its frozen reference, a copy of the same weights; under hh the
+    policy ends its answers at HH's lengths (hh_workload.EosByLength), the reference is plain."""
     torch.manual_seed(a.seed)
+    hh = a.workload == "hh"
     if a.model:
-        policy, ref = (AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32) for _ in range(2))
+        policy = (hh_workload.EosByLength if hh else AutoModelForCausalLM).from_pretrained(a.model, dtype=torch.float32)
+        ref = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
     else:
-        policy = LlamaForCausalLM(llama_config(a))
+        policy = (hh_workload.EosByLength if hh else LlamaForCausalLM)(llama_config(a))
         ref = LlamaForCausalLM(llama_config(a))
         ref.load_state_dict(policy.state_dict())
+    if hh:
+        policy.end_like_hh(a.response_len, tokenizer(a.vocab).eos_token_id)
     return place(policy, a, trained=True), place(ref, a).eval().requires_grad_(False)
 
 
@@ -76,6 +85,14 @@ def place(model, a, trained: bool = False):
     if trained and a.gradient_checkpointing:
         enable_checkpointing(model)
     return model
+
+
+def prompts(a, n: int) -> list[list[int]]:
+    """n prompts of random token ids from --seed: prompt-len each, or HH's lengths up to it."""
+    if a.workload == "hh":
+        return hh_workload.prompts(n, a.vocab, a.prompt_len, a.seed)
+    g = torch.Generator().manual_seed(a.seed)
+    return torch.randint(2, a.vocab, (n, a.prompt_len), generator=g).tolist()
 
 
 def tokenizer(vocab: int) -> PreTrainedTokenizerFast:
@@ -99,9 +116,10 @@ def llama_config(a, **kw) -> LlamaConfig:
                        pad_token_id=0, eos_token_id=1, tie_word_embeddings=False, **kw)
 
 
-def run_updates(roles, tok, cfg, a, batches, groups=None) -> tuple[dict[str, float], float]:
-    """One update per batch of prompt ids, exactly response-len tokens each, as the stage-3
-    loop runs it; returns (seconds by phase, wall seconds)."""
+def run_updates(roles, tok, cfg, a, batches, groups=None) -> tuple[dict[str, float], float, torch.Tensor]:
+    """One update per batch of prompt ids, as the stage-3 loop runs it, answers of exactly
+    response-len tokens (synthetic) or ending where they end (hh); returns (seconds by phase,
+    wall seconds, each answer's tokens)."""
     phases = {"generate_s": 0.0, "score_s": 0.0, "train_s": 0.0}
     engine = None
     if a.rollout_engine == "vllm":  # started before the clock (its start-up is reported apart)
@@ -113,11 +131,13 @@ def run_updates(roles, tok, cfg, a, batches, groups=None) -> tuple[dict[str, flo
         engine = VLLMEngine(roles.policy, tok, settings, max_model_len=a.prompt_len + a.response_len + 1, dtype=a.dtype,
                             seed=a.seed)
         phases.update(engine_start_s=time.perf_counter() - t, sync_s=0.0)
+    answer_lengths = []
     t0 = time.perf_counter()
     for batch in batches:
         sync(a)
         r = rollout(roles, tok, batch, cfg, max_new_tokens=a.response_len, groups=groups,
-                    min_new_tokens=a.response_len, sampler=engine)
+                    min_new_tokens=a.response_len if a.workload == "synthetic" else 0, sampler=engine)
+        answer_lengths.append(r.mask.sum(1))
         phases["generate_s"] += r.seconds["generate"]
         phases["score_s"] += r.seconds["score"]
         t = time.perf_counter()
@@ -126,7 +146,8 @@ def run_updates(roles, tok, cfg, a, batches, groups=None) -> tuple[dict[str, flo
         phases["train_s"] += time.perf_counter() - t
         if engine is not None:  # the new weights into the engine, inside the clock: part of an update
             phases["sync_s"] += engine.sync(roles.policy)["time_sync_s"]
-    return phases, time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    return phases, wall, torch.cat(answer_lengths).long().cpu()
 
 
 def sync(a) -> None:
@@ -135,7 +156,7 @@ def sync(a) -> None:
         torch.cuda.synchronize(a.device)
 
 
-def report(impl: str, a, phases: dict[str, float], wall: float) -> None:
+def report(impl: str, a, phases: dict[str, float], wall: float, batches, answer_lengths: torch.Tensor) -> None:
     n = a.batch * a.updates
     gpu = {}
     if torch.device(a.device).type == "cuda":
@@ -145,6 +166,17 @@ def report(impl: str, a, phases: dict[str, float], wall: float) -> None:
     print(json.dumps({"impl": impl, "episodes": n, "updates": a.updates, "wall_s": round(wall, 3),
                       "episodes_per_s": round(n / wall, 3),
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **gpu,
-                      "gen_tokens_per_s": round(n * a.response_len / phases["generate_s"], 1),
+                      "gen_tokens_per_s": round(int(answer_lengths.sum()) / phases["generate_s"], 1),
                       **{k: round(v, 3) for k, v in phases.items()},
+                      **hh_figures(a, phases, wall, batches, answer_lengths),
                       "torch_threads": torch.get_num_threads(), "settings": vars(a)}))
+
+
+def hh_figures(a, phases: dict[str, float], wall: float, batches, answer_lengths: torch.Tensor) -> dict:
+    """Under hh: the real tokens per second, the answers' lengths, and each phase's share of the wall."""
+    if a.workload != "hh":
+        return {}
+    prompt_tokens = sum(len(q) for batch in batches for q in batch)
+    return {**hh_workload.throughput(prompt_tokens, int(answer_lengths.sum()), len(answer_lengths), wall),
+            **hh_workload.spread(answer_lengths),
+            **{f"{k}_share": round(phases[f"{k}_s"] / wall, 3) for k in ("generate", "score", "train")}}

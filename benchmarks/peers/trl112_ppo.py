@@ -13,8 +13,18 @@ Workload, identical for any implementation that is compared with it:
   episode samples exactly `response-len` tokens (EOS suppressed), temperature 1, top_k 0,
   top_p 1; `ppo-epochs` epochs over `mini-batches` minibatches per update; `updates` updates.
 Figure: episodes per second over the whole train() call (rollout + scoring + optimisation).
+--workload hh (benchmarks/hh_workload.py): HH-RLHF's prompt lengths up to `prompt-len` and answer
+lengths up to `response-len`, ended by the policy's EOS rule (trl's stop_token="eos"), on other
+defaults; trl logs no answer lengths, so they are read off the responses it cuts at their EOS.
 """
 import argparse, json, os, resource, subprocess, sys, time
+
+for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):  # before transformers is imported
+    os.environ.setdefault(k, "1")
+os.environ.setdefault("WANDB_DISABLED", "true")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
+import hh_workload
 
 p = argparse.ArgumentParser()
 p.add_argument("--vocab", type=int, default=512)
@@ -30,12 +40,8 @@ p.add_argument("--ppo-epochs", type=int, default=1)
 p.add_argument("--mini-batches", type=int, default=2)
 p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
 p.add_argument("--seed", type=int, default=0)
-a = p.parse_args()
-
-for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(k, "1")
-os.environ.setdefault("WANDB_DISABLED", "true")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+a = hh_workload.parse(p)
+hh = a.workload == "hh"
 
 cache = os.path.join(os.environ.get("RLHF_BENCH_CACHE", os.path.expanduser("~/.cache/rlhf-bench")), "trl112")
 if not os.path.isdir(os.path.join(cache, "trl")):
@@ -48,7 +54,7 @@ from datasets import Dataset
 from tokenizers import Tokenizer, models
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
 import trl
-from trl.experimental.ppo import PPOConfig, PPOTrainer
+from trl.experimental.ppo import PPOConfig, PPOTrainer, ppo_trainer
 
 assert trl.__version__.startswith("1.12"), trl.__version__
 if a.threads:
@@ -68,17 +74,22 @@ def config(**kw):
 
 
 torch.manual_seed(a.seed)
-policy = LlamaForCausalLM(config())
+policy = (hh_workload.EosByLength(config()).end_like_hh(a.response_len, tok.eos_token_id) if hh else
+          LlamaForCausalLM(config()))
 ref = LlamaForCausalLM(config()); ref.load_state_dict(policy.state_dict())
 reward = LlamaForSequenceClassification(config(num_labels=1))
 value = LlamaForSequenceClassification(config(num_labels=1)); value.load_state_dict(reward.state_dict())
 for m in (policy, ref):
-    m.generation_config.eos_token_id = None  # every episode generates exactly response-len tokens
+    if not hh:
+        m.generation_config.eos_token_id = None  # every episode generates exactly response-len tokens
     m.generation_config.pad_token_id = 0
 
-g = torch.Generator().manual_seed(a.seed)
 n = a.batch * a.updates
-prompts = torch.randint(2, a.vocab, (n, a.prompt_len), generator=g).tolist()
+if hh:
+    prompts = hh_workload.prompts(n, a.vocab, a.prompt_len, a.seed)
+else:
+    g = torch.Generator().manual_seed(a.seed)
+    prompts = torch.randint(2, a.vocab, (n, a.prompt_len), generator=g).tolist()
 ds = Dataset.from_dict({"input_ids": prompts})
 
 args = PPOConfig(output_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "trl112_ppo_bench"),
@@ -86,14 +97,32 @@ args = PPOConfig(output_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "trl1
                  num_mini_batches=a.mini_batches, num_ppo_epochs=a.ppo_epochs, total_episodes=n,
                  response_length=a.response_len, local_rollout_forward_batch_size=a.batch,
                  temperature=1.0, learning_rate=1e-5, logging_steps=1, save_strategy="no", report_to="none",
-                 use_cpu=True, bf16=False, stop_token=None, num_sample_generations=0, seed=a.seed)
+                 use_cpu=True, bf16=False, stop_token="eos" if hh else None, num_sample_generations=0, seed=a.seed)
+answer_lengths = []
+truncate = ppo_trainer.truncate_response
+
+
+def truncate_and_measure(stop_token_id, pad_token_id, responses):
+    """trl's cut of each response after its EOS, measuring the answers on the way."""
+    answer_lengths.append(hh_workload.answer_lengths(responses, stop_token_id))
+    return truncate(stop_token_id, pad_token_id, responses)
+
+
+if hh:
+    ppo_trainer.truncate_response = truncate_and_measure
 trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
                      value_model=value, train_dataset=ds)
 t0 = time.perf_counter()
 trainer.train()
 wall = time.perf_counter() - t0
 updates = len([h for h in trainer.state.log_history if "objective/scores" in h])
+figures = {}
+if hh:
+    answers = torch.cat(answer_lengths)
+    assert len(answers) == n, len(answers)
+    figures = {**hh_workload.throughput(sum(map(len, prompts)), int(answers.sum()), n, wall),
+               **hh_workload.spread(answers)}
 print(json.dumps({"impl": f"trl-{trl.__version__}-PPOTrainer", "episodes": n, "updates": updates,
                   "wall_s": round(wall, 3), "episodes_per_s": round(n / wall, 3),
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **figures,
                   "torch_threads": torch.get_num_threads(), "settings": vars(a)}))

@@ -33,15 +33,33 @@ def test_benchmark_prints_its_json_line(script, flags):
     assert result["episodes_per_s"] == pytest.approx(16 / result["wall_s"], rel=1e-2)
 
 
-def test_the_floor_script_times_each_model_call():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "grpo_floor.py"), "--batch", "8", "--response-len", "6",
+def test_the_hh_workload_draws_hh_lengths_and_reports_real_tokens():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "grpo_throughput.py"), "--workload", "hh",
+                          "--vocab", "512", "--hidden", "32", "--intermediate", "64", "--layers", "1", "--batch", "16",
+                          "--updates", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {k: result["settings"][k] for k in ("workload", "prompt_len", "response_len", "batch", "vocab")} == \
+        {"workload": "hh", "prompt_len": 192, "response_len": 128, "batch": 16, "vocab": 512}  # hh's defaults, flags win
+    # answers end at HH's lengths (p50 28 tokens), not at the 128-token limit; prompts up to 192
+    assert 5 < result["answer_len_p50"] < 80 and result["prompt_tokens"] < 16 * 192
+    assert result["tokens_per_s"] == pytest.approx((result["prompt_tokens"] + result["answer_tokens"]) / result["wall_s"],
+                                                   rel=1e-2)
+    assert result["answer_tokens"] == pytest.approx(result["gen_tokens_per_s"] * result["generate_s"], rel=2e-2)
+
+
+@pytest.mark.parametrize("script,parts,minibatch_passes", [
+    ("grpo_floor.py", ("decode_s", "reference_s", "reward_s"), 2),
+    ("ppo_floor.py", ("decode_s", "reference_s", "reward_s", "value_s"), 2),
+])
+def test_the_floor_scripts_time_each_model_call(script, parts, minibatch_passes):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--batch", "8", "--response-len", "6",
                           "--prompt-len", "5", "--repeats", "2"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    parts = ("decode_s", "reference_s", "reward_s", "train_minibatch_s")
-    assert all(result[k] > 0 for k in parts)
-    assert result["update_s"] == pytest.approx(sum(result[k] for k in parts[:3]) + 2 * result["train_minibatch_s"],
-                                               abs=1e-3)
+    assert all(result[k] > 0 for k in (*parts, "train_minibatch_s"))
+    assert result["update_s"] == pytest.approx(sum(result[k] for k in parts)
+                                               + minibatch_passes * result["train_minibatch_s"], abs=1e-3)
 
 
 @pytest.mark.timeout(900)  # every check of the script, one after another
