@@ -12,7 +12,7 @@ The reduced work, per update of `batch` answers to batch / group prompts:
              and the reward model's forward pass (and the critic's, for PPO), each group's
              prompt read once, no column that every row of the chunk pads
   train      per minibatch and micro-batch, the same passes of the policy (and the critic) with
-             their backward
+             their backward, over the whole batch (one epoch)
 """
 
 from __future__ import annotations
@@ -103,12 +103,14 @@ def score_passes(models: dict, b: Batch, chunk: int) -> dict:
     return {name: (lambda m=m, h=h: run(m, h)) for name, (m, h) in models.items()}
 
 
-def train_minibatch(models: list, b: Batch, mini: int, micro: int) -> None:
-    """Forward and backward of each trained model over one minibatch (whole groups), by micro-batch."""
-    for rows in b.chunks(torch.arange(mini, device=b.sequences.device), micro):
-        for model, hidden in models:
-            out = prompt_once(model, b.sequences[rows], b.attention_mask[rows], b.prompt_len, b.group, hidden=hidden)
-            out.float().logsumexp(-1).mean().backward() if not hidden else out.float().mean().backward()
+def train(models: list, b: Batch, mini: int, micro: int) -> None:
+    """Forward and backward of each trained model over every minibatch of the batch (whole
+    groups, in order), by micro-batch: one pass over the rollout."""
+    for minibatch in torch.arange(b.rows, device=b.sequences.device).split(mini):
+        for rows in b.chunks(minibatch, micro):
+            for model, hidden in models:
+                out = prompt_once(model, b.sequences[rows], b.attention_mask[rows], b.prompt_len, b.group, hidden=hidden)
+                (out.float().mean() if hidden else out.float().logsumexp(-1).mean()).backward()
 
 
 def report(a, times: dict, update_s: float) -> None:

@@ -7,7 +7,7 @@ their sum per update, and the episodes/s that sum allows.
 
 Same flags and workload as grpo_throughput.py (--workload synthetic or hh). Per update: the
 decoding; the reference's and the reward model's passes; `mini-batches` forward+backward passes
-of the policy over its minibatch.
+of the policy, one over each minibatch.
 
     .venv/bin/python benchmarks/grpo_floor.py [--workload hh] [--batch 32 --response-len 32 ...]
 """
@@ -35,7 +35,6 @@ scoring = floor.score_passes({"reference_s": (ref, False), "reward_s": (reward.m
                              chunk=max(a.group, micro // a.group * a.group))
 times.update({name: floor.median_s(a, call, a.repeats) for name, call in scoring.items()})
 policy.train()
-times["train_minibatch_s"] = floor.median_s(a, lambda: floor.train_minibatch([(policy, False)], b, mini, micro),
-                                            a.repeats)
+times["train_epoch_s"] = floor.median_s(a, lambda: floor.train([(policy, False)], b, mini, micro), a.repeats)
 floor.report(a, times, times["decode_s"] + times["reference_s"] + times["reward_s"]
-             + a.mini_batches * times["train_minibatch_s"])
+             + times["train_epoch_s"])

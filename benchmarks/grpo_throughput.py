@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import workload  # benchmarks/workload.py, beside this script
 from rlhf.config import PPOStageConfig
-from rlhf.stages.online_rl.roles import Roles, local_engine
+from rlhf.stages.online_rl.roles import Roles, adamw, local_engine
 
 p = workload.parser()
 p.add_argument("--group", type=int, default=4, help="answers per prompt")
@@ -36,7 +36,7 @@ cfg = PPOStageConfig(advantage="grpo", samples_per_prompt=a.group, rollout_batch
                      mini_batch_size=a.batch // a.mini_batches, ppo_epochs=1, kl_in_reward=False,
                      kl_loss_coef=a.beta, kl_estimator="k3", micro_batch_size=a.micro_batch_size or None,
                      learning_rate=1e-5, temperature=1.0)
-roles = Roles(policy=local_engine(policy, torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5), cfg),
+roles = Roles(policy=local_engine(policy, adamw(policy.parameters(), cfg.learning_rate), cfg),
               ref=ref, reward=reward.eval().requires_grad_(False))
 
 per_update = a.batch // a.group

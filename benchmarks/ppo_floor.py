@@ -33,7 +33,7 @@ scoring = floor.score_passes({"reference_s": (ref, False), "reward_s": (reward.m
                               "value_s": (critic.model, True)}, b, chunk=micro)
 times.update({name: floor.median_s(a, call, a.repeats) for name, call in scoring.items()})
 policy.train()
-times["train_minibatch_s"] = floor.median_s(
-    a, lambda: floor.train_minibatch([(policy, False), (critic.model, True)], b, mini, micro), a.repeats)
+times["train_epoch_s"] = floor.median_s(
+    a, lambda: floor.train([(policy, False), (critic.model, True)], b, mini, micro), a.repeats)
 floor.report(a, times, times["decode_s"] + times["reference_s"] + times["reward_s"] + times["value_s"]
-             + a.ppo_epochs * a.mini_batches * times["train_minibatch_s"])
+             + a.ppo_epochs * times["train_epoch_s"])

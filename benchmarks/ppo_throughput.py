@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import workload  # benchmarks/workload.py, beside this script
 from rlhf.config import PPOStageConfig
-from rlhf.stages.online_rl.roles import Roles, local_engine
+from rlhf.stages.online_rl.roles import Roles, adamw, local_engine
 
 p = workload.parser()
 p.add_argument("--ppo-epochs", type=int, default=1)
@@ -31,9 +31,9 @@ value.load_state_dict(reward.state_dict())
 reward, value = workload.place(reward, a), workload.place(value, a, trained=True)
 cfg = PPOStageConfig(rollout_batch_size=a.batch, mini_batch_size=a.batch // a.mini_batches, ppo_epochs=a.ppo_epochs,
                      micro_batch_size=a.micro_batch_size or None, learning_rate=1e-5, temperature=1.0)
-roles = Roles(policy=local_engine(policy, torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, eps=1e-5), cfg),
+roles = Roles(policy=local_engine(policy, adamw(policy.parameters(), cfg.learning_rate), cfg),
               ref=ref, reward=reward.eval().requires_grad_(False),
-              critic=local_engine(value, torch.optim.AdamW(value.parameters(), lr=cfg.learning_rate, eps=1e-5), cfg))
+              critic=local_engine(value, adamw(value.parameters(), cfg.learning_rate), cfg))
 
 prompts = workload.prompts(a, a.batch * a.updates)
 batches = [prompts[u * a.batch:(u + 1) * a.batch] for u in range(a.updates)]

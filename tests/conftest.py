@@ -161,13 +161,11 @@ def tiny_roles(tokenizer, reward=None, *, critic: bool = False, reward_bias: flo
 def trainable(roles, p, lr: float):
     """The roles' policy and critic as the loop trains them: local engines stepping AdamW at
     `lr` (`p`: the stage-3 settings they read). Returns the roles."""
-    import torch
+    from rlhf.stages.online_rl.roles import adamw, local_engine
 
-    from rlhf.stages.online_rl.roles import local_engine
-
-    roles.policy = local_engine(roles.policy, torch.optim.AdamW(roles.policy.parameters(), lr=lr), p)
+    roles.policy = local_engine(roles.policy, adamw(roles.policy.parameters(), lr), p)
     if roles.critic is not None:
-        roles.critic = local_engine(roles.critic, torch.optim.AdamW(roles.critic.parameters(), lr=lr), p)
+        roles.critic = local_engine(roles.critic, adamw(roles.critic.parameters(), lr), p)
     return roles
 
 

@@ -1,6 +1,7 @@
 """The critic-free advantage estimators (GRPO, RLOO, REINFORCE++) against naive loops on
 hand-made tensors, and a critic-free update with the KL in the loss."""
 
+import dataclasses
 import statistics
 
 import pytest
@@ -123,6 +124,9 @@ def test_a_critic_free_update_with_the_kl_in_the_loss(tokenizer):
     prompts = ["sort ascending: 3 1 2"] * 3 + ["sort descending: 5 9 1"] * 3
     r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens=4,
                 groups=torch.tensor([0, 0, 0, 1, 1, 1]))
+    # scored as ended (few tiny answers emit EOS, and the unfinished all get no_eos_score): the
+    # groups' scores then differ, so the update has something to learn from
+    r = dataclasses.replace(r, ended=torch.ones_like(r.ended))
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     stats = update(trainable(roles, p, lr=1e-2), r, p, beta=0.3)
     assert r.values is None and "value_loss" not in stats and "explained_variance" not in stats

@@ -3,6 +3,7 @@ GRPO's mean of means, Dr. GRPO's token sum over a constant) summed over micro-ba
 sums them, DAPO's clip-higher, overlong penalty and uniform groups, GSPO's sequence ratio; and
 each variant's config file through one real update."""
 
+import dataclasses
 import math
 
 import pytest
@@ -125,6 +126,9 @@ def test_each_variant_config_is_checked_and_moves_the_policy_in_one_real_update(
     prompts = ["sort ascending: 3 1 2"] * 4 + ["sort descending: 5 9 1"] * 4
     r = rollout(roles, tokenizer, encode_prompts(tokenizer, prompts), p, max_new_tokens=6,
                 groups=torch.tensor([0] * 4 + [1] * 4))
+    # scored as ended (few tiny answers emit EOS, and the unfinished all get no_eos_score): the
+    # groups' scores then differ, so the update has something to learn from
+    r = dataclasses.replace(r, ended=torch.ones_like(r.ended))
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     stats = update(trainable(roles, p, lr=1e-2), r, p, 0.0, max_new_tokens=6, pad_id=tokenizer.pad_token_id)
     assert math.isfinite(stats["policy_loss"])

@@ -1,18 +1,27 @@
 """Stage 3 doing less work with the same results: one prefill per group, finished answers out of
 the decoding batch, passes that skip shared prompts and padding (rlhf/sampling/prefix.py)."""
 
+import functools
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from rlhf.core.ops import positions
 from rlhf.sampling.generate import _draw, response_logprobs, sample
+from rlhf.sampling import prefix
 from rlhf.sampling.prefix import length_sorted, prompt_once, run_length, used_columns
 from rlhf.sampling.reward import ModelReward
 from rlhf.stages.online_rl.rollout import token_values
 from rlhf.stages.online_rl.update import shuffled
 
 EOS, PAD, V = 1, 0, 40
+
+
+@pytest.fixture(autouse=True)
+def always_shared(monkeypatch):
+    """Prompts read once however small their share of the pass, so these small rows test it."""
+    monkeypatch.setattr(prefix, "SHARE_MIN", 0.0)
 
 
 def config(**kw) -> LlamaConfig:
@@ -127,6 +136,18 @@ def test_prompt_once_without_shared_prompts_reads_each_row():
         out = prompt_once(m, seq, att, p, n=3)[:, :-1]
         expected = m(input_ids=seq, attention_mask=att, position_ids=positions(att)).logits[:, p - 1:-1]
     assert torch.allclose(out * att[:, p:, None], expected * att[:, p:, None], atol=1e-12)
+
+
+@pytest.mark.parametrize("prompt_len,calls", [(7, 1), (40, 2)])
+def test_a_prompt_is_read_once_only_when_it_is_a_large_share_of_the_pass(monkeypatch, prompt_len, calls):
+    monkeypatch.setattr(prefix, "SHARE_MIN", 0.4)
+    m = model()
+    seq, att, p = grouped_rows(3, prompt_len=prompt_len, extra_pad=0)  # shares saved 2/3 x 7/13 = 0.36, 2/3 x 40/46 = 0.58
+    forward, seen = m.forward, []
+    monkeypatch.setattr(m, "forward", functools.wraps(forward)(lambda **kw: seen.append(1) or forward(**kw)))
+    with torch.no_grad():
+        response_logprobs(m, seq, att, p, 1.0, n=3)
+    assert len(seen) == calls
 
 
 def naive_sample(m, ids, mask, steps):
