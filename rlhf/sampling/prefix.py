@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
+from rlhf.core import distributed
 from rlhf.core.ops import positions
 from rlhf.models import unwrap
 
@@ -74,7 +75,9 @@ def prompt_once(model, sequences: torch.Tensor, attention_mask: torch.Tensor, pr
     first, end = used_columns(attention_mask, prompt_len)
     seq, att = sequences[:, first:end], attention_mask[:, first:end]
     p = prompt_len - first
-    n = tensor_run_length(seq[:, :p], att[:, :p], n)
+    # With several ranks, one call per pass: under ZeRO-3 every forward is a collective, so all
+    # ranks must make the same calls, and whether sharing pays depends on each rank's own rows.
+    n = tensor_run_length(seq[:, :p], att[:, :p], n) if distributed.world_size() == 1 else 1
     if (n - 1) / n * p / seq.shape[1] < SHARE_MIN or _recomputes(model):  # (checkpointing keeps no cache): one pass
         out = model(input_ids=seq, attention_mask=att, position_ids=positions(att), use_cache=False,
                     **({} if hidden else {"logits_to_keep": seq.shape[1] - p + 1}))

@@ -138,9 +138,12 @@ def test_prompt_once_without_shared_prompts_reads_each_row():
     assert torch.allclose(out * att[:, p:, None], expected * att[:, p:, None], atol=1e-12)
 
 
-@pytest.mark.parametrize("prompt_len,calls", [(7, 1), (40, 2)])
-def test_a_prompt_is_read_once_only_when_it_is_a_large_share_of_the_pass(monkeypatch, prompt_len, calls):
+@pytest.mark.parametrize("prompt_len,ranks,calls", [(7, 1, 1), (40, 1, 2), (40, 2, 1)])
+def test_a_prompt_is_read_once_only_when_it_is_a_large_share_of_the_pass_on_one_rank(monkeypatch, prompt_len,
+                                                                                      ranks, calls):
+    """(With several ranks every pass is one call: under ZeRO-3 each forward is a collective.)"""
     monkeypatch.setattr(prefix, "SHARE_MIN", 0.4)
+    monkeypatch.setenv("WORLD_SIZE", str(ranks))
     m = model()
     seq, att, p = grouped_rows(3, prompt_len=prompt_len, extra_pad=0)  # shares saved 2/3 x 7/13 = 0.36, 2/3 x 40/46 = 0.58
     forward, seen = m.forward, []
