@@ -19,7 +19,7 @@ from rlhf.core.distributed import full_weights
 from rlhf.core.ops import entropy_from_logits, pad_right, positions
 from rlhf.data import encode_prompts
 from rlhf.data.records import PromptLike
-from rlhf.sampling.prefix import cache_kwarg, prompt_once
+from rlhf.sampling.prefix import cache_kwarg, prompt_once, widen
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,11 @@ def sample(model, input_ids, attention_mask, *, max_new_tokens: int, temperature
         # one number per row of the whole batch, as if every row were still decoding
         token = logp.argmax(-1) if greedy else _draw(logp, torch.rand(rows, 1, device=device)[present])
         live = ~ended[present]
-        answering = present[live]
-        tokens[answering, step] = token[live]
-        logprobs[answering, step] = logp[live].gather(1, token[live, None]).squeeze(1)
-        entropies[answering, step] = -(logp[live].exp() * logp[live]).nan_to_num().sum(-1)
-        ended[answering] |= token[live] == eos_id
+        answering, drawn, lp = present[live], token[live], logp[live]
+        tokens[answering, step] = drawn
+        logprobs[answering, step] = lp.gather(1, drawn[:, None]).squeeze(1)
+        entropies[answering, step] = -(lp.exp() * lp).nan_to_num().sum(-1)
+        ended[answering] |= drawn == eos_id
         if ended.all() or step == max_new_tokens - 1:
             break
         gone = ended[present]
@@ -147,9 +147,10 @@ def response_logprobs(model, sequences, attention_mask, prompt_len: int, tempera
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # statistics in float32 at least
     if temperature != 1.0:  # skip a full copy of the logits when there is nothing to divide
         logits = logits / temperature
-    targets = sequences[:, prompt_len:]
+    targets = sequences[:, prompt_len:prompt_len + logits.shape[1]]
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
-    return (logprobs, entropy_from_logits(logits)) if with_entropy else (logprobs, None)
+    width = sequences.shape[1] - prompt_len
+    return widen(logprobs, width), widen(entropy_from_logits(logits), width) if with_entropy else None
 
 
 @torch.no_grad()

@@ -68,10 +68,11 @@ def used_columns(attention_mask: torch.Tensor, prompt_len: int) -> tuple[int, in
 
 def prompt_once(model, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, n: int = 1,
                 hidden: bool = False) -> torch.Tensor:
-    """The model's outputs at positions prompt_len - 1 .. the end, [B, R + 1, ...] (logits, or
-    with `hidden` the last hidden states of a backbone such as `model.model`), over rows whose
-    first `prompt_len` columns come in runs of `n` equal prompts: each prompt computed once,
-    columns that are padding in every row skipped (their outputs are 0)."""
+    """The model's outputs at positions prompt_len - 1 .. the last column any row uses,
+    [B, R' + 1, ...] with R' <= the rows' R response columns (logits, or with `hidden` the last
+    hidden states of a backbone such as `model.model`), over rows whose first `prompt_len`
+    columns come in runs of `n` equal prompts: each prompt computed once, columns that are
+    padding in every row skipped (callers `widen` what they compute from the outputs)."""
     first, end = used_columns(attention_mask, prompt_len)
     seq, att = sequences[:, first:end], attention_mask[:, first:end]
     p = prompt_len - first
@@ -84,8 +85,12 @@ def prompt_once(model, sequences: torch.Tensor, attention_mask: torch.Tensor, pr
         out = out.last_hidden_state[:, p - 1:] if hidden else out.logits
     else:
         out = _shared(model, seq, att, p, n, hidden)
-    width = sequences.shape[1] - prompt_len + 1
-    return torch.nn.functional.pad(out, (0, 0, 0, width - out.shape[1])) if out.shape[1] < width else out
+    return out
+
+
+def widen(x: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, w, ...] -> [B, width, ...], zeros in the columns prompt_once skipped as padding."""
+    return torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, width - x.shape[1])) if x.shape[1] < width else x
 
 
 def _shared(model, seq: torch.Tensor, att: torch.Tensor, p: int, n: int, hidden: bool) -> torch.Tensor:

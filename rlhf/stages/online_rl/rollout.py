@@ -29,7 +29,7 @@ from rlhf.data import encode_prompts
 from rlhf.models import unwrap
 from rlhf.sampling import response_logprobs
 from rlhf.sampling.generate import PolicySampler
-from rlhf.sampling.prefix import length_sorted, prompt_once, run_length
+from rlhf.sampling.prefix import length_sorted, prompt_once, run_length, widen
 from rlhf.stages.online_rl.roles import Roles, micro_rows
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def token_values(critic, sequences, attention_mask, prompt_len: int, n: int = 1)
     model = unwrap(module_of(critic))  # with LoRA: the adapters stay active, the score head is peft's copy
     backbone = getattr(model, model.base_model_prefix)
     hidden = prompt_once(backbone, sequences, attention_mask, prompt_len, n, hidden=True)
-    return model.score(hidden[:, :-1]).squeeze(-1).float()
+    return widen(model.score(hidden[:, :-1]).squeeze(-1).float(), sequences.shape[1] - prompt_len)
 
 
 @torch.no_grad()
