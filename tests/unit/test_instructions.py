@@ -3,6 +3,7 @@ against a hand-written answer that follows it and one that does not, strict agai
 format's records and its bad ones, the gold scorer it gives compare and evaluate."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -270,3 +271,86 @@ def test_instruction_accuracies_pool_answers_as_ifeval_defines_them():
     # made of them) and holds the mean
     for key, (lo, hi) in {"prompt_strict": (0, 0.5), "instruction_strict": (0, 3 / 4)}.items():
         assert lo <= got[key]["low"] <= got[key]["mean"] <= got[key]["high"] <= hi
+
+
+def test_draws_give_each_prompt_rows_with_kinds_its_earlier_rows_did_not_use():
+    kinds = ["punctuation:no_comma", "detectable_format:title", "change_case:english_lowercase",
+             "startend:quotation", "keywords:letter_frequency"]
+    rows = ins.compose(BASES[:6], kinds=kinds, draws=4, seed=2)
+    assert [r["key"] for r in rows] == list(range(24))
+    for n, base in enumerate(BASES[:6]):
+        mine = rows[4 * n: 4 * n + 4]
+        assert all(r["prompt"].startswith(base + " ") for r in mine)
+        drawn = [r["instruction_id_list"][0] for r in mine]
+        assert len(set(drawn)) == 4  # 5 kinds, 4 draws: no kind twice
+    # one draw per prompt is the draw as before the option existed
+    assert ins.compose(BASES, draws=1, seed=7) == ins.compose(BASES, seed=7)
+    # a prompt that ends in a block of input gets its instructions in a paragraph of their own
+    row, = ins.compose(["List these:\n\n- a\n- b"], kinds=["punctuation:no_comma"])
+    assert row["prompt"].startswith("List these:\n\n- a\n- b\n\nIn your entire response")
+
+
+def test_parts_hold_out_whole_base_prompts_whatever_instructions_follow(tmp_path):
+    many = [f"Tell me about city number {i}." for i in range(400)]
+    parts = [ins.part_of(p, 0.35) for p in many]
+    assert 0.28 < parts.count("eval") / 400 < 0.42 and set(parts) == {"train", "eval"}
+    # a hash of the prompt: the same answer for the same text anywhere, trailing spaces aside
+    assert [ins.part_of(p + "  ", 0.35) for p in many] == parts
+    assert [ins.part_of(p, 0.0) for p in many] == ["train"] * 400
+    source = write_lines(tmp_path / "bases.jsonl", [{"prompt": p} for p in many[:60]])
+    written = {}
+    for part in ("train", "eval"):
+        out = tmp_path / f"{part}.jsonl"
+        assert ins.main([str(source), str(out), "--part", part, "--draws", "2", "--kinds", "punctuation:no_comma",
+                         "detectable_format:title"]) == 0
+        written[part] = [json.loads(line)["prompt"] for line in out.read_text().splitlines()]
+    bases = {part: {p for p in many[:60] if any(row.startswith(p + " ") for row in rows)}
+             for part, rows in written.items()}
+    assert not bases["train"] & bases["eval"] and bases["train"] | bases["eval"] == set(many[:60])
+    assert bases["eval"] == {p for p in many[:60] if ins.part_of(p, 0.35) == "eval"}
+    assert len(written["eval"]) == 2 * len(bases["eval"])
+
+
+def test_the_scores_per_source_and_their_paired_differences_are_the_means_of_each_sources_prompts():
+    from rlhf.stages.compare.stats import by_source
+
+    def rows(policy, golds):
+        return [{"policy": policy, "mode": "greedy", "prompt_index": i, "sample": 0, "gold_score": g,
+                 "rm_score": None} for i, g in enumerate(golds)]
+
+    sources = ["seen", "seen", "held_out", "seen", "held_out"]
+    base, mine = rows("base", [0, 1, 0, 0, 1]), rows("grpo", [1, 1, 1, 0, 0])
+    got = by_source(mine, base, sources, dict(resamples=200, confidence=0.9, seed=0))
+    assert list(got) == ["seen", "held_out"]
+    assert got["seen"]["prompts"] == 3 and got["held_out"]["prompts"] == 2
+    assert got["seen"]["gold_score"]["mean"] == pytest.approx(2 / 3)
+    assert got["held_out"]["gold_score"]["mean"] == pytest.approx(1 / 2)
+    assert got["seen"]["gold_score_minus_baseline"]["mean"] == pytest.approx((1 + 0 + 0) / 3)
+    assert got["held_out"]["gold_score_minus_baseline"]["mean"] == pytest.approx((1 - 1) / 2)
+    assert got["seen"]["rm_score"] is None and got["seen"]["rm_score_minus_baseline"] is None
+    assert by_source(base, None, sources, dict(resamples=50, confidence=0.9, seed=0))["seen"][
+        "gold_score_minus_baseline"] is None
+
+
+def test_the_committed_ifeval_files_are_what_make_ifeval_data_composes(tmp_path):
+    """data/ifeval/ as the Makefile's ifeval-data target writes it: deterministic, so the files
+    experiment=smollm2_ifeval reads are the generator's and share no base prompt."""
+    import re
+
+    from tests.conftest import ROOT
+
+    make = (ROOT / "Makefile").read_text()
+    held_out = re.search(r"^IFEVAL_HELD_OUT = (.+)$", make, re.M).group(1).split()
+    commands = re.findall(r"^\t\$\(IFEVAL_COMPOSE\) (\S+) (.+)$", make, re.M)
+    assert [Path(out).name for out, _ in commands] == ["self_instruct_train.jsonl", "self_instruct_test_seen.jsonl",
+                                                       "self_instruct_test_held_out.jsonl"]
+    bases = {}
+    for out, flags in commands:
+        args = flags.replace("$(IFEVAL_HELD_OUT)", " ".join(held_out)).split()
+        assert ins.main([str(ROOT / "data" / "prompts" / "self_instruct_seed.jsonl"), str(tmp_path / "x.jsonl"), *args]) == 0
+        assert (tmp_path / "x.jsonl").read_text() == (ROOT / out).read_text(), out
+        rows = [json.loads(line) for line in (ROOT / out).read_text().splitlines()]
+        bases[Path(out).stem] = {r["prompt"][:40] for r in rows}
+        kinds = {k for r in rows for k in r["instruction_id_list"]}
+        assert (kinds <= set(held_out)) if "held_out" in out else not kinds & set(held_out)
+    assert not bases["self_instruct_train"] & (bases["self_instruct_test_seen"] | bases["self_instruct_test_held_out"])
