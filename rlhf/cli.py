@@ -42,6 +42,7 @@ def _conf_dir() -> Path:
 CONF_DIR = _conf_dir()
 
 
+
 def _writable_folder(path: str) -> str:
     """hydra.run.dir goes through this resolver: Hydra makes that folder before any of our code
     runs, so a full or read-only disk would end in Hydra's traceback; here it ends in one line
@@ -200,11 +201,15 @@ def list_stages(which: str, round: int = 1) -> str:
     --list-stages loop.round=2`), for jobs/submit.sh; `--list-stages=all`: every stage, one a line."""
     if which == "all":
         width = max(map(len, stages.STAGES))
-        when = {"all": "", "first": "  (pipeline: round 1 only)", "later": "  (pipeline: rounds 2 and later)"}
-        rows = [f"{s.name:<{width}}  {s.summary}" + (when[s.rounds] if s.in_pipeline and s.by_default else
-                                                      "  (pipeline: only when named in stages=)" if s.in_pipeline
-                                                      else "  (not in the pipeline)")
-                for s in stages.STAGES.values()]
+        when = {"first": "round 1 only", "later": "rounds 2 and later", "none": "only when named in stages="}
+        rows = []
+        for s in stages.STAGES.values():
+            said = ("not in the pipeline" if not s.in_pipeline else
+                    None if s.rounds == s.default_rounds == "all" else
+                    f"pipeline: {when[s.rounds]}" if s.default_rounds == "all" else
+                    f"pipeline: {when[s.default_rounds]}" if s.default_rounds == "none" or s.rounds != "all" else
+                    f"pipeline: {when[s.default_rounds]}; other rounds when named in stages=")
+            rows.append(f"{s.name:<{width}}  {s.summary}" + (f"  ({said})" if said else ""))
         return "\n".join([*rows, f"{stages.CHAIN:<{width}}  runs {' -> '.join(stages.pipeline_stages())}; in a later "
                                  f"round (loop.round=2) {' -> '.join(stages.pipeline_stages(round=2))}"])
     return " ".join(stages.pipeline_stages(round=round))

@@ -40,6 +40,10 @@ def register_schemas() -> None:
     # hydra.run.dir: a later round's stages log beside their outputs, in runs/<run>/round_<n>/
     if not OmegaConf.has_resolver("round_folder"):
         OmegaConf.register_new_resolver("round_folder", lambda n: "" if int(n) == 1 else f"round_{n}/")
+    if not OmegaConf.has_resolver("builtin_data"):  # data/'s files, from any folder
+        from rlhf.data.files import builtin
+
+        OmegaConf.register_new_resolver("builtin_data", builtin)
 
 
 def to_config(composed: DictConfig) -> RLHFConfig:
@@ -133,6 +137,8 @@ def data_problems(cfg: RLHFConfig) -> list[str]:
             problems.append(f"{where}.max_records={src.max_records}: must be >= 1 (or null for all)")
         if src.weight < 0:
             problems.append(f"{where}.weight={src.weight}: must be >= 0")
+        if src.split is not None and src.split not in SPLITS:
+            problems.append(f"{where}.split={src.split!r}: choose from {list(SPLITS)} (or null: by the prompt's hash)")
         try:
             codecs.lookup(src.encoding)
         except LookupError:

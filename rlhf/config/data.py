@@ -136,6 +136,9 @@ class SourceConfig:
     # by a hash of the prompt, so the same half on every run); 1 = as read.
     weight: float = 1.0
     multi_label: MultiLabel = MultiLabel.mean_rank  # ranked format: prompts ranked by several labellers
+    # One split (sft, rm, ppo or eval) that takes every prompt of this source, instead of the
+    # prompt hash's share (data.splits): a test set that no training stage reads is `split: eval`.
+    split: Optional[str] = None
     oasst: OasstConfig = field(default_factory=OasstConfig)
 
 

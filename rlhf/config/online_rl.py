@@ -89,7 +89,7 @@ class PPOStageConfig:
     critic_warmup_updates: int = 0  # train only the critic for the first N updates (ignored without a critic)
     # --- evaluation and checkpoints
     eval_every_updates: int = 10  # gold score / RM score on eval prompts (0: start and end only)
-    eval_prompts: int = 256
+    eval_prompts: int = 256  # 0: none (the gold is measured by compare instead)
     save_every_updates: int = 50  # resumable checkpoint in <stage>/checkpoints (0: only at the end)
     # A non-finite reward, advantage, loss or gradient norm stops the run before the optimizer
     # steps (the last checkpoint kept, exit 4); true skips instead, counted: the whole update for

@@ -144,6 +144,10 @@ class SFTStageConfig(GoldEvalConfig, TrainConfig):
     """Stage 1. init_from null = model.name_or_path (the tiny model: freshly built)."""
 
     packing: bool = False  # concatenate examples into full sequences (trl's BFD packing)
+    # No training: the starting model (init_from, or the base model) is written as this run's SFT
+    # policy unchanged, for a model already instruction-tuned on data without demonstrations
+    # (experiment=smollm2_ifeval: SmolLM2-135M-Instruct as the SFT policy of prompt-only data)
+    adopt: bool = False
 
 
 @dataclass

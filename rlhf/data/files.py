@@ -203,3 +203,11 @@ def _json_limit(e: Exception) -> str:
 
 def not_an_object(value: object) -> RecordError:
     return RecordError("(record)", f"expected a JSON object, got {type(value).__name__}", "wrong_type")
+
+
+def builtin(relative: str) -> str:
+    """A file of the project's data/ (shipped in the wheel as rlhf/builtin_data/), found wherever
+    the command runs from: configs name one as `${builtin_data:ifeval/x.jsonl}`."""
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "builtin_data"
+    return str((installed if installed.is_dir() else package.parent / "data") / relative)

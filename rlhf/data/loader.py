@@ -215,7 +215,11 @@ def load_data(cfg: DataConfig, tokenizer) -> DataBundle:
             per_source[item.source]["empty_turns"] += sum(not m["content"].strip() for m in item.record.prompt)
 
     # 3. split by prompt hash
-    splits, every, unassigned = _split(kept, cfg)
+    # a prompt of a source pinned to a split stays there whichever source holds it (the answers
+    # `rlhf stage=collect` wrote to a test set's prompts are that test set's too)
+    pinned_sources = {src.name: src.split for src in [cfg, *cfg.sources] if src.split}
+    pinned = {item.key: pinned_sources[item.source] for item in kept if item.source in pinned_sources}
+    splits, every, unassigned = _split(kept, cfg, pinned)
     bundle = DataBundle(source, splits, sum(c["rows_read"] for c in per_source.values()), len(kept), skips,
                         unassigned, _gold_scorer(cfg, kept),
                         dropped=dropped, truncated=truncated, every=every, per_source=per_source)
@@ -227,15 +231,16 @@ def load_data(cfg: DataConfig, tokenizer) -> DataBundle:
     return bundle
 
 
-def _split(kept: list[_Located], cfg: DataConfig) -> tuple[dict[str, Split], Split, int]:
-    """The kept records into the splits their prompt's hash assigns, and all of them into `every`;
-    each split lists a prompt once. Returns the splits, `every`, and how many prompts no split took."""
+def _split(kept: list[_Located], cfg: DataConfig, pinned: dict[str, str]) -> tuple[dict[str, Split], Split, int]:
+    """The kept records into the splits their prompt's hash assigns (or the one split `pinned`
+    gives the prompt), and all of them into `every`; each split lists a prompt once. Returns the
+    splits, `every`, and how many prompts no split took."""
     splits = {name: Split(name) for name in SPLITS}
     every = Split("all")
     seen_prompts: dict[str, set[str]] = {name: set() for name in (*SPLITS, "all")}
     unassigned: set[str] = set()
     for item in kept:
-        names = assign_splits(item.key, cfg.splits)
+        names = [pinned[item.key]] if item.key in pinned else assign_splits(item.key, cfg.splits)
         if not names:
             unassigned.add(item.key)
         for split in [*(splits[name] for name in names), every]:
@@ -250,25 +255,25 @@ def _split(kept: list[_Located], cfg: DataConfig) -> tuple[dict[str, Split], Spl
 
 def _gold_scorer(cfg: DataConfig, kept: list[_Located]) -> Callable[[object, str], float] | None:
     """The toy's gold scorer, or for prompts with verifiable instructions their checks (every
-    kept prompt must carry them: a gold that covers some prompts only would be no gold)."""
+    kept prompt must carry them, in its own record or another's of the same prompt, as the
+    answers `rlhf stage=collect` ranked do: a gold that covers some prompts only would be no gold)."""
     if cfg.format is DataFormat.toy:
         return toy.gold_score
-    constrained = sum(getattr(x.record, "constraints", None) is not None for x in kept)
+    constrained = [x for x in kept if getattr(x.record, "constraints", None) is not None]
     if not constrained:
         return None
-    if constrained < len(kept):
-        plain = next(x for x in kept if getattr(x.record, "constraints", None) is None)
-        raise DataError(f"{plain.location}: a prompt without verifiable instructions beside {constrained} with "
-                        "them: compare and evaluate judge every prompt by its instructions, so give every source "
-                        "the ifeval format, or evaluate the two kinds of data separately")
     from rlhf.data.instructions import InstructionGold
 
     by_prompt = {}
-    for x in kept:
-        key = prompt_key(x.record.prompt)
-        if by_prompt.setdefault(key, x.record.constraints) != x.record.constraints:
+    for x in constrained:
+        if by_prompt.setdefault(x.key, x.record.constraints) != x.record.constraints:
             raise DataError(f"{x.location}: the same prompt as an earlier record with other instructions "
                             f"({list(x.record.constraints.ids)}): one prompt, one set of instructions")
+    plain = next((x for x in kept if x.key not in by_prompt), None)
+    if plain is not None:
+        raise DataError(f"{plain.location}: a prompt without verifiable instructions beside {len(by_prompt)} with "
+                        "them: compare and evaluate judge every prompt by its instructions, so give every source "
+                        "the ifeval format, or evaluate the two kinds of data separately")
     return InstructionGold(by_prompt)
 
 

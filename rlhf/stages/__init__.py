@@ -13,11 +13,15 @@ Imports nothing heavy: `rlhf --list-stages` and the config checks read it before
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from rlhf.config import ConfigError, RLHFConfig, round_dir
+from rlhf.config import ConfigError, DataConfig, DataFormat, RLHFConfig, SourceConfig, round_dir
+
+log = logging.getLogger(__name__)
 
 CHAIN = "pipeline"  # stage=pipeline runs the registered pipeline stages in order (rlhf/pipeline.py)
 
@@ -49,15 +53,17 @@ class Stage:
     output: Optional[str] = None  # under runs/<run>/<name>/: what later stages read; its existence means done
     produces_policy: bool = False  # compare and generate default to the policies of such stages
     in_pipeline: bool = False  # stage=pipeline may run it (in the registry's order)
-    by_default: bool = True  # in_pipeline: part of stage=pipeline without `stages=` (else opt in by naming it)
+    # in_pipeline: the rounds whose stage=pipeline runs it without `stages=` (all, first, later;
+    # none: only when named); in its other rounds, naming it in `stages=` runs it
+    default_rounds: str = "all"
     # extra inputs resolved at run time, by role (compare's policies); merged into the lineage
     dynamic_inputs: Optional[Callable[[RLHFConfig], dict[str, str]]] = None
     also_reads: tuple[str, ...] = ()  # config sections besides its own that shape its result (lineage)
     # False: writes nothing another stage reads, so it runs beside a stage training in the same
     # run (no run lock, rlhf/core/runlock.py): generate, to look at a checkpoint mid-training
     writes_run: bool = True
-    # Which rounds of the feedback loop (loop.round) run it in the pipeline: all, first (sft: a
-    # later round reads round 1's), later (collect: it needs a previous round's policy)
+    # Which rounds of the feedback loop (loop.round) may run it in the pipeline: all, first (sft: a
+    # later round reads round 1's), later
     rounds: str = "all"
 
 
@@ -123,10 +129,12 @@ _REGISTERED = (
     Stage("sft", "rlhf.stages.sft", "stage 1: supervised fine-tuning on demonstrations", "sft",
           inputs=(Input("init_from", base_model=True),), output="final", produces_policy=True, in_pipeline=True,
           rounds="first"),
-    Stage("collect", "rlhf.stages.collect", "answers of the previous round's policy to rank (a simulated "
-          "labeller on the toy task): the next reward model's comparisons", "collect",
+    Stage("collect", "rlhf.stages.collect", "a policy's answers to rank (the previous round's; in round 1 "
+          "the SFT policy's), by a simulated labeller or a person: the next reward model's comparisons", "collect",
           inputs=(Input("policy", produced_by="sft", previous_round=_previous_policy),),
-          output="comparisons.jsonl", in_pipeline=True, rounds="later", dynamic_inputs=_collect_inputs),
+          # round 1 collects only when named (stages=[sft,collect,rm,...]: data with prompts and no
+          # comparisons, the SFT policy's answers ranked by the verifier, experiment=smollm2_ifeval)
+          output="comparisons.jsonl", in_pipeline=True, default_rounds="later", dynamic_inputs=_collect_inputs),
     Stage("rm", "rlhf.stages.reward_model", "stage 2: reward model on pairwise and K-wise comparisons", "rm",
           inputs=(Input("init_from", produced_by="sft", previous_round=_rm_from_previous),), output="final",
           in_pipeline=True, dynamic_inputs=_collected_inputs),
@@ -138,11 +146,11 @@ _REGISTERED = (
           dynamic_inputs=_reward_inputs),
     Stage("dpo", "rlhf.stages.dpo", "stage 3 offline: DPO (trl) on the comparisons, from the SFT policy", "dpo",
           inputs=(Input("init_from", produced_by="sft"),), output="final", produces_policy=True, in_pipeline=True,
-          by_default=False),
+          default_rounds="none", dynamic_inputs=_collected_inputs, also_reads=("rm",)),
     Stage("bon_sft", "rlhf.stages.bon_sft", "stage 3 offline: fine-tune the policy on its best of n answers by the "
           "reward", "bon_sft", inputs=(Input("init_from", produced_by="sft"),
                                        Input("reward_from", produced_by="rm", needed=_reads_reward_model)),
-          output="final", produces_policy=True, in_pipeline=True, by_default=False, also_reads=("reward",),
+          output="final", produces_policy=True, in_pipeline=True, default_rounds="none", also_reads=("reward",),
           dynamic_inputs=_reward_inputs),
     Stage("compare", "rlhf.stages.compare", "the policies side by side on held-out prompts", "compare",
           inputs=(Input("reward_from", produced_by="rm", needed=_compare_has_rm),
@@ -169,7 +177,7 @@ def pipeline_stages(*, optional: bool = False, round: int = 1) -> list[str]:
     `optional`, every stage it may run (those named in `stages=` too)."""
     this = "first" if round == 1 else "later"
     return [s.name for s in STAGES.values()
-            if s.in_pipeline and (s.by_default or optional) and s.rounds in ("all", this)]
+            if s.in_pipeline and s.rounds in ("all", this) and (optional or s.default_rounds in ("all", this))]
 
 
 def stage_dir(cfg: RLHFConfig, name: str, round: Optional[int] = None) -> Path:
@@ -201,6 +209,20 @@ def variants(cfg: RLHFConfig, name: str, round: Optional[int] = None) -> list[Pa
     base = round_dir(cfg.run_dir, cfg.loop.round if round is None else round)
     found = [base / name, *sorted(base.glob(f"{name}@*"))]
     return [folder for folder in found if (folder / STAGES[name].output).exists()]
+
+
+def with_collected(cfg: RLHFConfig, reader: str) -> DataConfig:
+    """data= plus, with rm.use_collected, each comparisons file `rlhf stage=collect` wrote in this
+    run's rounds up to this one, as a source named collected_round_<n> (format ranked): the
+    comparisons the reward model and DPO read."""
+    if not cfg.rm.use_collected:
+        return cfg.data
+    collected = [SourceConfig(name=f"collected_round_{n}", format=DataFormat.ranked, path=str(path),
+                              weight=cfg.rm.collected_weight, multi_label=cfg.data.multi_label)
+                 for n, path in collected_files(cfg).items()]
+    for source in collected:
+        log.info("%s: reading %s as source %s (weight %s)", reader, source.path, source.name, source.weight)
+    return dataclasses.replace(cfg.data, sources=[*cfg.data.sources, *collected]) if collected else cfg.data
 
 
 def collected_files(cfg: RLHFConfig) -> dict[int, Path]:
@@ -281,7 +303,8 @@ def compare_policies(cfg: RLHFConfig, *, require: bool = True) -> dict[str, str]
     c = cfg.compare
     if c.policies:
         return dict(c.policies)
-    policies = {"base": cfg.model.name_or_path} if cfg.model.name_or_path else {}
+    # the base model, unless this run's SFT policy is that model itself (sft.adopt)
+    policies = {"base": cfg.model.name_or_path} if cfg.model.name_or_path and not cfg.sft.adopt else {}
     for number in rounds(cfg):
         prefix = "" if number == 1 else f"round_{number}/"
         for name in policy_stages():

@@ -153,9 +153,13 @@ def _prompts(cfg: RLHFConfig, bundle) -> list[tuple[PromptLike, str]]:
 def _sample(cfg: RLHFConfig, policies: list[str], tokenizer, prompts: list[PromptLike]) -> list[list[dict]]:
     """Each prompt's answers, answer j from policies[j mod len(policies)] with seed
     seed + SEED_OFFSET + j (every rank samples its share of the prompts; all get them all)."""
+    from tqdm.auto import tqdm
+
     c = cfg.collect
     mine = list(range(distributed.rank(), len(prompts), distributed.world_size()))
     rows: dict[int, list[dict]] = {i: [] for i in mine}
+    progress = tqdm(total=c.answers_per_prompt, desc="collect", unit="answer a prompt",
+                    disable=not is_main_process())
     for k, path in enumerate(policies):
         answer_ids = [j for j in range(c.answers_per_prompt) if j % len(policies) == k]
         if not answer_ids:
@@ -169,7 +173,9 @@ def _sample(cfg: RLHFConfig, policies: list[str], tokenizer, prompts: list[Promp
             for i, s in zip(mine, samples):
                 rows[i].append({"text": s.text, "rank": None, "policy": path, "seed": seed,
                                 "temperature": c.temperature, "ended": s.ended})
+            progress.update(1)
         del policy
+    progress.close()
     gathered = dict(pair for part in distributed.gather_objects([list(rows.items())]) for pair in part)
     return [sorted(gathered[i], key=lambda a: a["seed"]) for i in range(len(prompts))]
 

@@ -30,7 +30,7 @@ from rlhf.core.tracking import Tracker
 from rlhf.data import describe_source, encode_prompts, encode_responses, load_data, preference_pairs
 from rlhf.models import load_causal_lm, load_tokenizer, peft_lora_config
 from rlhf.sampling import Sample, response_logprob_sums
-from rlhf.stages import resolve_inputs
+from rlhf.stages import resolve_inputs, with_collected
 from rlhf.stages.training import (finish, gold_metrics, last_checkpoint, loss_summary, stage_callbacks, trained_model,
                                   trainer_args)
 
@@ -88,7 +88,7 @@ def build_trainer(cfg: RLHFConfig, tokenizer, bundle, callbacks=()) -> tuple[Pre
 def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     o = cfg.dpo
     tokenizer = load_tokenizer(cfg.model)
-    bundle = load_data(cfg.data, tokenizer)
+    bundle = load_data(with_collected(cfg, "DPO"), tokenizer)  # the RM's comparisons, collected ones too
     tracker = Tracker(cfg.stage_dir, "dpo", cfg.logger.backend.value, cfg.logger.wandb_project)
     stop = stop_request()
     trainer, info = build_trainer(cfg, tokenizer, bundle, stage_callbacks("dpo", o, tracker, stop))

@@ -111,7 +111,8 @@ def _data_config(cfg: RLHFConfig):
     if cfg.evaluate.split != "all":
         return cfg.data
     everything = SplitConfig(sft=1.0, rm=1.0, ppo=1.0, eval=1.0, salt=cfg.data.splits.salt, shared=list(SPLITS))
-    return dataclasses.replace(cfg.data, splits=everything)
+    unpinned = [dataclasses.replace(src, split=None) for src in cfg.data.sources]  # every source in every split
+    return dataclasses.replace(cfg.data, splits=everything, split=None, sources=unpinned)
 
 
 def _judge_policies(cfg, policies, split, where, out, tokenizer, rm, gold_scorer) -> Optional[dict]:
@@ -120,7 +121,7 @@ def _judge_policies(cfg, policies, split, where, out, tokenizer, rm, gold_scorer
         raise ConfigError(f"evaluate.policies need a judge: no reward model ({output_path(cfg, 'rm')} does not "
                           f"exist and evaluate.reward_from is null) and data {cfg.data.name!r} has no gold scorer. "
                           f"Set evaluate.reward_from=<RM folder>")
-    prompts = [p.prompt for p in split.prompts][: e.prompts]
+    prompts, sources = [p.prompt for p in split.prompts][: e.prompts], [p.source for p in split.prompts][: e.prompts]
     if not prompts:
         raise DataError(f"{where} has no prompts for evaluate.policies to answer")
     # compare's options, so that its core answers, scores and summarises exactly as it does
@@ -131,7 +132,7 @@ def _judge_policies(cfg, policies, split, where, out, tokenizer, rm, gold_scorer
     if rm is None:
         log.info("evaluate: no reward model, so the answers are judged by the gold scorer alone")
     results = judge(cfg, options, policies, prompts, out, tokenizer=tokenizer, rm=rm, gold_scorer=gold_scorer,
-                    section="evaluate")
+                    section="evaluate", sources=sources)
     if results is not None:
         results["prompts_from"] = f"prompts of {where}"
         if is_main_process():

@@ -30,10 +30,10 @@ from rlhf.core.ops import pad_right
 from rlhf.core.preemption import stop_request
 from rlhf.core.tracking import Tracker
 from rlhf.data import Comparison, describe_source, encode_prompts, encode_responses, load_data
-from rlhf.data.toy import answer, wrong_digit
+from rlhf.data.toy import answer, gold_score, wrong_digit
 from rlhf.models import clear_normalization, load_reward_model, load_tokenizer, peft_lora_config, set_normalization
 from rlhf.sampling import score
-from rlhf.stages import collected_files, resolve_inputs
+from rlhf.stages import resolve_inputs, with_collected
 from rlhf.stages.evaluate import pairwise_metrics, score_comparisons
 from rlhf.stages.training import last_checkpoint, loss_summary, stage_callbacks, trained_model, trainer_args
 
@@ -103,7 +103,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     rm = cfg.rm
     init_from = resolve_inputs(cfg, "rm")["init_from"]
     tokenizer = load_tokenizer(cfg.model)
-    data = with_collected(cfg)
+    data = with_collected(cfg, "RM")
     bundle = load_data(data, tokenizer)
     train = [c for c in bundle.require("rm", "comparisons", "rm") if any(True for _ in c.pairs())]
     evals = [c for c in bundle.require("eval", "comparisons", "rm") if any(True for _ in c.pairs())]
@@ -147,17 +147,6 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     log.info("final model: %s", cfg.stage_dir / "final")
 
 
-def with_collected(cfg: RLHFConfig) -> DataConfig:
-    """data= plus, with rm.use_collected, each comparisons file `rlhf stage=collect` wrote in this
-    run's rounds up to this one, as a source named collected_round_<n> (format ranked)."""
-    if not cfg.rm.use_collected:
-        return cfg.data
-    collected = [SourceConfig(name=f"collected_round_{n}", format=DataFormat.ranked, path=str(path),
-                              weight=cfg.rm.collected_weight, multi_label=cfg.data.multi_label) for n, path in collected_files(cfg).items()]
-    for source in collected:
-        log.info("RM: reading %s as source %s (weight %s)", source.path, source.name, source.weight)
-    return dataclasses.replace(cfg.data, sources=[*cfg.data.sources, *collected]) if collected else cfg.data
-
 
 def _score_and_evaluate(rm, model, tokenizer, bundle, evals, stage_run):
     if rm.normalize:
@@ -168,7 +157,7 @@ def _score_and_evaluate(rm, model, tokenizer, bundle, evals, stage_run):
             stage_run.metrics["eval_demonstration_score_mean"] = score(
                 model, tokenizer, [d.prompt for d in held_out], [d.response for d in held_out]).mean().item()
     metrics, histograms = evaluate(model, tokenizer, evals, bundle.gold_scorer)
-    if bundle.gold_scorer and rm.wrong_digit_pairs:
+    if bundle.gold_scorer is gold_score and rm.wrong_digit_pairs:  # the toy task's blind spot
         prompts = [p.prompt for p in bundle.splits["eval"].prompts[: rm.wrong_digit_pairs]]
         metrics.update(wrong_digit_accuracy(model, tokenizer, prompts))
     return metrics, histograms

@@ -12,8 +12,8 @@ import logging
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from rlhf.config import RLHFConfig, TrainConfig
-from rlhf.core.artifacts import StageRun
+from rlhf.config import ConfigError, RLHFConfig, TrainConfig
+from rlhf.core.artifacts import StageRun, save_final
 from rlhf.core.preemption import stop_request
 from rlhf.core.tracking import Tracker
 from rlhf.data import Demonstration, describe_source, encode_prompts, encode_responses, load_data
@@ -57,6 +57,8 @@ def sft_trainer(cfg: RLHFConfig, t: TrainConfig, tokenizer, init_from, train_dat
 def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     s = cfg.sft
     tokenizer = load_tokenizer(cfg.model)
+    if s.adopt:
+        return adopt(cfg, stage_run, tokenizer)
     bundle = load_data(cfg.data, tokenizer)
     train_demos = bundle.require("sft", "demonstrations", "sft")
     eval_demos = bundle.require("eval", "demonstrations", "sft")
@@ -78,3 +80,18 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     stage_run.metrics.update({**loss_summary(trainer), "eval_loss": trainer.evaluate()["eval_loss"]})
     stage_run.metrics.update(gold_metrics(cfg, s, bundle, trainer, tokenizer))
     finish(cfg, stage_run, trainer, tokenizer, tracker, "SFT")
+
+
+def adopt(cfg: RLHFConfig, stage_run: StageRun, tokenizer) -> None:
+    """sft.adopt: the starting model, untrained, as this run's SFT policy (what later stages
+    start from and compare measures against)."""
+    init_from = resolve_inputs(cfg, "sft")["init_from"]
+    if init_from is None and not cfg.model.name_or_path:
+        raise ConfigError("sft.adopt=true keeps the starting model as it is, and the tiny model is built fresh "
+                          "(untrained): set sft.init_from=<folder or hub id>, or a model= with weights")
+    stage_run.manifest["inputs"] = {"init_from": init_from or "the base model", "adopted": True}
+    model = load_causal_lm(cfg.model, tokenizer, path=init_from)
+    stage_run.metrics["adopted"] = 1
+    save_final(model, tokenizer, cfg.stage_dir / "final")
+    log.info("SFT: no training (sft.adopt=true): %s written as the SFT policy, %s", init_from or "the base model",
+             cfg.stage_dir / "final")

@@ -93,3 +93,53 @@ def test_smollm2_hh_demo_runs_every_step_at_its_smallest_size(tmp_path, run_cli)
     kept = rm2["data"]["sources"]["collected_round_2"]["records_kept"]
     assert kept == sum(1 for r in collected.read_text().splitlines() if r.strip()) > 0
     assert (run / "round_2" / "bon_sft" / "final" / "model.safetensors").exists()
+
+
+def test_smollm2_ifeval_runs_every_stage_at_its_smallest_size(tmp_path, run_cli):
+    """experiment=smollm2_ifeval's one command (SmolLM2 as the SFT policy -> collect ranked by the
+    verifier -> RM -> GRPO against the verifier -> DPO -> verified best-of-n -> compare) on a few
+    of its own prompts, each stage a step: the RM trains on the verifier's ranks of the model's
+    answers, and compare reports the two test sets apart, each policy minus SFT's."""
+    import json
+
+    from rlhf.data import instructions as ins
+    from rlhf.data.files import builtin
+
+    bases = [json.loads(line)["prompt"] for line in open(builtin("prompts/self_instruct_seed.jsonl"))]
+    short = [b for b in bases if "\n" not in b and len(b) < 120]
+    # no commas: of four short answers some have one and some not, so the verifier ranks them
+    files = {}
+    for name, rows in {"train": ins.compose(short[:16], kinds=["punctuation:no_comma"], seed=0),
+                       "seen": ins.compose(short[16:19], kinds=["punctuation:no_comma"], seed=1),
+                       "held_out": ins.compose(short[19:21], kinds=["startend:quotation"], seed=2)}.items():
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run_cli("experiment=smollm2_ifeval", "stage=pipeline", "logger=none", f"data.path={files['train']}",
+                  f"data.sources=[{{name: test_seen, format: ifeval, path: {files['seen']}, split: eval}}, "
+                  f"{{name: test_held_out, format: ifeval, path: {files['held_out']}, split: eval}}]",
+                  "data.splits.rm=0.5", "data.splits.ppo=0.5",
+                  "collect.max_prompts=4", "collect.label_noise=0", "collect.answers_per_prompt=4", "collect.max_new_tokens=16", "rm.max_steps=2",
+                  "ppo.updates=1", "ppo.rollout_batch_size=4", "ppo.samples_per_prompt=2", "ppo.mini_batch_size=4",
+                  "ppo.micro_batch_size=4", "ppo.max_new_tokens=8", "dpo.max_steps=1", "dpo.train_accuracy_pairs=4",
+                  "bon_sft.prompts=2", "bon_sft.n=4", "bon_sft.max_new_tokens=64", "bon_sft.max_steps=1",
+                  "compare.max_new_tokens=8", "compare.bootstrap_resamples=50", cwd=tmp_path, timeout=900)
+    log = out.stdout + out.stderr
+    stages = ("sft", "collect", "rm", "ppo", "dpo", "bon_sft", "compare")
+    assert [s for s in stages if f"stage {s} -> " in log] == list(stages), log[-2000:]
+    run = tmp_path / "runs" / "smollm2_ifeval"
+    assert json.loads((run / "sft" / "manifest.json").read_text())["metrics"]["adopted"] == 1
+    collected = [json.loads(line) for line in (run / "collect" / "comparisons.jsonl").read_text().splitlines()]
+    assert collected and all(r["labeller"].startswith("verifier") for r in collected)
+    for r in collected:  # best first: an answer with no comma ranks above one with a comma
+        ranks = {a["text"]: a["rank"] for a in r["responses"]}
+        assert all(ranks[a] < ranks[b] for a in ranks for b in ranks if "," not in a and "," in b)
+    rm = json.loads((run / "rm" / "manifest.json").read_text())
+    assert rm["data"]["sources"]["collected_round_1"]["records_kept"] == len(collected)
+    results = json.loads((run / "compare" / "results.json").read_text())
+    table = results["modes"]["greedy"]
+    assert set(table) == {"sft", "ppo", "dpo", "bon_sft"} and results["baseline"] == "sft"
+    for name in ("ppo", "dpo", "bon_sft"):
+        by = table[name]["by_source"]
+        assert [(s, e["prompts"]) for s, e in by.items()] == [("test_seen", 3), ("test_held_out", 2)]
+        assert by["test_seen"]["gold_score_minus_baseline"] is not None
+    assert "### greedy: by source" in (run / "compare" / "report.md").read_text()

@@ -105,6 +105,17 @@ def test_rm_without_sft_says_what_to_run(tmp_path, run_cli):
     assert "rlhf stage=sft run=nothing" in out.stdout + out.stderr
 
 
+def test_sft_adopt_writes_its_starting_model_unchanged_and_refuses_the_untrained_tiny_model(runs, tmp_path, run_cli):
+    start = runs / "sft" / "final"
+    run_cli("run=adopted", "stage=sft", "sft.adopt=true", f"sft.init_from={start}", cwd=tmp_path, timeout=300)
+    adopted = tmp_path / "runs" / "adopted" / "sft"
+    before, after = load_file(start / "model.safetensors"), load_file(adopted / "final" / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert manifest(adopted.parent, "sft")["metrics"] == {"adopted": 1}
+    out = run_cli("run=fresh", "stage=sft", "sft.adopt=true", cwd=tmp_path, expect=2, timeout=300)
+    assert "sft.adopt=true keeps the starting model as it is, and the tiny model is built fresh" in out.stdout + out.stderr
+
+
 def test_ppo_runs_logs_its_metrics_and_saves_a_loadable_policy(runs):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from transformers import AutoModelForCausalLM

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 # a moved module) would land in the wheel and hide what the tree itself gives.
 _NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "runs", "outputs", "multirun", "build", "dist",
                                      "*.egg-info", "__pycache__", ".pytest_cache", "*.out")
+DATA = sorted([*(p.relative_to(ROOT / "data").as_posix() for p in (ROOT / "data").rglob("*.jsonl")), "README.md"])
 CONFIGS = sorted(p.relative_to(ROOT / "conf").as_posix() for p in (ROOT / "conf").rglob("*.yaml"))
 MODULES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "rlhf").rglob("*.py")
                  if "__pycache__" not in p.parts)
@@ -73,6 +74,8 @@ def test_wheel_holds_every_config_and_every_module(wheel):
     # Package discovery: every subpackage of rlhf is in, none listed by hand.
     assert set(MODULES) <= names
     assert set(STATIC) <= names  # the labelling page's own files (rlhf-rank --web)
+    # data/'s prompt files, which configs name as ${builtin_data:...} (experiment=smollm2_ifeval)
+    assert sorted(n.removeprefix("rlhf/builtin_data/") for n in names if n.startswith("rlhf/builtin_data/")) == DATA
     assert {n.split("/")[0] for n in names} == {"rlhf", wheel.name.split("-py")[0] + ".dist-info"}
 
 

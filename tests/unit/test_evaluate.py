@@ -83,3 +83,17 @@ def test_the_table_shows_accuracy_the_length_baseline_and_gold():
     assert "the longer reply wins 1.000, the shorter 0.000" in text
     assert "gold scorer: the RM orders 0.500" in text and "the labels 1.000" in text
     assert "K = 2" in text and "source b" in text
+
+
+def test_evaluate_split_all_reads_every_record_of_every_source_pinned_or_not():
+    from rlhf.config import DataConfig, DataFormat, RLHFConfig, SourceConfig
+    from rlhf.stages.evaluate import _data_config
+
+    data = DataConfig(name="a", format=DataFormat.prompt, path="a.jsonl", split="rm",
+                      sources=[SourceConfig(name="b", format=DataFormat.prompt, path="b.jsonl", split="eval")])
+    cfg = RLHFConfig(data=data)
+    every = _data_config(cfg)
+    assert every.split is None and [s.split for s in every.sources] == [None]
+    assert (every.splits.sft, every.splits.rm, every.splits.ppo, every.splits.eval) == (1.0, 1.0, 1.0, 1.0)
+    cfg.evaluate.split = "eval"  # one split: the sources as configured
+    assert _data_config(cfg) is data

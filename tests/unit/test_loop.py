@@ -81,7 +81,8 @@ def test_the_pipeline_of_a_later_round_collects_and_keeps_round_ones_sft():
     assert stages.pipeline_stages() == ["sft", "rm", "ppo", "compare"]
     assert stages.pipeline_stages(round=2) == ["collect", "rm", "ppo", "compare"]
     assert "sft" not in stages.pipeline_stages(round=3, optional=True)
-    assert "collect" not in stages.pipeline_stages(optional=True)
+    # round 1 collects only when named: the SFT policy's answers (data with prompts and no comparisons)
+    assert "collect" not in stages.pipeline_stages() and "collect" in stages.pipeline_stages(optional=True)
 
 
 def test_the_reward_model_reads_every_collected_file_up_to_its_round(tmp_path):
@@ -92,8 +93,13 @@ def test_the_reward_model_reads_every_collected_file_up_to_its_round(tmp_path):
     cfg = config(tmp_path, "rm", round=3)
     assert stages.collected_files(cfg) == {2: one, 3: two}
     assert set(lineage.upstream(cfg, "rm")) == {"init_from", "collected:round_2", "collected:round_3"}
+    # DPO reads the same comparisons as the reward model: the collected files too
+    dpo = config(tmp_path, "dpo", round=3)
+    assert set(lineage.upstream(dpo, "dpo")) == {"init_from", "collected:round_2", "collected:round_3"}
+    assert [s.name for s in stages.with_collected(dpo, "DPO").sources] == ["collected_round_2", "collected_round_3"]
     cfg.rm.use_collected = False
     assert set(lineage.upstream(cfg, "rm")) == {"init_from"}
+    assert stages.with_collected(cfg, "RM") is cfg.data
 
 
 def test_a_changed_round_one_policy_changes_round_twos_fingerprint(tmp_path):

@@ -110,7 +110,11 @@ def test_the_offline_stage_3_stages_join_the_pipeline_only_when_named(tmp_path):
     from rlhf.cli import list_stages
 
     assert stages.pipeline_stages() == ["sft", "rm", "ppo", "compare"]
-    assert stages.pipeline_stages(optional=True) == ["sft", "rm", "ppo", "dpo", "bon_sft", "compare"]
+    assert stages.pipeline_stages(optional=True) == ["sft", "collect", "rm", "ppo", "dpo", "bon_sft", "compare"]
+    # collect runs by default from round 2 (the previous round's policy), in round 1 when named
+    assert stages.pipeline_stages(round=2) == ["collect", "rm", "ppo", "compare"]
+    assert stages.pipeline_stages(optional=True, round=2) == ["collect", "rm", "ppo", "dpo", "bon_sft", "compare"]
+    check(RLHFConfig(stage=StageConfig("pipeline"), stages=["sft", "collect", "rm", "compare"]))
     assert "dpo" not in list_stages("pipeline").split()
     assert "dpo" in list_stages("all") and "only when named in stages=" in list_stages("all")
     check(RLHFConfig(stage=StageConfig("pipeline"), stages=["sft", "dpo", "compare"]))

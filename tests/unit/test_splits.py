@@ -72,3 +72,34 @@ def test_fractions_below_one_leave_prompts_unassigned_and_say_so(tokenizer):
     b = load_data(cfg, tokenizer)
     assert 150 < b.unassigned_prompts < 250
     assert b.summary()["unassigned_prompts"] == b.unassigned_prompts
+
+
+def test_a_source_pinned_to_a_split_puts_every_prompt_there_and_the_others_hash_as_before(tmp_path, tokenizer):
+    import json
+
+    from rlhf.checks import data_problems
+    from rlhf.config import DataFormat, RLHFConfig, SourceConfig
+
+    def write(name, n):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"prompt": f"{name} question {i}"}) + "\n" for i in range(n)))
+        return str(path)
+
+    # "again": comparisons on ten of the test set's prompts, unpinned: they follow the test set into eval
+    again = tmp_path / "again.jsonl"
+    again.write_text("".join(json.dumps({"prompt": f"test question {i}", "chosen": "yes", "rejected": "no"}) + "\n"
+                             for i in range(10)))
+    main = DataConfig(name="train", format=DataFormat.prompt, path=write("train", 200),
+                      sources=[SourceConfig(name="test", format=DataFormat.prompt, path=write("test", 30), split="eval"),
+                               SourceConfig(name="again", format=DataFormat.pairwise, path=str(again))])
+    bundle = load_data(main, tokenizer)
+    assert {p.prompt for p in bundle.splits["eval"].prompts if p.source == "test"} == {f"test question {i}" for i in range(30)}
+    assert {c.prompt for c in bundle.splits["eval"].comparisons} == {f"test question {i}" for i in range(10)}
+    assert [assign_splits(f"test question {i}", main.splits) for i in range(10)].count(["eval"]) < 5  # not by chance
+    assert not any(p.source == "test" for name in ("sft", "rm", "ppo") for p in bundle.splits[name].prompts)
+    assert not any(bundle.splits[name].comparisons for name in ("sft", "rm", "ppo"))
+    for name in ("sft", "rm", "ppo", "eval"):
+        assert [p.prompt for p in bundle.splits[name].prompts if p.source == "train"] == [
+            f"train question {i}" for i in range(200) if assign_splits(f"train question {i}", main.splits) == [name]]
+    cfg = RLHFConfig(data=DataConfig(name="d", format=DataFormat.prompt, path="x.jsonl", split="test"))
+    assert any("data.split='test': choose from ['sft', 'rm', 'ppo', 'eval']" in p for p in data_problems(cfg))

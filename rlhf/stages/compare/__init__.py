@@ -66,7 +66,8 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     reward_from, reference_from, bon_from = inputs.get("reward_from"), inputs["reference_from"], inputs["bon_from"]
     tokenizer = load_tokenizer(cfg.model)
     bundle = load_data(cfg.data, tokenizer)
-    prompts = [x.prompt for x in bundle.require("eval", "prompts", "compare")][: c.prompts]
+    held_out = bundle.require("eval", "prompts", "compare")[: c.prompts]
+    prompts, sources = [x.prompt for x in held_out], [x.source for x in held_out]
     stage_run.manifest["inputs"] = {"policies": policies, "reward_from": reward_from, "reference_from": reference_from,
                               "bon_from": bon_from, "prompts": len(prompts)}
     stage_run.manifest["inputs"]["labels"] = {name: label for name, spec in policies.items()
@@ -89,7 +90,7 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
     if "sampled" in c.modes and any(spec.startswith("bon:") for spec in policies.values()):
         bon_base = reference if bon_from == reference_from else load_causal_lm(cfg.model, tokenizer, bon_from).to(device()).eval()
     results = judge(cfg, c, policies, prompts, out, tokenizer=tokenizer, rm=rm, gold_scorer=bundle.gold_scorer,
-                    reference=reference, bon_base=bon_base, bon_reward=picker)
+                    reference=reference, bon_base=bon_base, bon_reward=picker, sources=sources)
     if results is None:  # another rank's: rank 0 writes
         return
     results["methods"] = {name: label for name, spec in policies.items() if (label := method_of(spec))}
@@ -159,7 +160,8 @@ def training_costs(policies: dict[str, str]) -> dict[str, dict]:
 
 
 def judge(cfg: RLHFConfig, c: CompareConfig, policies: dict[str, str], prompts: list, out: Path, *, tokenizer, rm,
-          gold_scorer, reference=None, bon_base=None, bon_reward=None, section: str = "compare") -> dict | None:
+          gold_scorer, reference=None, bon_base=None, bon_reward=None, section: str = "compare",
+          sources: list[str] | None = None) -> dict | None:
     """Compare's core, which evaluate calls too: every policy answers `prompts` as `c` says
     (modes, samples per prompt, temperature), the answers are scored by the RM and the gold
     scorer, written to out/samples.jsonl and summarised (what results.json holds). KL is
@@ -167,7 +169,7 @@ def judge(cfg: RLHFConfig, c: CompareConfig, policies: dict[str, str], prompts: 
     one when that is the reference) and picks by `bon_reward` (default the RM). Under torchrun
     the prompts are shared out across ranks;
     rank 0 gathers and returns the summary, the others None. `section` names the config
-    section in errors."""
+    section in errors; `sources` (each prompt's data source) adds the scores per source."""
     from tqdm.auto import tqdm
 
     max_new_tokens = c.max_new_tokens or cfg.data.max_response_tokens
@@ -210,7 +212,7 @@ def judge(cfg: RLHFConfig, c: CompareConfig, policies: dict[str, str], prompts: 
         return None
     records.sort(key=lambda r: (r["policy"], r["mode"], r["prompt_index"], r["sample"]))
     write_atomic(out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    return summarise(records, cfg, policies, prompts, c)
+    return summarise(records, cfg, policies, prompts, c, sources)
 
 
 def headline_metrics(results: dict) -> dict[str, float]:

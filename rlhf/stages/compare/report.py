@@ -66,6 +66,7 @@ def report_lines(results: dict, out: Path) -> list[str]:
                          f"{e['eos_rate']:.0%} | {e['distinct_1']:.2f} / {e['distinct_2']:.2f} |")
         lines.append("")
         lines += _difference_lines(table, results["baseline"])
+        lines += _source_lines(mode, table, results["baseline"])
         lines += _instruction_lines(mode, table)
     for mode, rows in (results.get("by_method") or {}).items():
         lines += [f"## {mode}, over seeds", "", "Policies that differ only by seed pooled: the mean of their "
@@ -101,6 +102,22 @@ def _difference_lines(table: dict, baseline: str) -> list[str]:
              "| policy | RM score | gold score |", "|---|---|---|"]
     lines += [f"| {name} | {_signed(e.get('rm_minus_baseline'))} | {_signed(e.get('gold_minus_baseline'))} |"
               for name, e in found]
+    return lines + [""]
+
+
+def _source_lines(mode: str, table: dict, baseline: str) -> list[str]:
+    """Prompts from two or more sources (a test set of kinds seen in training, one of kinds held
+    out): each policy's scores per source, and minus the baseline's, paired per prompt."""
+    found = {name: e["by_source"] for name, e in table.items() if e.get("by_source")}
+    if not found:
+        return []
+    lines = [f"### {mode}: by source", "", f"Each source's prompts apart; minus `{baseline}`'s paired per prompt.", "",
+             "| policy | source | prompts | RM score | minus baseline | gold score | minus baseline |",
+             "|---|---|---|---|---|---|---|"]
+    for name, sources in found.items():
+        lines += [f"| {name} | {source} | {e['prompts']} | {_fmt(e['rm_score'])} | {_signed(e['rm_score_minus_baseline'])} "
+                  f"| {_fmt(e['gold_score'])} | {_signed(e['gold_score_minus_baseline'])} |"
+                  for source, e in sources.items()]
     return lines + [""]
 
 

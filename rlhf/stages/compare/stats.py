@@ -51,9 +51,10 @@ def bon_kl(n: int) -> float:
 
 
 def summarise(records: list[dict], cfg: RLHFConfig, policies: dict[str, str], prompts: list,
-              options: CompareConfig | None = None) -> dict:
+              options: CompareConfig | None = None, sources: list[str] | None = None) -> dict:
     """Everything report.md and the plots show, from the per-answer records alone. `options`:
-    the modes, baseline, samples and intervals (default cfg.compare; evaluate passes its own)."""
+    the modes, baseline, samples and intervals (default cfg.compare; evaluate passes its own).
+    `sources`: each prompt's data source; with two or more, the scores per source too."""
     c = options or cfg.compare
     ci = dict(resamples=c.bootstrap_resamples, confidence=c.confidence, seed=cfg.seed)
     modes: dict[str, dict] = {}
@@ -102,6 +103,8 @@ def summarise(records: list[dict], cfg: RLHFConfig, policies: dict[str, str], pr
                 diff = (mine[:, :samples] - theirs[:, :samples]).mean(1)
                 low, high = bootstrap_ci(diff, **ci)
                 entry[key] = {"mean": float(diff.mean()), "low": low, "high": high}
+            if sources and len(set(sources)) > 1:
+                entry["by_source"] = by_source(rs, base if name != c.baseline else None, sources, ci)
             table[name] = entry
         modes[mode] = table
     examples = []
@@ -114,6 +117,32 @@ def summarise(records: list[dict], cfg: RLHFConfig, policies: dict[str, str], pr
             "samples_per_prompt": c.samples_per_prompt, "temperature": c.temperature, "seed": cfg.seed,
             "confidence": c.confidence, "bootstrap_resamples": c.bootstrap_resamples, "modes": modes,
             "examples": examples}
+
+
+def by_source(rows: list[dict], base: list[dict] | None, sources: list[str], ci: dict) -> dict[str, dict]:
+    """One policy's RM and gold scores over the prompts of each source (a test set of kinds seen
+    in training beside one of held-out kinds), and minus the baseline's, paired per prompt."""
+    out: dict[str, dict] = {}
+    of = np.asarray(sources)
+    for source in dict.fromkeys(sources):  # in the order the prompts came
+        mask = of == source
+        entry: dict = {"prompts": int(mask.sum())}
+        for metric in ("rm_score", "gold_score"):
+            entry[metric] = entry[f"{metric}_minus_baseline"] = None
+            if rows[0][metric] is None:
+                continue
+            mine = _matrix(rows, metric, len(sources))[mask]
+            per_prompt = mine.mean(1)
+            low, high = bootstrap_ci(per_prompt, **ci)
+            entry[metric] = {"mean": float(per_prompt.mean()), "low": low, "high": high}
+            if base is not None:
+                theirs = _matrix(base, metric, len(sources))[mask]
+                samples = min(mine.shape[1], theirs.shape[1])
+                diff = (mine[:, :samples] - theirs[:, :samples]).mean(1)
+                low, high = bootstrap_ci(diff, **ci)
+                entry[f"{metric}_minus_baseline"] = {"mean": float(diff.mean()), "low": low, "high": high}
+        out[source] = entry
+    return out
 
 
 def instruction_accuracy(rows: list[dict], prompts: int, ci: dict) -> dict:

@@ -211,7 +211,7 @@ def next_prompts(stream: Stream, p) -> tuple[list, torch.Tensor]:
 
 
 def evaluate_policy(roles: Roles, tokenizer, prompts, gold_scorer, max_new_tokens: int, seed: int) -> dict:
-    if gold_scorer is None:
+    if gold_scorer is None or not prompts:  # ppo.eval_prompts=0: no evaluation during training
         return {}
     # Every rank evaluates all prompts (same seed, same result): simpler than sharing them out.
     with full_weights(roles.policy) as policy:
