@@ -265,11 +265,11 @@ def _gold_scorer(cfg: DataConfig, kept: list[_Located]) -> Callable[[object, str
     from rlhf.data.instructions import InstructionGold
 
     by_prompt = {}
-    for x in constrained:
-        if by_prompt.setdefault(x.key, x.record.constraints) != x.record.constraints:
+    for x in constrained:  # keyed as InstructionGold looks prompts up: the prompt as the stages see it
+        if by_prompt.setdefault(prompt_key(x.record.prompt), x.record.constraints) != x.record.constraints:
             raise DataError(f"{x.location}: the same prompt as an earlier record with other instructions "
                             f"({list(x.record.constraints.ids)}): one prompt, one set of instructions")
-    plain = next((x for x in kept if x.key not in by_prompt), None)
+    plain = next((x for x in kept if prompt_key(x.record.prompt) not in by_prompt), None)
     if plain is not None:
         raise DataError(f"{plain.location}: a prompt without verifiable instructions beside {len(by_prompt)} with "
                         "them: compare and evaluate judge every prompt by its instructions, so give every source "
