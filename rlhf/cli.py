@@ -201,14 +201,14 @@ def list_stages(which: str, round: int = 1) -> str:
     --list-stages loop.round=2`), for jobs/submit.sh; `--list-stages=all`: every stage, one a line."""
     if which == "all":
         width = max(map(len, stages.STAGES))
-        when = {"first": "round 1 only", "later": "rounds 2 and later", "none": "only when named in stages="}
+        when = {"first": "round 1 only", "later": "rounds 2 and later"}
         rows = []
         for s in stages.STAGES.values():
             said = ("not in the pipeline" if not s.in_pipeline else
-                    None if s.rounds == s.default_rounds == "all" else
-                    f"pipeline: {when[s.rounds]}" if s.default_rounds == "all" else
-                    f"pipeline: {when[s.default_rounds]}" if s.default_rounds == "none" or s.rounds != "all" else
-                    f"pipeline: {when[s.default_rounds]}; other rounds when named in stages=")
+                    "pipeline: only when named in stages=" if s.default_rounds == "none" else
+                    f"pipeline: {when[s.rounds]}" if s.rounds != "all" else
+                    f"pipeline: {when[s.default_rounds]}; other rounds when named in stages="
+                    if s.default_rounds != "all" else None)
             rows.append(f"{s.name:<{width}}  {s.summary}" + (f"  ({said})" if said else ""))
         return "\n".join([*rows, f"{stages.CHAIN:<{width}}  runs {' -> '.join(stages.pipeline_stages())}; in a later "
                                  f"round (loop.round=2) {' -> '.join(stages.pipeline_stages(round=2))}"])

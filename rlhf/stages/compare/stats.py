@@ -98,11 +98,7 @@ def summarise(records: list[dict], cfg: RLHFConfig, policies: dict[str, str], pr
                 entry[key] = None
                 if base is None or name == c.baseline or rs[0][metric] is None:
                     continue
-                mine, theirs = _matrix(rs, metric, len(prompts)), _matrix(base, metric, len(prompts))
-                samples = min(mine.shape[1], theirs.shape[1])
-                diff = (mine[:, :samples] - theirs[:, :samples]).mean(1)
-                low, high = bootstrap_ci(diff, **ci)
-                entry[key] = {"mean": float(diff.mean()), "low": low, "high": high}
+                entry[key] = paired_difference(_matrix(rs, metric, len(prompts)), _matrix(base, metric, len(prompts)), ci)
             if sources and len(set(sources)) > 1:
                 entry["by_source"] = by_source(rs, base if name != c.baseline else None, sources, ci)
             table[name] = entry
@@ -117,6 +113,15 @@ def summarise(records: list[dict], cfg: RLHFConfig, policies: dict[str, str], pr
             "samples_per_prompt": c.samples_per_prompt, "temperature": c.temperature, "seed": cfg.seed,
             "confidence": c.confidence, "bootstrap_resamples": c.bootstrap_resamples, "modes": modes,
             "examples": examples}
+
+
+def paired_difference(mine: np.ndarray, theirs: np.ndarray, ci: dict) -> dict:
+    """[prompts, samples] of a policy and the baseline, answer j against answer j -> the mean
+    per-prompt difference with its bootstrap interval over prompts."""
+    samples = min(mine.shape[1], theirs.shape[1])
+    diff = (mine[:, :samples] - theirs[:, :samples]).mean(1)
+    low, high = bootstrap_ci(diff, **ci)
+    return {"mean": float(diff.mean()), "low": low, "high": high}
 
 
 def by_source(rows: list[dict], base: list[dict] | None, sources: list[str], ci: dict) -> dict[str, dict]:
@@ -136,11 +141,7 @@ def by_source(rows: list[dict], base: list[dict] | None, sources: list[str], ci:
             low, high = bootstrap_ci(per_prompt, **ci)
             entry[metric] = {"mean": float(per_prompt.mean()), "low": low, "high": high}
             if base is not None:
-                theirs = _matrix(base, metric, len(sources))[mask]
-                samples = min(mine.shape[1], theirs.shape[1])
-                diff = (mine[:, :samples] - theirs[:, :samples]).mean(1)
-                low, high = bootstrap_ci(diff, **ci)
-                entry[f"{metric}_minus_baseline"] = {"mean": float(diff.mean()), "low": low, "high": high}
+                entry[f"{metric}_minus_baseline"] = paired_difference(mine, _matrix(base, metric, len(sources))[mask], ci)
         out[source] = entry
     return out
 
