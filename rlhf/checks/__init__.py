@@ -40,6 +40,8 @@ def register_schemas() -> None:
     # hydra.run.dir: a later round's stages log beside their outputs, in runs/<run>/round_<n>/
     if not OmegaConf.has_resolver("round_folder"):
         OmegaConf.register_new_resolver("round_folder", lambda n: "" if int(n) == 1 else f"round_{n}/")
+    if not OmegaConf.has_resolver("at_variant"):  # and a variant's in <stage>@<variant>/, with its outputs
+        OmegaConf.register_new_resolver("at_variant", lambda v: f"@{v}" if v else "")
     if not OmegaConf.has_resolver("builtin_data"):  # data/'s files, from any folder
         from rlhf.data.files import builtin
 

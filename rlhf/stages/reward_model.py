@@ -125,8 +125,13 @@ def run(cfg: RLHFConfig, stage_run: StageRun) -> None:
                                  train_dataset=comparison_dataset(tokenizer, train),
                                  eval_dataset=comparison_dataset(tokenizer, evals),
                                  callbacks=stage_callbacks("rm", rm, tracker, stop))
-    log.info("RM on %d comparisons (%d pairs), %d eval comparisons", len(train),
-             sum(len(list(c.pairs())) for c in train), len(evals))
+    # A comparison's K answers share one batch element: a step's memory grows with K, not only
+    # with per_device_batch_size (collect.answers_per_prompt=8 at 8 a step: 64 sequences)
+    widest = max((len(c.responses) for c in train), default=0)
+    log.info("RM on %d comparisons (%d pairs), %d eval comparisons; a step reads up to %d sequences "
+             "(rm.per_device_batch_size %d x up to %d answers a comparison)", len(train),
+             sum(len(list(c.pairs())) for c in train), len(evals), rm.per_device_batch_size * widest,
+             rm.per_device_batch_size, widest)
     trainer.train(resume_from_checkpoint=last_checkpoint(cfg))
     if stop.signal_name:
         stop.stop(f"checkpoint-{trainer.state.global_step}")

@@ -340,6 +340,7 @@ def test_a_sweep_of_critic_free_algorithms_against_an_rm_ensemble_keeps_every_po
     run_cli(*SMALL, "stage=compare", "variant=family", "reward=ensemble", "compare.prompts=16",
             "compare.samples_per_prompt=1", "compare.modes=[sampled]", "compare.bootstrap_resamples=100", cwd=root)
     out = runs / "compare@family"
+    assert "stage compare -> " in (out / "rlhf.log").read_text()  # the variant's log beside its outputs
     results = json.loads((out / "results.json").read_text())
     names = list(results["policies"])  # (bon_sft too, from a test above)
     assert names[:4] == ["sft", "ppo", "ppo@algo=grpo", "ppo@algo=rloo"] and names[-1] == "bon:4"
